@@ -1,0 +1,200 @@
+//! Alert rules and the alert book: low and out of stock, high order volume, slow queries.
+//!
+//! The engine asks this module, under its publish lock, whether a change raises an
+//! alert; the alert then travels as an `inventory:low-stock` frame with the change and as
+//! a notification through the one publish path. The book is a `parking_lot::Mutex`
+//! because it is touched once per inventory or order change and by the HTTP endpoints,
+//! never across an await.
+
+use std::collections::{HashMap, VecDeque};
+
+use parking_lot::Mutex;
+use serde_json::{json, Map, Value};
+
+use crate::config::Config;
+use crate::fanout::change::{Priority, Record};
+use crate::time;
+
+/// Acknowledged alerts kept for `GET /alerts?all=true`; older ones are forgotten.
+const ACKNOWLEDGED_KEPT: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub id: String,
+    pub tenant: String,
+    pub kind: &'static str,
+    pub severity: Priority,
+    pub message: String,
+    pub data: Value,
+    pub timestamp_ms: u64,
+    pub acknowledged_ms: Option<u64>,
+    /// (product, warehouse) for stock alerts, the scope of "one unacknowledged alert".
+    scope: Option<(String, String)>,
+}
+
+impl Alert {
+    /// A: `{id, type, severity, message, data, timestamp}` plus its state.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "type": self.kind,
+            "severity": self.severity.as_str(),
+            "message": self.message,
+            "data": self.data,
+            "timestamp": time::iso8601(self.timestamp_ms),
+            "tenantId": self.tenant,
+            "acknowledged": self.acknowledged_ms.is_some(),
+        });
+        if let Some(ms) = self.acknowledged_ms {
+            v["acknowledgedAt"] = Value::String(time::iso8601(ms));
+        }
+        v
+    }
+
+    /// The notification change that announces this alert.
+    pub fn notification_data(&self) -> Map<String, Value> {
+        let v = json!({
+            "id": format!("n-{}", self.id),
+            "type": self.kind,
+            "priority": self.severity.as_str(),
+            "message": self.message,
+            "data": { "alertId": self.id, "alert": self.data },
+        });
+        v.as_object().cloned().unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Book {
+    next_id: u64,
+    active: Vec<Alert>,
+    acknowledged: VecDeque<Alert>,
+    /// Times of new orders in the last minute, per tenant.
+    new_orders: HashMap<String, VecDeque<u64>>,
+}
+
+pub struct Alerts {
+    book: Mutex<Book>,
+    out_of_stock: f64,
+    order_volume: u64,
+    slow_query_ms: u64,
+}
+
+impl Alerts {
+    pub fn new(config: &Config) -> Alerts {
+        Alerts {
+            book: Mutex::new(Book::default()),
+            out_of_stock: config.out_of_stock_threshold,
+            order_volume: config.high_order_volume_threshold,
+            slow_query_ms: config.slow_query_ms,
+        }
+    }
+
+    fn raise(book: &mut Book, tenant: &str, kind: &'static str, severity: Priority, message: String, data: Value, scope: Option<(String, String)>) -> Alert {
+        book.next_id += 1;
+        let alert = Alert {
+            id: format!("alert-{}", book.next_id),
+            tenant: tenant.to_string(),
+            kind,
+            severity,
+            message,
+            data,
+            timestamp_ms: time::now_ms(),
+            acknowledged_ms: None,
+            scope,
+        };
+        book.active.push(alert.clone());
+        alert
+    }
+
+    /// An inventory change at or below its threshold raises a stock alert, unless one is
+    /// still unacknowledged for the same tenant, product and warehouse.
+    pub fn on_inventory(&self, record: &Record) -> Option<Alert> {
+        let keys = &record.keys;
+        let (quantity, threshold) = (keys.quantity?, keys.threshold?);
+        if quantity > threshold {
+            return None;
+        }
+        let product = keys.product_id.as_deref()?.to_string();
+        let warehouse = keys.warehouse_id.as_deref().unwrap_or("").to_string();
+        let scope = Some((product.clone(), warehouse.clone()));
+        let mut book = self.book.lock();
+        if book.active.iter().any(|a| *a.tenant == *record.tenant && a.scope == scope) {
+            return None;
+        }
+        let (kind, severity, message) = if quantity <= self.out_of_stock {
+            ("out_of_stock", Priority::Critical, format!("{product} is out of stock at {warehouse}"))
+        } else {
+            ("low_stock", Priority::High, format!("{product} is low on stock at {warehouse}: {quantity} left"))
+        };
+        let data = json!({
+            "productId": product, "warehouseId": warehouse, "category": keys.category.as_deref(),
+            "quantity": quantity, "threshold": threshold, "seq": record.seq,
+        });
+        Some(Self::raise(&mut book, &record.tenant, kind, severity, message, data, scope))
+    }
+
+    /// Counts a new order; more than the threshold in a minute raises one alert until it
+    /// is acknowledged.
+    pub fn on_new_order(&self, tenant: &str, now_ms: u64) -> Option<Alert> {
+        let mut book = self.book.lock();
+        let window = book.new_orders.entry(tenant.to_string()).or_default();
+        window.push_back(now_ms);
+        while window.front().is_some_and(|&t| t + 60_000 < now_ms) {
+            window.pop_front();
+        }
+        let count = window.len() as u64;
+        if count <= self.order_volume || book.active.iter().any(|a| a.tenant == tenant && a.kind == "high_order_volume") {
+            return None;
+        }
+        let message = format!("{count} new orders in the last minute (threshold {})", self.order_volume);
+        Some(Self::raise(&mut book, tenant, "high_order_volume", Priority::Medium, message, json!({ "ordersLastMinute": count, "threshold": self.order_volume }), None))
+    }
+
+    /// Records a query's duration; one over the threshold raises a `slow_query` alert.
+    pub fn on_query(&self, tenant: &str, query: &str, millis: u64) -> Option<Alert> {
+        if millis <= self.slow_query_ms {
+            return None;
+        }
+        let mut book = self.book.lock();
+        let message = format!("query {query} took {millis} ms");
+        Some(Self::raise(&mut book, tenant, "slow_query", Priority::Medium, message, json!({ "query": query, "durationMs": millis, "threshold": self.slow_query_ms }), None))
+    }
+
+    /// New orders in the last minute.
+    pub fn orders_last_minute(&self, tenant: &str, now_ms: u64) -> u64 {
+        let book = self.book.lock();
+        book.new_orders.get(tenant).map_or(0, |w| w.iter().filter(|&&t| t + 60_000 >= now_ms).count() as u64)
+    }
+
+    /// The tenant's alerts, newest first; acknowledged ones only with `all`.
+    pub fn list(&self, tenant: &str, all: bool) -> Vec<Value> {
+        let book = self.book.lock();
+        let mut out: Vec<&Alert> = book.active.iter().filter(|a| a.tenant == tenant).collect();
+        if all {
+            out.extend(book.acknowledged.iter().filter(|a| a.tenant == tenant));
+        }
+        out.sort_by_key(|a| std::cmp::Reverse(a.timestamp_ms));
+        out.into_iter().map(Alert::to_json).collect()
+    }
+
+    /// Acknowledges an alert of `tenant`. Returns the alert and whether this call
+    /// acknowledged it (false when it already was), or None for an unknown id.
+    pub fn acknowledge(&self, tenant: &str, id: &str) -> Option<(Alert, bool)> {
+        let mut book = self.book.lock();
+        if let Some(pos) = book.active.iter().position(|a| a.tenant == tenant && a.id == id) {
+            let mut alert = book.active.remove(pos);
+            alert.acknowledged_ms = Some(time::now_ms());
+            book.acknowledged.push_back(alert.clone());
+            if book.acknowledged.len() > ACKNOWLEDGED_KEPT {
+                book.acknowledged.pop_front();
+            }
+            return Some((alert, true));
+        }
+        book.acknowledged.iter().find(|a| a.tenant == tenant && a.id == id).map(|a| (a.clone(), false))
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.book.lock().active.len()
+    }
+}

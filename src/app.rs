@@ -1,0 +1,157 @@
+//! The server's shared parts, in one `Arc`, and the order tasks start and stop in.
+//!
+//! [`start`] binds the listener, builds the parts, seeds the demo store, and starts the
+//! accept loop, the housekeeping ticker and the simulator. [`Server::shutdown`] stops
+//! accepting, closes every connection with 1001 after flushing its queue, and waits for
+//! them up to the configured deadline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::net::TcpListener;
+
+use crate::alerts::Alerts;
+use crate::config::Config;
+use crate::error::close;
+use crate::fanout::Engine;
+use crate::metrics::{self, Gauges, Metrics};
+use crate::namespace::dashboard::Dashboards;
+use crate::session::Session;
+use crate::shutdown::Shutdown;
+use crate::source::simulator;
+use crate::store::MemoryStore;
+use crate::time;
+use crate::ws::frame::{self, OpCode};
+
+pub struct App {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<MemoryStore>,
+    pub alerts: Arc<Alerts>,
+    pub engine: Engine,
+    pub dashboards: Dashboards,
+    /// Open connections by id: `/clients`, the heartbeat and shutdown walk it.
+    pub sessions: DashMap<u64, Arc<Session>>,
+    pub shutdown: Shutdown,
+    next_session: AtomicU64,
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<App> {
+        let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(MemoryStore::new());
+        let alerts = Arc::new(Alerts::new(&config));
+        let engine = Engine::new(&config, store.clone(), alerts.clone(), metrics.clone());
+        Arc::new(App {
+            config,
+            metrics,
+            store,
+            alerts,
+            engine,
+            dashboards: Dashboards::default(),
+            sessions: DashMap::new(),
+            shutdown: Shutdown::new(),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Relaxed)
+    }
+
+    pub fn queue_depth(&self) -> u64 {
+        self.sessions.iter().map(|s| s.outbox.len() as u64).sum()
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            connections: self.sessions.len() as u64,
+            queue_depth: self.queue_depth(),
+            subscriptions: self.sessions.iter().map(|s| s.subscription_count() as u64).sum(),
+            last_seq: self.engine.last_seq(),
+            retained: self.engine.retained() as u64,
+            active_alerts: self.alerts.active_count() as u64,
+        }
+    }
+
+    /// Whether the process is above the configured memory ceiling.
+    pub fn over_memory(&self) -> bool {
+        let max = self.config.max_memory_mb;
+        max > 0 && self.metrics.rss_bytes.load(Relaxed) > max * 1024 * 1024
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+}
+
+impl Server {
+    /// Stops accepting, closes every connection with 1001 after flushing what is
+    /// queued, and waits for them up to `SHUTDOWN_TIMEOUT_MS`. Returns true when every
+    /// connection finished in time.
+    pub async fn shutdown(&self) -> bool {
+        let app = &self.app;
+        app.shutdown.trigger();
+        for session in app.sessions.iter() {
+            session.outbox.close(close::GOING_AWAY, true);
+        }
+        app.shutdown.drained(Duration::from_millis(app.config.shutdown_timeout_ms)).await
+    }
+}
+
+/// Binds the listener and starts every task.
+pub async fn start(config: Config) -> std::io::Result<Server> {
+    let listener = TcpListener::bind((config.bind, config.port)).await?;
+    let addr = listener.local_addr()?;
+    let app = App::new(config);
+    app.metrics.rss_bytes.store(metrics::read_rss_bytes(), Relaxed);
+
+    let world = simulator::World::demo();
+    world.seed(&app.store);
+    if app.config.simulate_rate > 0.0 {
+        app.shutdown.spawn(simulator::run(app.clone(), world));
+    }
+    app.shutdown.spawn(housekeeping(app.clone()));
+    app.shutdown.spawn(crate::http::accept_loop(app.clone(), listener));
+    Ok(Server { addr, app })
+}
+
+/// One ticker for all connections rather than a timer each (a timer per connection
+/// would cost memory on every idle client): pings, the heartbeat deadline, retention by
+/// age, and the RSS sample behind `MAX_MEMORY_MB`.
+async fn housekeeping(app: Arc<App>) {
+    let interval = app.config.heartbeat_interval();
+    let deadline_ms = app.config.heartbeat_interval_ms + app.config.heartbeat_timeout_ms;
+    let ping = frame::server_frame(OpCode::Ping, b"");
+    // The RSS and retention checks run every second whatever the heartbeat interval.
+    let mut tick = tokio::time::interval(Duration::from_millis(1000).min(interval));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_ping = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        app.metrics.rss_bytes.store(metrics::read_rss_bytes(), Relaxed);
+        app.engine.trim();
+        if last_ping.elapsed() < interval {
+            continue;
+        }
+        last_ping = tokio::time::Instant::now();
+        let now = time::now_ms();
+        for session in app.sessions.iter() {
+            if now.saturating_sub(session.last_seen_ms.load(Relaxed)) > deadline_ms {
+                app.metrics.heartbeat_timeouts.fetch_add(1, Relaxed);
+                tracing::debug!(connection = session.id, "no pong within the heartbeat timeout; closing");
+                session.outbox.finish();
+            } else {
+                session.outbox.send(ping.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The engine: one publish path from a change to every matching subscriber's queue.
+//!
+//! `publish` gives a change its seq, encodes it once ([`change::Record`]), applies it to
+//! the store, evaluates alert rules, appends it to the retention ring and routes it
+//! through the index into per-connection outboxes. All of that happens under one
+//! `parking_lot::Mutex` (the publish lock), for one reason: every connection must see
+//! the changes of a namespace in seq order, and a subscribe must slot its reply and its
+//! replayed changes in between two publishes. The lock is never held across an await,
+//! and nothing under it waits for a client: pushing to an outbox is a lock-free push.
+//!
+//! Architecture Invariant: no socket, no await and no per-subscriber encoding in here.
+
+pub mod change;
+pub mod index;
+pub mod outbox;
+pub mod replay;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::alerts::{Alert, Alerts};
+use crate::config::Config;
+use crate::error::{ErrorCode, Refusal};
+use crate::metrics::Metrics;
+use crate::namespace::filter::{change_keys, Filter};
+use crate::protocol::native;
+use crate::session::{Session, SubEntry};
+use crate::store::MemoryStore;
+use crate::time;
+use change::{Change, DataType, Keys, Namespace, Record};
+use index::{Index, Subscription};
+use outbox::Delivery;
+use replay::Ring;
+
+struct State {
+    next_seq: u64,
+    ring: Ring,
+}
+
+/// What a subscribe produced, for its reply.
+#[derive(Debug, Clone, Copy)]
+pub struct Subscribed {
+    pub id: u64,
+    pub replayed: usize,
+    pub gap: bool,
+}
+
+pub struct Engine {
+    state: Mutex<State>,
+    index: Index,
+    store: Arc<MemoryStore>,
+    alerts: Arc<Alerts>,
+    metrics: Arc<Metrics>,
+    default_threshold: f64,
+    next_subscription: AtomicU64,
+}
+
+/// The id clients see for subscription `id`.
+pub fn subscription_name(id: u64) -> String {
+    format!("sub-{id}")
+}
+
+impl Engine {
+    pub fn new(config: &Config, store: Arc<MemoryStore>, alerts: Arc<Alerts>, metrics: Arc<Metrics>) -> Engine {
+        // The first seq of a node is its start time in microseconds. A restart therefore
+        // never reuses a seq that clients saw before it (as long as the average rate
+        // stays under a million changes a second), and a client resuming from the
+        // previous run is told about the gap instead of silently missing changes.
+        let first_seq = time::now_us().max(1);
+        Engine {
+            state: Mutex::new(State {
+                next_seq: first_seq,
+                ring: Ring::new(config.replay_max_changes, config.replay_max_age_ms, first_seq),
+            }),
+            index: Index::new(),
+            store,
+            alerts,
+            metrics,
+            default_threshold: config.low_stock_threshold,
+            next_subscription: AtomicU64::new(1),
+        }
+    }
+
+    /// Publishes one change and returns its seq.
+    pub fn publish(&self, change: Change) -> u64 {
+        self.publish_all(vec![change]).first().copied().unwrap_or(0)
+    }
+
+    /// Publishes changes with consecutive seqs, in order. Alerts they raise are
+    /// published right after, as notifications.
+    pub fn publish_all(&self, changes: Vec<Change>) -> Vec<u64> {
+        let mut state = self.state.lock();
+        let mut follow_ups = Vec::new();
+        let seqs: Vec<u64> = changes.iter().map(|c| self.publish_locked(&mut state, c, &mut follow_ups)).collect();
+        while !follow_ups.is_empty() {
+            for change in std::mem::take(&mut follow_ups) {
+                self.publish_locked(&mut state, &change, &mut follow_ups);
+            }
+        }
+        seqs
+    }
+
+    /// Publishes a notification announcing `alert` (used for acknowledgements too).
+    pub fn publish_notification(&self, tenant: &str, data: serde_json::Map<String, serde_json::Value>) -> u64 {
+        self.publish(Change { data_type: DataType::Notification, tenant: Arc::from(tenant), data })
+    }
+
+    fn publish_locked(&self, state: &mut State, change: &Change, follow_ups: &mut Vec<Change>) -> u64 {
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let now = time::now_ms();
+        let mut keys = Keys::extract(change.data_type, &change.data);
+        self.complete_keys(&change.tenant, change.data_type, &mut keys);
+        let mut record = Record::build(seq, change, keys, now);
+
+        let mut raised: Option<Alert> = None;
+        if change.data_type == DataType::Inventory {
+            if let Some(alert) = self.alerts.on_inventory(&record) {
+                record.follow_up = Some(native::event_frame(
+                    Namespace::Inventory.path(),
+                    "inventory:low-stock",
+                    &alert.to_json(),
+                ));
+                raised = Some(alert);
+            }
+        }
+        let record = Arc::new(record);
+        let new_order = self.store.apply(&record, &change.data);
+        if new_order && raised.is_none() {
+            raised = self.alerts.on_new_order(&change.tenant, now);
+        }
+        if let Some(alert) = raised {
+            self.metrics.alerts_raised.fetch_add(1, Relaxed);
+            follow_ups.push(Change {
+                data_type: DataType::Notification,
+                tenant: change.tenant.clone(),
+                data: alert.notification_data(),
+            });
+        }
+        state.ring.push(record.clone(), now);
+        self.route(&record);
+        self.metrics.changes_published.fetch_add(1, Relaxed);
+        seq
+    }
+
+    /// Fills in what filters need and the change may not carry: a product's category
+    /// and threshold, an order's customer.
+    fn complete_keys(&self, tenant: &str, data_type: DataType, keys: &mut Keys) {
+        match data_type {
+            DataType::Inventory => {
+                let (category, threshold) = match &keys.product_id {
+                    Some(p) if keys.category.is_none() || keys.threshold.is_none() => self.store.product_info(tenant, p),
+                    _ => (None, None),
+                };
+                if keys.category.is_none() {
+                    keys.category = category.map(String::into_boxed_str);
+                }
+                keys.threshold = keys.threshold.or(threshold).or(Some(self.default_threshold));
+            }
+            DataType::Orders | DataType::OrderTracking if keys.customer_id.is_none() => {
+                if let Some(order) = &keys.order_id {
+                    keys.customer_id = self.store.order_customer(tenant, order).map(String::into_boxed_str);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues a record's frame on every matching subscription, once per connection.
+    fn route(&self, record: &Record) {
+        let ns = record.namespace();
+        let (mut queued, mut duplicates, mut dropped, mut overflows) = (0u64, 0u64, 0u64, 0u64);
+        for key in change_keys(&record.tenant, record.data_type, &record.keys) {
+            let Some(list) = self.index.get(key) else { continue };
+            for sub in list.iter().flat_map(|chunk| chunk.iter()) {
+                if !sub.matches(record) {
+                    continue;
+                }
+                match sub.session.outbox.deliver(ns, record.seq, &record.frame, record.follow_up.as_ref(), record.published_us) {
+                    Delivery::Queued => queued += 1,
+                    Delivery::DroppedOldest(n) => {
+                        queued += 1;
+                        dropped += n;
+                    }
+                    Delivery::Duplicate => duplicates += 1,
+                    Delivery::Overflow => overflows += 1,
+                    Delivery::Closed => {}
+                }
+            }
+        }
+        for (counter, n) in [
+            (&self.metrics.deliveries, queued),
+            (&self.metrics.duplicates_suppressed, duplicates),
+            (&self.metrics.dropped_frames, dropped),
+            (&self.metrics.slow_consumer_closes, overflows),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
+    }
+
+    /// Registers a subscription. Under the publish lock: queues the reply `reply`
+    /// builds (if any), then the retained matching changes after `since` (never a seq the
+    /// connection already has on that namespace, so order and uniqueness hold), then
+    /// `initial` (the latest tracking change for `orders:track`), and only then makes the
+    /// subscription visible to the router, so live changes follow.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: Filter,
+        since: Option<u64>,
+        initial: Option<Arc<Record>>,
+        reply: impl FnOnce(Subscribed) -> Option<Bytes>,
+    ) -> Subscribed {
+        let id = self.next_subscription.fetch_add(1, Relaxed);
+        let tenant = session.principal().tenant.clone();
+        let keys = filter.index_keys(&tenant);
+        let ns = filter.namespace();
+        let filters_json = filter.to_json();
+        let sub = Arc::new(Subscription { id, session: session.clone(), tenant, filter });
+        let outbox = &session.outbox;
+
+        let state = self.state.lock();
+        let (replay, gap) = match since {
+            Some(since) => {
+                let floor = since.max(outbox.last_seq(ns));
+                let (retained, gap) = state.ring.since(since);
+                (retained.filter(|r| r.seq > floor && sub.matches(r)).cloned().collect(), gap)
+            }
+            None => (Vec::new(), false),
+        };
+        let outcome = Subscribed { id, replayed: replay.len(), gap };
+        if let Some(frame) = reply(outcome) {
+            outbox.send(frame);
+        }
+        for record in replay.iter().chain(initial.iter()) {
+            outbox.deliver(ns, record.seq, &record.frame, None, 0);
+        }
+        self.index.insert(&keys, &sub);
+        session.subs.lock().push(SubEntry { id, ns, keys, filters: filters_json });
+        drop(state);
+        outcome
+    }
+
+    /// Records a subscription that lives outside the index (dashboards), so that it
+    /// counts toward the limit, is listed, and can be unsubscribed.
+    pub fn register_external(&self, session: &Session, ns: Namespace, filters: serde_json::Value) -> u64 {
+        let id = self.next_subscription.fetch_add(1, Relaxed);
+        session.subs.lock().push(SubEntry { id, ns, keys: Vec::new(), filters });
+        id
+    }
+
+    /// Removes a connection's subscriptions on `ns`: the one with `id`, or all of them.
+    pub fn unsubscribe(&self, session: &Session, ns: Namespace, id: Option<u64>) -> Result<Vec<u64>, Refusal> {
+        let removed: Vec<SubEntry> = {
+            let mut subs = session.subs.lock();
+            if let Some(id) = id {
+                if !subs.iter().any(|s| s.id == id && s.ns == ns) {
+                    return Err(Refusal::new(ErrorCode::NotFound, "no such subscription on this namespace"));
+                }
+            }
+            let (gone, kept) = subs.drain(..).partition(|s| s.ns == ns && id.is_none_or(|id| s.id == id));
+            *subs = kept;
+            gone
+        };
+        for entry in &removed {
+            self.index.remove(&entry.keys, entry.id);
+        }
+        Ok(removed.into_iter().map(|e| e.id).collect())
+    }
+
+    /// Removes every subscription of a closed connection.
+    pub fn drop_session(&self, session: &Session) {
+        let subs = std::mem::take(&mut *session.subs.lock());
+        for entry in subs {
+            self.index.remove(&entry.keys, entry.id);
+        }
+    }
+
+    /// Retained changes of one tenant and data type with a seq above `since`, newest
+    /// first.
+    pub fn recent(&self, tenant: &str, data_type: Option<DataType>, since: u64, limit: usize) -> Vec<Arc<Record>> {
+        let state = self.state.lock();
+        state
+            .ring
+            .newest_first()
+            .take_while(|r| r.seq > since)
+            .filter(|r| *r.tenant == *tenant && data_type.is_none_or(|t| r.data_type == t))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Drops retained changes past the age limit.
+    pub fn trim(&self) {
+        self.state.lock().ring.trim(time::now_ms());
+    }
+
+    /// The last seq assigned.
+    pub fn last_seq(&self) -> u64 {
+        self.state.lock().next_seq - 1
+    }
+
+    pub fn retained(&self) -> usize {
+        self.state.lock().ring.len()
+    }
+
+    pub fn index_keys(&self) -> usize {
+        self.index.key_count()
+    }
+}

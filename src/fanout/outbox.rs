@@ -1,0 +1,284 @@
+//! A connection's outgoing queue and close state, shared by the broadcaster (which
+//! pushes) and the connection's writer (which drains).
+//!
+//! The queue is a `crossbeam` `SegQueue`, lock-free for both sides, with a separate
+//! length counter that makes it bounded: `push` never waits, so the broadcaster never
+//! awaits a client. When the queue is full the slow-consumer policy applies.
+//! Architecture Invariant: nothing here does I/O or awaits; waking the writer is a
+//! `Notify` permit.
+
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use tokio::sync::Notify;
+
+use crate::config::SlowConsumerPolicy;
+use crate::fanout::change::Namespace;
+
+/// One queued frame and, for broadcast frames, when its change was published (for the
+/// publish-to-write histogram; 0 for replies and control frames).
+pub struct Outgoing {
+    pub frame: Bytes,
+    pub published_us: u64,
+}
+
+/// Close states, in the order a connection goes through them.
+pub mod state {
+    /// Frames are accepted.
+    pub const OPEN: u8 = 0;
+    /// A close was requested; the writer sends the close frame (after flushing the queue
+    /// when the close asked for it). No new frames are accepted.
+    pub const CLOSING: u8 = 1;
+    /// The close frame is written; waiting for the client's close or the timeout.
+    pub const CLOSE_SENT: u8 = 2;
+    /// The connection is over: reader and writer stop.
+    pub const DONE: u8 = 3;
+}
+
+/// What became of a frame handed to [`Outbox::deliver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Queued,
+    /// The connection already has this seq (or a later one) on that namespace.
+    Duplicate,
+    /// The connection is closing; the frame was not queued.
+    Closed,
+    /// Queued, after dropping this many older frames (drop-oldest policy).
+    DroppedOldest(u64),
+    /// The queue was full and the connection is now closing with 1013.
+    Overflow,
+}
+
+pub struct Outbox {
+    queue: SegQueue<Outgoing>,
+    len: AtomicUsize,
+    capacity: usize,
+    policy: SlowConsumerPolicy,
+    state: AtomicU8,
+    close_code: AtomicU16,
+    /// Whether the close flushes queued frames first (graceful) or discards them.
+    close_flush: AtomicBool,
+    /// Set when the client's close frame arrived or its side of the socket ended.
+    peer_closed: AtomicBool,
+    /// Frames dropped by the drop-oldest policy and not yet reported to the client.
+    dropped: AtomicU64,
+    /// Highest seq queued per namespace. Only the broadcaster writes these, under the
+    /// engine's publish lock, so relaxed ordering is enough: they exist to make "never
+    /// the same seq twice on one namespace" hold when several subscriptions match.
+    last_seq: [AtomicU64; 6],
+    /// Wakes the writer: a frame was queued, or the close state changed.
+    pub writer_wake: Notify,
+    /// Wakes the reader: the connection is over.
+    pub reader_wake: Notify,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize, policy: SlowConsumerPolicy) -> Outbox {
+        Outbox {
+            queue: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            capacity,
+            policy,
+            state: AtomicU8::new(state::OPEN),
+            close_code: AtomicU16::new(0),
+            close_flush: AtomicBool::new(false),
+            peer_closed: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            last_seq: Default::default(),
+            writer_wake: Notify::new(),
+            reader_wake: Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state() == state::OPEN
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues a broadcast frame of change `seq` on namespace `ns`, unless the
+    /// connection already has it. `follow_up` (an alert raised by the change) goes
+    /// right after it, under the same check.
+    pub fn deliver(&self, ns: Namespace, seq: u64, frame: &Bytes, follow_up: Option<&Bytes>, published_us: u64) -> Delivery {
+        let last = &self.last_seq[ns as usize];
+        if last.load(Ordering::Relaxed) >= seq {
+            return Delivery::Duplicate;
+        }
+        last.store(seq, Ordering::Relaxed);
+        let outcome = self.push(Outgoing { frame: frame.clone(), published_us });
+        if let (Some(extra), Delivery::Queued | Delivery::DroppedOldest(_)) = (follow_up, outcome) {
+            self.push(Outgoing { frame: extra.clone(), published_us: 0 });
+        }
+        outcome
+    }
+
+    /// The highest seq this connection has queued on `ns`.
+    pub fn last_seq(&self, ns: Namespace) -> u64 {
+        self.last_seq[ns as usize].load(Ordering::Relaxed)
+    }
+
+    /// Queues a reply or control frame for this connection alone.
+    pub fn send(&self, frame: Bytes) -> Delivery {
+        self.push(Outgoing { frame, published_us: 0 })
+    }
+
+    fn push(&self, item: Outgoing) -> Delivery {
+        if !self.is_open() {
+            return Delivery::Closed;
+        }
+        let mut outcome = Delivery::Queued;
+        if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            match self.policy {
+                SlowConsumerPolicy::Disconnect => {
+                    self.len.fetch_sub(1, Ordering::AcqRel);
+                    return if self.close(crate::error::close::TRY_AGAIN_LATER, false) {
+                        Delivery::Overflow
+                    } else {
+                        Delivery::Closed
+                    };
+                }
+                SlowConsumerPolicy::DropOldest => {
+                    if self.queue.pop().is_some() {
+                        self.len.fetch_sub(1, Ordering::AcqRel);
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        outcome = Delivery::DroppedOldest(1);
+                    }
+                }
+            }
+        }
+        self.queue.push(item);
+        self.writer_wake.notify_one();
+        outcome
+    }
+
+    /// Moves up to `max` queued frames into `out`.
+    pub fn drain_into(&self, out: &mut Vec<Outgoing>, max: usize) {
+        let mut taken = 0;
+        while taken < max {
+            match self.queue.pop() {
+                Some(item) => {
+                    out.push(item);
+                    taken += 1;
+                }
+                None => break,
+            }
+        }
+        if taken > 0 {
+            self.len.fetch_sub(taken, Ordering::AcqRel);
+        }
+    }
+
+    /// Discards everything queued.
+    pub fn discard(&self) {
+        let mut n = 0;
+        while self.queue.pop().is_some() {
+            n += 1;
+        }
+        self.len.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Frames dropped since the last call (drop-oldest policy).
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
+
+    /// Asks for the connection to close with `code`. With `flush`, frames already queued
+    /// are written first. Returns false when a close was already under way.
+    pub fn close(&self, code: u16, flush: bool) -> bool {
+        if self
+            .state
+            .compare_exchange(state::OPEN, state::CLOSING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.close_code.store(code, Ordering::Release);
+        self.close_flush.store(flush, Ordering::Release);
+        self.writer_wake.notify_one();
+        true
+    }
+
+    pub fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Acquire)
+    }
+
+    pub fn close_flushes(&self) -> bool {
+        self.close_flush.load(Ordering::Acquire)
+    }
+
+    pub fn mark_close_sent(&self) {
+        let _ = self.state.compare_exchange(state::CLOSING, state::CLOSE_SENT, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The client sent its close frame, or its side of the socket ended.
+    pub fn mark_peer_closed(&self) {
+        self.peer_closed.store(true, Ordering::Release);
+        self.writer_wake.notify_one();
+    }
+
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed.load(Ordering::Acquire)
+    }
+
+    /// Ends the connection at once: both tasks stop.
+    pub fn finish(&self) {
+        self.state.store(state::DONE, Ordering::Release);
+        self.writer_wake.notify_one();
+        self.reader_wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    #[test]
+    fn never_queues_the_same_seq_twice_on_a_namespace() {
+        let outbox = Outbox::new(10, SlowConsumerPolicy::Disconnect);
+        assert_eq!(outbox.deliver(Namespace::Inventory, 5, &frame(1), None, 0), Delivery::Queued);
+        assert_eq!(outbox.deliver(Namespace::Inventory, 5, &frame(1), None, 0), Delivery::Duplicate);
+        assert_eq!(outbox.deliver(Namespace::Orders, 5, &frame(1), None, 0), Delivery::Queued);
+        assert_eq!(outbox.len(), 2);
+    }
+
+    #[test]
+    fn a_full_queue_closes_with_1013_under_disconnect() {
+        let outbox = Outbox::new(2, SlowConsumerPolicy::Disconnect);
+        for seq in 1..=2 {
+            assert_eq!(outbox.deliver(Namespace::Inventory, seq, &frame(1), None, 0), Delivery::Queued);
+        }
+        assert_eq!(outbox.deliver(Namespace::Inventory, 3, &frame(1), None, 0), Delivery::Overflow);
+        assert_eq!(outbox.state(), state::CLOSING);
+        assert_eq!(outbox.close_code(), 1013);
+        assert_eq!(outbox.deliver(Namespace::Inventory, 4, &frame(1), None, 0), Delivery::Closed);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_frames_and_counts() {
+        let outbox = Outbox::new(2, SlowConsumerPolicy::DropOldest);
+        for seq in 1..=5u8 {
+            outbox.deliver(Namespace::Inventory, u64::from(seq), &frame(seq), None, 0);
+        }
+        let mut out = Vec::new();
+        outbox.drain_into(&mut out, 10);
+        let kept: Vec<u8> = out.iter().map(|o| o.frame[0]).collect();
+        assert_eq!(kept, vec![4, 5]);
+        assert_eq!(outbox.take_dropped(), 3);
+        assert!(outbox.is_empty());
+    }
+}

@@ -1,0 +1,332 @@
+//! The HTTP API of PROTOCOL.md section 1, one function per endpoint.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, VARY};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use super::{error_response, json_response, query_param};
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::{ErrorCode, Refusal};
+use crate::fanout::change::{Change, DataType, Namespace};
+use crate::time;
+use crate::ws::{self, Mode};
+
+type Resp = Response<Full<Bytes>>;
+
+/// The test page, served from the binary.
+const TEST_PAGE: &str = include_str!("test_page.html");
+
+/// `/changes` limits (PROTOCOL.md section 6).
+const CHANGES_DEFAULT_LIMIT: usize = 100;
+const CHANGES_MAX_LIMIT: usize = 1000;
+
+pub async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
+    app.metrics.http_requests.fetch_add(1, Relaxed);
+    let origin = req.headers().get(ORIGIN).cloned();
+    let mut response = dispatch(&app, req, remote).await;
+    if response.status().is_client_error() || response.status().is_server_error() {
+        app.metrics.http_errors.fetch_add(1, Relaxed);
+    }
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        cors(&app, origin.as_ref(), &mut response);
+    }
+    response
+}
+
+/// Adds CORS headers for an allowed browser origin.
+fn cors(app: &App, origin: Option<&HeaderValue>, response: &mut Resp) {
+    let Some(origin) = origin else { return };
+    let allowed = &app.config.cors_origin;
+    let ok = allowed.iter().any(|o| o == "*" || origin.to_str().is_ok_and(|v| v == o));
+    if !ok {
+        return;
+    }
+    let headers = response.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    headers.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    headers.append(VARY, HeaderValue::from_static("Origin"));
+}
+
+/// The methods each known path takes.
+fn allowed_methods(path: &str) -> Option<&'static [Method]> {
+    const GET: &[Method] = &[Method::GET];
+    const POST: &[Method] = &[Method::POST];
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    Some(match segments.as_slice() {
+        [] | ["health"] | ["metrics"] | ["metrics", "prometheus"] | ["clients"] | ["alerts"] | ["test"] | ["ws"] | ["echo"] => GET,
+        ["changes", _] => GET,
+        ["publish"] | ["alerts", _, "acknowledge"] => POST,
+        _ => return None,
+    })
+}
+
+async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
+    let path = req.uri().path().to_string();
+    if ws::is_upgrade(&req) {
+        match path.as_str() {
+            "/" | "/ws" => return ws::upgrade(app, req, remote, Mode::Native),
+            "/echo" if app.config.echo_endpoint => return ws::upgrade(app, req, remote, Mode::Echo),
+            _ => {}
+        }
+    }
+    let Some(methods) = allowed_methods(&path) else {
+        return not_found("no such endpoint");
+    };
+    if path == "/echo" && !app.config.echo_endpoint {
+        return not_found("no such endpoint");
+    }
+    if req.method() == Method::OPTIONS {
+        return preflight(methods);
+    }
+    if !methods.contains(req.method()) {
+        let mut response = error_response(&Refusal::new(ErrorCode::MethodNotAllowed, "method not allowed on this path"));
+        let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            response.headers_mut().insert(ALLOW, v);
+        }
+        return response;
+    }
+    let principal = Principal::open(query_param(req.uri(), "tenant").as_deref());
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match segments.as_slice() {
+        [] => json_response(StatusCode::OK, &info(app)),
+        ["health"] => health(app),
+        ["metrics"] => json_response(StatusCode::OK, &app.metrics.to_json(&app.gauges())),
+        ["metrics", "prometheus"] => prometheus(app),
+        ["clients"] => clients(app, &principal),
+        ["alerts"] => alerts(app, &principal, query_param(req.uri(), "all").as_deref() == Some("true")),
+        ["alerts", id, "acknowledge"] => acknowledge(app, &principal, id),
+        ["changes", data_type] => changes(app, &principal, data_type, &req),
+        ["publish"] => publish(app, &principal, req).await,
+        ["test"] if !app.config.is_production() => {
+            let mut response = Response::new(Full::new(Bytes::from_static(TEST_PAGE.as_bytes())));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            response
+        }
+        ["ws"] | ["echo"] => error_response(&Refusal::new(ErrorCode::InvalidMessage, "this endpoint takes a WebSocket upgrade")),
+        _ => not_found("no such endpoint"),
+    }
+}
+
+fn not_found(message: &'static str) -> Resp {
+    error_response(&Refusal::new(ErrorCode::NotFound, message))
+}
+
+fn preflight(methods: &[Method]) -> Resp {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    let allow = methods.iter().map(Method::as_str).chain(["OPTIONS"]).collect::<Vec<_>>().join(", ");
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        headers.insert(ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Authorization, Content-Type"));
+    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    response
+}
+
+fn info(app: &App) -> Value {
+    json!({
+        "name": "nilecast",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime": app.metrics.uptime_ms(),
+        "startedAt": time::iso8601(app.metrics.started_ms),
+        "auth": "open",
+        "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
+        "protocols": { "native": ["/ws", "/"] },
+        "endpoints": [
+            "GET /", "GET /health", "GET /metrics", "GET /metrics/prometheus", "GET /clients",
+            "GET /alerts", "POST /alerts/:id/acknowledge", "GET /changes/:dataType", "POST /publish",
+            "GET /test", "GET /ws (WebSocket)",
+        ],
+        "dataTypes": DataType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>(),
+    })
+}
+
+fn health(app: &App) -> Resp {
+    let over_memory = app.over_memory();
+    let shutting_down = app.shutdown.is_triggered();
+    let ws_status = if shutting_down { "unhealthy" } else if over_memory { "degraded" } else { "healthy" };
+    let body = json!({
+        "status": ws_status,
+        "timestamp": time::iso8601(time::now_ms()),
+        "uptime": app.metrics.uptime_ms(),
+        "services": {
+            "websocket": {
+                "status": ws_status,
+                "connections": app.sessions.len(),
+                "metrics": {
+                    "messagesSent": app.metrics.messages_sent.load(Relaxed),
+                    "messagesReceived": app.metrics.messages_received.load(Relaxed),
+                    "changesPublished": app.metrics.changes_published.load(Relaxed),
+                    "rssBytes": app.metrics.rss_bytes.load(Relaxed),
+                    "overMemoryLimit": over_memory,
+                },
+            },
+            "niledb": { "status": "disabled" },
+            "redis": { "status": "disabled" },
+        },
+    });
+    let status = if ws_status == "unhealthy" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    json_response(status, &body)
+}
+
+fn prometheus(app: &App) -> Resp {
+    let mut response = Response::new(Full::new(Bytes::from(app.metrics.to_prometheus(&app.gauges()))));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+fn clients(app: &App, principal: &Principal) -> Resp {
+    if let Err(r) = principal.may_administer() {
+        return error_response(&r);
+    }
+    let mut list: Vec<Value> = app
+        .sessions
+        .iter()
+        .filter(|s| s.principal().tenant == principal.tenant)
+        .map(|s| {
+            let p = s.principal();
+            let subs = s.subs.lock();
+            let mut namespaces: Vec<&str> = subs.iter().map(|e| e.ns.path()).collect();
+            namespaces.sort_unstable();
+            namespaces.dedup();
+            json!({
+                "id": s.connection_id(),
+                "remoteAddress": s.remote.to_string(),
+                "user": { "id": &*p.user_id, "roles": p.roles.names(), "authenticated": p.authenticated },
+                "tenant": &*p.tenant,
+                "namespaces": namespaces,
+                "subscriptions": subs.iter().map(|e| json!({
+                    "id": crate::fanout::subscription_name(e.id), "namespace": e.ns.path(), "filters": e.filters,
+                })).collect::<Vec<_>>(),
+                "queueDepth": s.outbox.len(),
+                "connectedSince": time::iso8601(s.connected_ms),
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    json_response(StatusCode::OK, &json!({ "count": list.len(), "clients": list }))
+}
+
+fn alerts(app: &App, principal: &Principal, all: bool) -> Resp {
+    if let Err(r) = principal.may_administer() {
+        return error_response(&r);
+    }
+    let list = app.alerts.list(&principal.tenant, all);
+    json_response(StatusCode::OK, &json!({ "count": list.len(), "alerts": list }))
+}
+
+fn acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
+    if let Err(r) = principal.may_administer() {
+        return error_response(&r);
+    }
+    let Some((alert, first_time)) = app.alerts.acknowledge(&principal.tenant, id) else {
+        return not_found("no such alert");
+    };
+    if first_time {
+        let data = json!({
+            "type": "alert_acknowledged",
+            "priority": "low",
+            "message": format!("alert {} ({}) acknowledged", alert.id, alert.kind),
+            "data": { "alertId": alert.id, "alertType": alert.kind, "acknowledgedBy": &*principal.user_id },
+        });
+        app.engine.publish_notification(&principal.tenant, data.as_object().cloned().unwrap_or_default());
+    }
+    json_response(StatusCode::OK, &alert.to_json())
+}
+
+fn changes(app: &App, principal: &Principal, data_type: &str, req: &Request<Incoming>) -> Resp {
+    if let Err(r) = principal.may_administer() {
+        return error_response(&r);
+    }
+    let Some(data_type) = DataType::parse(data_type) else {
+        return not_found("unknown data type");
+    };
+    let since = match query_param(req.uri(), "since").map(|s| s.parse::<u64>()) {
+        None => 0,
+        Some(Ok(s)) => s,
+        Some(Err(_)) => return error_response(&Refusal::new(ErrorCode::InvalidMessage, "since must be a non-negative integer")),
+    };
+    let limit = match query_param(req.uri(), "limit").map(|s| s.parse::<usize>()) {
+        None => CHANGES_DEFAULT_LIMIT,
+        Some(Ok(n)) if n > 0 => n.min(CHANGES_MAX_LIMIT),
+        Some(_) => return error_response(&Refusal::new(ErrorCode::InvalidMessage, "limit must be a positive integer")),
+    };
+    let list: Vec<Value> = app.engine.recent(&principal.tenant, Some(data_type), since, limit).iter().map(|r| r.payload_json()).collect();
+    json_response(StatusCode::OK, &json!({ "count": list.len(), "changes": list }))
+}
+
+/// Reads a request body up to `MAX_BODY_BYTES`; a larger one is 413.
+async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Refusal> {
+    let max = app.config.max_body_bytes;
+    let too_large = || Refusal::new(ErrorCode::PayloadTooLarge, format!("request body is larger than {max} bytes"));
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(Refusal::new(ErrorCode::InvalidMessage, "could not read the request body")),
+    }
+}
+
+/// Turns one published object into a change, or says what is wrong with it.
+pub fn parse_change(value: Value, principal: &Principal) -> Result<Change, String> {
+    let Value::Object(mut obj) = value else {
+        return Err("a change must be a JSON object".into());
+    };
+    let data_type = match obj.get("dataType") {
+        Some(Value::String(s)) => DataType::parse(s).ok_or_else(|| {
+            format!("dataType must be one of {}", DataType::ALL.map(DataType::name).join(", "))
+        })?,
+        _ => return Err("dataType is required and must be a string".into()),
+    };
+    let tenant = match obj.get("tenantId") {
+        None | Some(Value::Null) => principal.tenant.clone(),
+        Some(Value::String(t)) if !t.is_empty() && t.len() <= 128 => Arc::from(t.as_str()),
+        Some(_) => return Err("tenantId must be a non-empty string of at most 128 characters".into()),
+    };
+    let data: Map<String, Value> = match obj.remove("data") {
+        Some(Value::Object(d)) => d,
+        _ => return Err("data is required and must be an object".into()),
+    };
+    Ok(Change { data_type, tenant, data })
+}
+
+async fn publish(app: &App, principal: &Principal, req: Request<Incoming>) -> Resp {
+    if let Err(r) = principal.may_publish() {
+        return error_response(&r);
+    }
+    let body = match read_body(app, req).await {
+        Ok(b) => b,
+        Err(r) => return error_response(&r),
+    };
+    let invalid = |message: String| error_response(&Refusal::new(ErrorCode::InvalidMessage, message));
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return invalid(format!("body is not valid JSON: {e}")),
+    };
+    let (items, single) = match value {
+        Value::Array(items) => (items, false),
+        other => (vec![other], true),
+    };
+    let mut changes = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match parse_change(item, principal) {
+            Ok(change) => changes.push(change),
+            Err(message) if single => return invalid(message),
+            Err(message) => return invalid(format!("change {i}: {message}; nothing was published")),
+        }
+    }
+    let seqs = if changes.is_empty() { Vec::new() } else { app.engine.publish_all(changes) };
+    json_response(StatusCode::OK, &json!({ "seqs": seqs }))
+}

@@ -1,0 +1,58 @@
+//! nilecast: a real-time broadcast engine. Changes come in from sources (the publish
+//! API, the built-in simulator, later PostgreSQL and Redis), each is encoded once, and
+//! every WebSocket client whose subscription matches gets the same bytes.
+//!
+//! # Code map
+//!
+//! The data flow, left to right:
+//!
+//! ```text
+//! source/ ──► fanout::Engine::publish ──► fanout/index ──► fanout/outbox ──► ws/writer ──► socket
+//!             (seq, encode once, store,    (tenant-keyed,    (bounded, lock-free,  (drain, one
+//!              alerts, replay ring)         copy-on-write)    slow-consumer policy) writev)
+//! socket ──► ws/conn (reader) ──► protocol/native ──► namespace/ ──► engine / store / reply
+//! ```
+//!
+//! - [`app`]: the shared parts (one `Arc<App>`), start and stop order.
+//! - [`config`]: every setting, its variable, default and validation.
+//! - [`shutdown`]: cancel signal, task tracking, deadline.
+//! - [`error`]: wire error codes and close codes, mapped to HTTP statuses in one place.
+//! - [`http`]: accept loop and the HTTP API; [`ws`]: upgrade, reader, writer, framing.
+//! - [`protocol`]: the native codec, pure.
+//! - [`fanout`]: the engine: change records, index, outboxes, replay ring.
+//! - [`namespace`]: request handling per namespace, filters, dashboards, queries.
+//! - [`source`]: producers of changes (the simulator); [`store`]: query state.
+//! - [`auth`]: principals and the one place that decides what they may do.
+//! - [`alerts`], [`metrics`], [`rate_limit`], [`session`], [`time`], [`cli`].
+//!
+//! # Invariants
+//!
+//! - Architecture Invariant: a broadcast frame holds nothing per subscriber; it is
+//!   encoded once per change and shared as `Bytes`.
+//! - Architecture Invariant: the broadcaster never awaits a client; a full queue applies
+//!   the slow-consumer policy instead.
+//! - Architecture Invariant: the tenant is part of every index key and every store query.
+//! - Architecture Invariant: `protocol/` does no I/O; `source/` never touches sockets;
+//!   only `ws/` touches WebSocket sockets.
+
+pub mod alerts;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fanout;
+pub mod http;
+pub mod metrics;
+pub mod namespace;
+pub mod protocol;
+pub mod rate_limit;
+pub mod session;
+pub mod shutdown;
+pub mod source;
+pub mod store;
+pub mod time;
+pub mod ws;
+
+pub use app::{start, App, Server};
+pub use config::Config;

@@ -1,0 +1,135 @@
+//! The `nilecast` command: `serve` (the default) runs the server; `health`, `metrics`,
+//! `clients` and `check` talk to a running one.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nilecast::cli::{self, Target};
+use nilecast::Config;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "nilecast", version, about = "Real-time broadcast engine: live changes to many WebSocket clients.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve {
+        #[command(flatten)]
+        config: Box<Config>,
+    },
+    /// Print a running server's /health; exit 1 when it is down or unhealthy.
+    Health(Target),
+    /// Print a running server's /metrics.
+    Metrics(Target),
+    /// Print a running server's connected clients.
+    Clients(Target),
+    /// Connect, subscribe, publish a probe change and report the round trip.
+    Check(Target),
+}
+
+fn main() -> ExitCode {
+    // A `.env` file in the working directory supplies variables not already set.
+    let _ = dotenvy::dotenv();
+    let mut args: Vec<String> = std::env::args().collect();
+    let first = args.get(1).map(String::as_str);
+    if first.is_none() || first.is_some_and(|a| a.starts_with('-') && !matches!(a, "-h" | "--help" | "-V" | "--version")) {
+        args.insert(1, "serve".into());
+    }
+    let cli = Cli::parse_from(args);
+    match cli.command {
+        Command::Serve { config } => serve(*config),
+        Command::Health(t) => client(cli::health(&t)),
+        Command::Metrics(t) => client(cli::show(&t, "/metrics")),
+        Command::Clients(t) => client(cli::show(&t, "/clients")),
+        Command::Check(t) => client(cli::check(&t)),
+    }
+}
+
+fn client(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(mut config: Config) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(message) = config.validate() {
+        eprintln!("error: invalid configuration: {message}");
+        return ExitCode::from(2);
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.workers > 0 {
+        builder.worker_threads(config.workers);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::warn!(
+        target: "nilecast::security",
+        "auth is OFF: no JWT_SECRET or JWT_PUBLIC_KEY is configured, so every client is an anonymous admin (development only)"
+    );
+    let simulate = config.simulate_rate;
+    let server = nilecast::start(config).await.map_err(|e| anyhow::anyhow!("could not listen: {e}"))?;
+    // Tests and scripts wait for this exact line on stdout.
+    println!("nilecast listening on {}", server.addr);
+    tracing::info!(addr = %server.addr, simulate_rate = simulate, "serving; open http://{}/test to watch live events", server.addr);
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing connections with 1001");
+    if !server.shutdown().await {
+        tracing::warn!("some connections did not close before the shutdown deadline");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

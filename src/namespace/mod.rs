@@ -1,0 +1,233 @@
+//! Request handling per namespace: from a parsed request to subscriptions, queries and
+//! replies. Protocol-neutral: a handler sees a [`Ctx`] and replies through it, so the
+//! native codec (and later Socket.IO) share every rule here.
+//!
+//! Architecture Invariant: handlers never touch sockets and never encode broadcast
+//! frames; they queue replies on the connection's outbox and ask the engine to
+//! subscribe.
+
+pub mod dashboard;
+pub mod filter;
+mod queries;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::{ErrorCode, Refusal};
+use crate::fanout::change::Namespace;
+use crate::fanout::{subscription_name, Subscribed};
+use crate::protocol::native::{self, Request};
+use crate::session::Session;
+use crate::time;
+use filter::Filter;
+
+/// One request being handled.
+pub struct Ctx<'a> {
+    pub app: &'a Arc<App>,
+    pub session: &'a Arc<Session>,
+    pub principal: Arc<Principal>,
+    pub ns: Namespace,
+    pub ack: Option<u64>,
+}
+
+impl Ctx<'_> {
+    /// The reply frame: the ack reply when the request carried `ack`, else `event`.
+    pub fn reply_frame(&self, event: &str, data: &Value) -> Bytes {
+        match self.ack {
+            Some(ack) => native::ack_frame(self.ns.path(), ack, data),
+            None => native::event_frame(self.ns.path(), event, data),
+        }
+    }
+
+    pub fn reply(&self, event: &str, data: &Value) {
+        self.session.outbox.send(self.reply_frame(event, data));
+    }
+
+    fn config(&self) -> &crate::config::Config {
+        &self.app.config
+    }
+}
+
+/// Every request event, with its namespace, to tell `unknown_event` apart from a known
+/// event sent on the wrong namespace.
+const EVENTS: [(&str, Namespace); 15] = [
+    ("auth:login", Namespace::Root),
+    ("data:request", Namespace::Root),
+    ("inventory:subscribe", Namespace::Inventory),
+    ("inventory:unsubscribe", Namespace::Inventory),
+    ("inventory:get-current", Namespace::Inventory),
+    ("orders:subscribe", Namespace::Orders),
+    ("orders:unsubscribe", Namespace::Orders),
+    ("orders:track", Namespace::Orders),
+    ("dashboard:subscribe", Namespace::Dashboard),
+    ("dashboard:unsubscribe", Namespace::Dashboard),
+    ("customer:subscribe", Namespace::Customer),
+    ("customer:unsubscribe", Namespace::Customer),
+    ("notifications:subscribe", Namespace::Notifications),
+    ("notifications:unsubscribe", Namespace::Notifications),
+    ("ping", Namespace::Root),
+];
+
+/// Handles one request from `session`.
+pub fn handle(app: &Arc<App>, session: &Arc<Session>, req: &Request) -> Result<(), Refusal> {
+    let ns = Namespace::parse(&req.ns).ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown namespace"))?;
+    let ctx = Ctx { app, session, principal: session.principal(), ns, ack: req.ack };
+    let data = &req.data;
+    match (ns, req.event.as_str()) {
+        (Namespace::Root, "auth:login") => login(&ctx, data),
+        (Namespace::Root, "data:request") => queries::data_request(&ctx, data),
+        (Namespace::Root, "ping") => {
+            ctx.reply("pong", &json!({ "serverTime": time::iso8601(time::now_ms()) }));
+            Ok(())
+        }
+        (Namespace::Inventory, "inventory:get-current") => queries::inventory_current(&ctx, data),
+        (Namespace::Orders, "orders:track") => track(&ctx, data),
+        (Namespace::Dashboard, "dashboard:subscribe") => dashboard::subscribe(&ctx, data),
+        (_, event) if ns != Namespace::Root && event == format!("{}:subscribe", ns.prefix()) => subscribe(&ctx, data),
+        (_, event) if ns != Namespace::Root && event == format!("{}:unsubscribe", ns.prefix()) => unsubscribe(&ctx, data),
+        (_, event) => Err(match EVENTS.iter().find(|(e, _)| *e == event) {
+            Some((_, home)) => Refusal::new(ErrorCode::UnknownEvent, format!("{event} belongs to namespace {}", home.path())),
+            None => Refusal::new(ErrorCode::UnknownEvent, "unknown event"),
+        }),
+    }
+}
+
+/// `auth:login`. The server runs open until JWT verification is configured: the
+/// connection becomes an authenticated anonymous admin of its tenant.
+fn login(ctx: &Ctx, _data: &Map<String, Value>) -> Result<(), Refusal> {
+    let mut principal = (*ctx.principal).clone();
+    principal.authenticated = true;
+    ctx.session.principal.store(Arc::new(principal.clone()));
+    ctx.reply(
+        "auth:success",
+        &json!({
+            "userId": &*principal.user_id,
+            "tenantId": &*principal.tenant,
+            "roles": principal.roles.names(),
+            "expiresAt": principal.expires_ms.map(time::iso8601),
+        }),
+    );
+    Ok(())
+}
+
+fn check_capacity(ctx: &Ctx) -> Result<(), Refusal> {
+    let max = ctx.config().max_subscriptions;
+    if ctx.session.subscription_count() >= max {
+        return Err(Refusal::new(ErrorCode::TooManySubscriptions, format!("at most {max} subscriptions per connection")));
+    }
+    Ok(())
+}
+
+/// The filter a subscribe on `ns` asks for, narrowed to what the principal may see.
+fn stream_filter(ctx: &Ctx, data: &Map<String, Value>) -> Result<Filter, Refusal> {
+    let max = ctx.config().max_filter_values;
+    let own = ctx.principal.own_user_only();
+    match ctx.ns {
+        Namespace::Inventory => Filter::inventory(data, max),
+        Namespace::Orders => {
+            let mut filter = Filter::orders(data, max)?;
+            if let (Some(user), Filter::Orders { customer_ids, .. }) = (own, &mut filter) {
+                if customer_ids.as_ref().is_some_and(|ids| ids.iter().any(|c| &**c != user)) {
+                    return Err(Refusal::new(ErrorCode::Forbidden, "customers may only follow their own orders"));
+                }
+                *customer_ids = Some(vec![Box::from(user)].into_boxed_slice());
+            }
+            Ok(filter)
+        }
+        Namespace::Customer => Filter::customer(data, max),
+        Namespace::Notifications => Filter::notifications(data, max, own),
+        Namespace::Root | Namespace::Dashboard => Err(Refusal::new(ErrorCode::UnknownEvent, "unknown event")),
+    }
+}
+
+/// The `*:subscribed` payload.
+pub fn subscribed_json(outcome: Subscribed, filters: &Value) -> Value {
+    json!({
+        "subscriptionId": subscription_name(outcome.id),
+        "filters": filters,
+        "replayed": outcome.replayed,
+        "gap": outcome.gap,
+    })
+}
+
+/// `<ns>:subscribe` for the change-stream namespaces.
+fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
+    ctx.principal.may_read(ctx.ns)?;
+    let filter = stream_filter(ctx, data)?;
+    let since = filter::since_seq(data)?;
+    check_capacity(ctx)?;
+    let filters = filter.to_json();
+    let event = format!("{}:subscribed", ctx.ns.prefix());
+    ctx.app.engine.subscribe(ctx.session, filter, since, None, |outcome| {
+        Some(ctx.reply_frame(&event, &subscribed_json(outcome, &filters)))
+    });
+    Ok(())
+}
+
+/// Reads `subscriptionId`: `"sub-7"` (as the server names it) or `7`.
+fn subscription_id(data: &Map<String, Value>) -> Result<Option<u64>, Refusal> {
+    let not_found = || Refusal::new(ErrorCode::NotFound, "no such subscription on this namespace");
+    match data.get("subscriptionId") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(not_found),
+        Some(Value::String(s)) => s.strip_prefix("sub-").unwrap_or(s).parse().map(Some).map_err(|_| not_found()),
+        Some(_) => Err(Refusal::new(ErrorCode::InvalidMessage, "subscriptionId must be a string")),
+    }
+}
+
+/// `<ns>:unsubscribe {subscriptionId?}`.
+fn unsubscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
+    let id = subscription_id(data)?;
+    let removed = ctx.app.engine.unsubscribe(ctx.session, ctx.ns, id)?;
+    if ctx.ns == Namespace::Dashboard {
+        ctx.app.dashboards.remove(ctx.session.id, &removed);
+    }
+    let names: Vec<String> = removed.into_iter().map(subscription_name).collect();
+    ctx.reply(&format!("{}:unsubscribed", ctx.ns.prefix()), &json!({ "unsubscribed": names }));
+    Ok(())
+}
+
+/// `orders:track {orderId}`: follow one order's tracking changes. With `ack` the reply
+/// is `{orderId, tracking}`; without, the latest tracking change comes as
+/// `order:tracking` (unless the connection already has it).
+fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
+    ctx.principal.may_read(Namespace::Orders)?;
+    let order_id = data
+        .get("orderId")
+        .and_then(crate::fanout::change::scalar_text)
+        .ok_or_else(|| Refusal::new(ErrorCode::InvalidFilter, "orderId must be a string or number"))?;
+    let tenant = &ctx.principal.tenant;
+    let latest = ctx.app.store.latest_tracking(tenant, &order_id);
+    if let Some(user) = ctx.principal.own_user_only() {
+        let owner = ctx.app.store.order_customer(tenant, &order_id);
+        if owner.as_deref().is_some_and(|o| o != user) {
+            return Err(Refusal::new(ErrorCode::Forbidden, "customers may only track their own orders"));
+        }
+    }
+    let already = ctx.session.subs.lock().iter().any(|s| {
+        s.ns == Namespace::Orders && s.filters.get("trackOnly") == Some(&Value::Bool(true)) && s.filters["orderIds"][0] == *order_id
+    });
+    let reply = json!({ "orderId": &*order_id, "tracking": latest.as_ref().map(|r| r.payload_json()) });
+    if already {
+        if ctx.ack.is_some() {
+            ctx.reply("orders:tracking", &reply);
+        }
+        return Ok(());
+    }
+    check_capacity(ctx)?;
+    let filter = Filter::track(order_id.clone(), ctx.principal.own_user_only());
+    match ctx.ack {
+        Some(_) => {
+            ctx.app.engine.subscribe(ctx.session, filter, None, None, |_| Some(ctx.reply_frame("orders:tracking", &reply)));
+        }
+        None => {
+            // Without ack the answer is the latest tracking change itself, if any.
+            ctx.app.engine.subscribe(ctx.session, filter, None, latest, |_| None);
+        }
+    }
+    Ok(())
+}

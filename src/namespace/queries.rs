@@ -1,0 +1,154 @@
+//! Read-only requests: `data:request` and `inventory:get-current`. Every query is scoped
+//! to the principal's tenant.
+
+use serde_json::{json, Map, Value};
+
+use super::Ctx;
+use crate::error::{ErrorCode, Refusal};
+use crate::fanout::change::Namespace;
+use crate::namespace::filter::Values;
+use crate::store::memory::InventoryQuery;
+use crate::time;
+
+/// Default and largest `limit` of a query (the same as `/changes`).
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+fn limit(params: &Map<String, Value>) -> Result<usize, Refusal> {
+    match params.get("limit") {
+        None | Some(Value::Null) => Ok(DEFAULT_LIMIT),
+        Some(v) => v
+            .as_u64()
+            .map(|n| (n as usize).clamp(1, MAX_LIMIT))
+            .ok_or_else(|| Refusal::new(ErrorCode::InvalidFilter, "limit must be a positive integer")),
+    }
+}
+
+/// A string-or-array field, or its plural array form (`category` or `categories`).
+fn values(params: &Map<String, Value>, singular: &str, plural: &str, max: usize) -> Result<Values, Refusal> {
+    let mut out: Vec<Box<str>> = Vec::new();
+    for field in [singular, plural] {
+        match params.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for item in items {
+                    out.push(crate::fanout::change::scalar_text(item).ok_or_else(|| {
+                        Refusal::new(ErrorCode::InvalidFilter, format!("{field} values must be strings or numbers"))
+                    })?);
+                }
+            }
+            Some(v @ (Value::String(_) | Value::Number(_))) => out.extend(crate::fanout::change::scalar_text(v)),
+            Some(_) => return Err(Refusal::new(ErrorCode::InvalidFilter, format!("{field} must be a string or an array"))),
+        }
+    }
+    if out.len() > max {
+        return Err(Refusal::new(ErrorCode::InvalidFilter, format!("{plural} has more than {max} values")));
+    }
+    Ok((!out.is_empty()).then(|| out.into_boxed_slice()))
+}
+
+fn inventory_query(params: &Map<String, Value>, max: usize) -> Result<InventoryQuery, Refusal> {
+    Ok(InventoryQuery {
+        product_ids: values(params, "productId", "productIds", max)?,
+        warehouse_ids: values(params, "warehouseId", "warehouseIds", max)?,
+        categories: values(params, "category", "categories", max)?,
+        low_stock_only: params.get("lowStockOnly").and_then(Value::as_bool).unwrap_or(false),
+    })
+}
+
+/// `inventory:get-current {filters}`: the latest row per product and warehouse.
+pub fn inventory_current(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
+    ctx.principal.may_read(Namespace::Inventory)?;
+    let params = match data.get("filters") {
+        Some(Value::Object(f)) => f,
+        None | Some(Value::Null) => data,
+        Some(_) => return Err(Refusal::new(ErrorCode::InvalidFilter, "filters must be an object")),
+    };
+    let config = ctx.config();
+    let query = inventory_query(params, config.max_filter_values)?;
+    let items = ctx.app.store.inventory_current(&ctx.principal.tenant, &query, config.low_stock_threshold, limit(params)?);
+    ctx.reply(
+        "inventory:current",
+        &json!({ "count": items.len(), "items": items, "timestamp": time::iso8601(time::now_ms()) }),
+    );
+    Ok(())
+}
+
+/// The data types `data:request` answers.
+pub const DATA_TYPES: [&str; 7] =
+    ["inventory_summary", "low_stock_items", "order_stats", "recent_orders", "customer_activity", "alerts", "recent_changes"];
+
+/// `data:request {dataType, parameters}` answers `data:response {dataType, data, timestamp}`.
+pub fn data_request(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
+    let data_type = data
+        .get("dataType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Refusal::new(ErrorCode::InvalidMessage, "dataType must be a string"))?;
+    let empty = Map::new();
+    let params = match data.get("parameters") {
+        Some(Value::Object(p)) => p,
+        None | Some(Value::Null) => &empty,
+        Some(_) => return Err(Refusal::new(ErrorCode::InvalidMessage, "parameters must be an object")),
+    };
+    let answer = answer(ctx, data_type, params)?;
+    ctx.reply(
+        "data:response",
+        &json!({ "dataType": data_type, "data": answer, "timestamp": time::iso8601(time::now_ms()) }),
+    );
+    Ok(())
+}
+
+/// Computes one `data:request` answer (also used by the dashboard's widgets).
+fn answer(ctx: &Ctx, data_type: &str, params: &Map<String, Value>) -> Result<Value, Refusal> {
+    let app = ctx.app;
+    let tenant = &*ctx.principal.tenant;
+    let config = &app.config;
+    let now = time::now_ms();
+    let needs = |ns: Namespace| ctx.principal.may_read(ns);
+    Ok(match data_type {
+        "inventory_summary" => {
+            needs(Namespace::Inventory)?;
+            app.store.inventory_summary(tenant, config.low_stock_threshold, config.out_of_stock_threshold)
+        }
+        "low_stock_items" => {
+            needs(Namespace::Inventory)?;
+            let mut query = inventory_query(params, config.max_filter_values)?;
+            query.low_stock_only = true;
+            Value::Array(app.store.inventory_current(tenant, &query, config.low_stock_threshold, limit(params)?))
+        }
+        "order_stats" => {
+            needs(Namespace::Dashboard)?;
+            app.store.order_stats(tenant, app.alerts.orders_last_minute(tenant, now))
+        }
+        "recent_orders" => {
+            needs(Namespace::Dashboard)?;
+            Value::Array(app.store.recent_orders(tenant, limit(params)?))
+        }
+        "customer_activity" => {
+            needs(Namespace::Customer)?;
+            app.store.customer_activity(tenant, limit(params)?, now)
+        }
+        "alerts" => {
+            needs(Namespace::Dashboard)?;
+            Value::Array(app.alerts.list(tenant, params.get("all").and_then(Value::as_bool).unwrap_or(false)))
+        }
+        "recent_changes" => {
+            needs(Namespace::Dashboard)?;
+            let kind = match params.get("dataType").and_then(Value::as_str) {
+                Some(name) => Some(
+                    crate::fanout::change::DataType::parse(name)
+                        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters"))?,
+                ),
+                None => None,
+            };
+            let since = params.get("since").and_then(Value::as_u64).unwrap_or(0);
+            Value::Array(app.engine.recent(tenant, kind, since, limit(params)?).iter().map(|r| r.payload_json()).collect())
+        }
+        _ => {
+            return Err(Refusal::new(
+                ErrorCode::NotFound,
+                format!("unknown dataType; known: {}", DATA_TYPES.join(", ")),
+            ))
+        }
+    })
+}

@@ -1,0 +1,75 @@
+//! A connection as the rest of the server sees it: identity, subscriptions, outbox.
+//!
+//! The reader task owns the request handling; everything here is what other tasks need
+//! to reach: the broadcaster (through the outbox), `/clients`, the heartbeat and the
+//! shutdown. The subscription list is a `parking_lot::Mutex` because it is touched only
+//! on subscribe, unsubscribe, disconnect and `/clients`, never on the broadcast path,
+//! and never across an await.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::auth::Principal;
+use crate::fanout::change::Namespace;
+use crate::fanout::outbox::Outbox;
+
+/// One of a connection's subscriptions, as it is listed and removed.
+#[derive(Debug, Clone)]
+pub struct SubEntry {
+    pub id: u64,
+    pub ns: Namespace,
+    /// Index keys it is registered under (empty for dashboard subscriptions).
+    pub keys: Vec<u64>,
+    /// The filters as the client sent them, for `/clients` and the subscribed reply.
+    pub filters: Value,
+}
+
+pub struct Session {
+    pub id: u64,
+    pub outbox: Outbox,
+    pub remote: SocketAddr,
+    pub connected_ms: u64,
+    /// Replaced as a whole on `auth:login`.
+    pub principal: ArcSwap<Principal>,
+    pub subs: Mutex<Vec<SubEntry>>,
+    /// Milliseconds since the epoch of the last frame from the client (heartbeat).
+    pub last_seen_ms: AtomicU64,
+}
+
+impl Session {
+    pub fn new(id: u64, outbox: Outbox, remote: SocketAddr, principal: Principal, now_ms: u64) -> Session {
+        Session {
+            id,
+            outbox,
+            remote,
+            connected_ms: now_ms,
+            principal: ArcSwap::from_pointee(principal),
+            subs: Mutex::new(Vec::new()),
+            last_seen_ms: AtomicU64::new(now_ms),
+        }
+    }
+
+    pub fn principal(&self) -> Arc<Principal> {
+        self.principal.load_full()
+    }
+
+    /// The id clients see (`connectionId`).
+    pub fn connection_id(&self) -> String {
+        format!("c-{}", self.id)
+    }
+
+    pub fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs.lock().len()
+    }
+}
+
+pub type SessionRef = Arc<Session>;

@@ -1,0 +1,115 @@
+//! WebSocket connections: the upgrade, then one reader and one writer per connection.
+//!
+//! The upgrade is answered by hyper; the socket is then taken back out of hyper
+//! (`Upgraded::downcast`) so the reader can wait for readability with no buffer and read
+//! only when bytes are there, and the writer can hand many frames to one vectored
+//! write. That is why the framing is ours ([`frame`]) and fastwebsockets is used for its
+//! unmasking only: its reader owns an 8 KiB buffer per connection for the connection's
+//! whole life, which an idle-heavy broadcast server can not afford.
+//!
+//! Architecture Invariant: only this module touches WebSocket sockets.
+
+pub mod conn;
+pub mod frame;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sha1::{Digest, Sha1};
+use tokio::net::TcpStream;
+
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::{ErrorCode, Refusal};
+use crate::http::{error_response, query_param};
+
+/// What a connection speaks after the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The native protocol of PROTOCOL.md section 2.
+    Native,
+    /// The `/echo` conformance endpoint: every message comes back unchanged.
+    Echo,
+}
+
+/// Is this request a WebSocket upgrade?
+pub fn is_upgrade(req: &Request<Incoming>) -> bool {
+    let has_token = |name, token: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    has_token(UPGRADE, "websocket") && has_token(CONNECTION, "upgrade")
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2).
+fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Answers an upgrade request and starts the connection once hyper hands the socket
+/// over.
+pub fn upgrade(app: &Arc<App>, mut req: Request<Incoming>, remote: SocketAddr, mode: Mode) -> Response<Full<Bytes>> {
+    let refuse = |code: ErrorCode, message: &'static str| error_response(&Refusal::new(code, message));
+    if req.headers().get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return refuse(ErrorCode::InvalidMessage, "Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()) else {
+        return refuse(ErrorCode::InvalidMessage, "Sec-WebSocket-Key is missing");
+    };
+    if app.shutdown.is_triggered() {
+        return refuse(ErrorCode::Unavailable, "server is shutting down");
+    }
+    if app.sessions.len() >= app.config.max_connections || app.over_memory() {
+        app.metrics.connections_refused.fetch_add(1, Relaxed);
+        return refuse(ErrorCode::Unavailable, "server is at capacity; try another node or later");
+    }
+    let principal = Principal::open(query_param(req.uri(), "tenant").as_deref());
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_app = app.clone();
+    app.shutdown.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => conn::run(task_app, parts.io.into_inner(), parts.read_buf, remote, principal, mode).await,
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+        }
+    });
+
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept_key(&key)) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+}
