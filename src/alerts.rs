@@ -90,7 +90,15 @@ impl Alerts {
         }
     }
 
-    fn raise(book: &mut Book, tenant: &str, kind: &'static str, severity: Priority, message: String, data: Value, scope: Option<(String, String)>) -> Alert {
+    fn raise(
+        book: &mut Book,
+        tenant: &str,
+        kind: &'static str,
+        severity: Priority,
+        message: String,
+        data: Value,
+        scope: Option<(String, String)>,
+    ) -> Alert {
         book.next_id += 1;
         let alert = Alert {
             id: format!("alert-{}", book.next_id),
@@ -119,19 +127,39 @@ impl Alerts {
         let warehouse = keys.warehouse_id.as_deref().unwrap_or("").to_string();
         let scope = Some((product.clone(), warehouse.clone()));
         let mut book = self.book.lock();
-        if book.active.iter().any(|a| *a.tenant == *record.tenant && a.scope == scope) {
+        if book
+            .active
+            .iter()
+            .any(|a| *a.tenant == *record.tenant && a.scope == scope)
+        {
             return None;
         }
         let (kind, severity, message) = if quantity <= self.out_of_stock {
-            ("out_of_stock", Priority::Critical, format!("{product} is out of stock at {warehouse}"))
+            (
+                "out_of_stock",
+                Priority::Critical,
+                format!("{product} is out of stock at {warehouse}"),
+            )
         } else {
-            ("low_stock", Priority::High, format!("{product} is low on stock at {warehouse}: {quantity} left"))
+            (
+                "low_stock",
+                Priority::High,
+                format!("{product} is low on stock at {warehouse}: {quantity} left"),
+            )
         };
         let data = json!({
             "productId": product, "warehouseId": warehouse, "category": keys.category.as_deref(),
             "quantity": quantity, "threshold": threshold, "seq": record.seq,
         });
-        Some(Self::raise(&mut book, &record.tenant, kind, severity, message, data, scope))
+        Some(Self::raise(
+            &mut book,
+            &record.tenant,
+            kind,
+            severity,
+            message,
+            data,
+            scope,
+        ))
     }
 
     /// Counts a new order; more than the threshold in a minute raises one alert until it
@@ -144,11 +172,27 @@ impl Alerts {
             window.pop_front();
         }
         let count = window.len() as u64;
-        if count <= self.order_volume || book.active.iter().any(|a| a.tenant == tenant && a.kind == "high_order_volume") {
+        if count <= self.order_volume
+            || book
+                .active
+                .iter()
+                .any(|a| a.tenant == tenant && a.kind == "high_order_volume")
+        {
             return None;
         }
-        let message = format!("{count} new orders in the last minute (threshold {})", self.order_volume);
-        Some(Self::raise(&mut book, tenant, "high_order_volume", Priority::Medium, message, json!({ "ordersLastMinute": count, "threshold": self.order_volume }), None))
+        let message = format!(
+            "{count} new orders in the last minute (threshold {})",
+            self.order_volume
+        );
+        Some(Self::raise(
+            &mut book,
+            tenant,
+            "high_order_volume",
+            Priority::Medium,
+            message,
+            json!({ "ordersLastMinute": count, "threshold": self.order_volume }),
+            None,
+        ))
     }
 
     /// Records a query's duration; one over the threshold raises a `slow_query` alert.
@@ -158,13 +202,23 @@ impl Alerts {
         }
         let mut book = self.book.lock();
         let message = format!("query {query} took {millis} ms");
-        Some(Self::raise(&mut book, tenant, "slow_query", Priority::Medium, message, json!({ "query": query, "durationMs": millis, "threshold": self.slow_query_ms }), None))
+        Some(Self::raise(
+            &mut book,
+            tenant,
+            "slow_query",
+            Priority::Medium,
+            message,
+            json!({ "query": query, "durationMs": millis, "threshold": self.slow_query_ms }),
+            None,
+        ))
     }
 
     /// New orders in the last minute.
     pub fn orders_last_minute(&self, tenant: &str, now_ms: u64) -> u64 {
         let book = self.book.lock();
-        book.new_orders.get(tenant).map_or(0, |w| w.iter().filter(|&&t| t + 60_000 >= now_ms).count() as u64)
+        book.new_orders.get(tenant).map_or(0, |w| {
+            w.iter().filter(|&&t| t + 60_000 >= now_ms).count() as u64
+        })
     }
 
     /// The tenant's alerts, newest first; acknowledged ones only with `all`.
@@ -182,7 +236,11 @@ impl Alerts {
     /// acknowledged it (false when it already was), or None for an unknown id.
     pub fn acknowledge(&self, tenant: &str, id: &str) -> Option<(Alert, bool)> {
         let mut book = self.book.lock();
-        if let Some(pos) = book.active.iter().position(|a| a.tenant == tenant && a.id == id) {
+        if let Some(pos) = book
+            .active
+            .iter()
+            .position(|a| a.tenant == tenant && a.id == id)
+        {
             let mut alert = book.active.remove(pos);
             alert.acknowledged_ms = Some(time::now_ms());
             book.acknowledged.push_back(alert.clone());
@@ -191,7 +249,10 @@ impl Alerts {
             }
             return Some((alert, true));
         }
-        book.acknowledged.iter().find(|a| a.tenant == tenant && a.id == id).map(|a| (a.clone(), false))
+        book.acknowledged
+            .iter()
+            .find(|a| a.tenant == tenant && a.id == id)
+            .map(|a| (a.clone(), false))
     }
 
     pub fn active_count(&self) -> usize {

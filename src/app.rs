@@ -70,7 +70,11 @@ impl App {
         Gauges {
             connections: self.sessions.len() as u64,
             queue_depth: self.queue_depth(),
-            subscriptions: self.sessions.iter().map(|s| s.subscription_count() as u64).sum(),
+            subscriptions: self
+                .sessions
+                .iter()
+                .map(|s| s.subscription_count() as u64)
+                .sum(),
             last_seq: self.engine.last_seq(),
             retained: self.engine.retained() as u64,
             active_alerts: self.alerts.active_count() as u64,
@@ -100,7 +104,9 @@ impl Server {
         for session in app.sessions.iter() {
             session.outbox.close(close::GOING_AWAY, true);
         }
-        app.shutdown.drained(Duration::from_millis(app.config.shutdown_timeout_ms)).await
+        app.shutdown
+            .drained(Duration::from_millis(app.config.shutdown_timeout_ms))
+            .await
     }
 }
 
@@ -109,7 +115,9 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
     let listener = TcpListener::bind((config.bind, config.port)).await?;
     let addr = listener.local_addr()?;
     let app = App::new(config);
-    app.metrics.rss_bytes.store(metrics::read_rss_bytes(), Relaxed);
+    app.metrics
+        .rss_bytes
+        .store(metrics::read_rss_bytes(), Relaxed);
 
     let world = simulator::World::demo();
     world.seed(&app.store);
@@ -117,7 +125,8 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
         app.shutdown.spawn(simulator::run(app.clone(), world));
     }
     app.shutdown.spawn(housekeeping(app.clone()));
-    app.shutdown.spawn(crate::http::accept_loop(app.clone(), listener));
+    app.shutdown
+        .spawn(crate::http::accept_loop(app.clone(), listener));
     Ok(Server { addr, app })
 }
 
@@ -137,7 +146,9 @@ async fn housekeeping(app: Arc<App>) {
             _ = tick.tick() => {}
             _ = app.shutdown.cancelled() => return,
         }
-        app.metrics.rss_bytes.store(metrics::read_rss_bytes(), Relaxed);
+        app.metrics
+            .rss_bytes
+            .store(metrics::read_rss_bytes(), Relaxed);
         app.engine.trim();
         if last_ping.elapsed() < interval {
             continue;
@@ -147,7 +158,10 @@ async fn housekeeping(app: Arc<App>) {
         for session in app.sessions.iter() {
             if now.saturating_sub(session.last_seen_ms.load(Relaxed)) > deadline_ms {
                 app.metrics.heartbeat_timeouts.fetch_add(1, Relaxed);
-                tracing::debug!(connection = session.id, "no pong within the heartbeat timeout; closing");
+                tracing::debug!(
+                    connection = session.id,
+                    "no pong within the heartbeat timeout; closing"
+                );
                 session.outbox.finish();
             } else {
                 session.outbox.send(ping.clone());

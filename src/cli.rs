@@ -22,13 +22,21 @@ pub struct Target {
 
 impl Target {
     fn host_port(&self) -> anyhow::Result<String> {
-        let rest = self.url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("--url must start with http://"))?;
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow::anyhow!("--url must start with http://"))?;
         Ok(rest.trim_end_matches('/').to_string())
     }
 }
 
 /// A minimal HTTP/1.1 request; returns (status, body).
-async fn request(target: &Target, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, String)> {
+async fn request(
+    target: &Target,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(u16, String)> {
     let host = target.host_port()?;
     let exchange = async {
         let mut stream = TcpStream::connect(&host).await?;
@@ -43,15 +51,26 @@ async fn request(target: &Target, method: &str, path: &str, body: Option<&Value>
         stream.read_to_end(&mut raw).await?;
         anyhow::Ok(raw)
     };
-    let raw = tokio::time::timeout(STEP_TIMEOUT, exchange).await.map_err(|_| anyhow::anyhow!("{host} did not answer in time"))??;
+    let raw = tokio::time::timeout(STEP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("{host} did not answer in time"))??;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("malformed HTTP response"))?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow::anyhow!("malformed status line"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("malformed HTTP response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("malformed status line"))?;
     Ok((status, body.to_string()))
 }
 
 fn pretty(body: &str) -> String {
-    serde_json::from_str::<Value>(body).ok().and_then(|v| serde_json::to_string_pretty(&v).ok()).unwrap_or_else(|| body.to_string())
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| body.to_string())
 }
 
 /// `nilecast health`: prints `/health`; fails unless the server says healthy or degraded.
@@ -75,14 +94,20 @@ pub async fn show(target: &Target, path: &str) -> anyhow::Result<()> {
 pub async fn check(target: &Target) -> anyhow::Result<()> {
     let host = target.host_port()?;
     let started = Instant::now();
-    let (mut ws, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(format!("ws://{host}/ws")))
-        .await
-        .map_err(|_| anyhow::anyhow!("WebSocket connect timed out"))??;
+    let (mut ws, _) = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio_tungstenite::connect_async(format!("ws://{host}/ws")),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("WebSocket connect timed out"))??;
     let connected = started.elapsed();
     let probe = format!("nilecast-check-{}", std::process::id());
 
     let hello = recv(&mut ws).await?;
-    anyhow::ensure!(hello["event"] == "connection:established", "unexpected first frame: {hello}");
+    anyhow::ensure!(
+        hello["event"] == "connection:established",
+        "unexpected first frame: {hello}"
+    );
 
     let subscribe_at = Instant::now();
     let request_frame = json!({"ns":"/inventory","event":"inventory:subscribe","data":{"productIds":[probe]},"ack":1});
@@ -90,7 +115,11 @@ pub async fn check(target: &Target) -> anyhow::Result<()> {
     let subscribed = loop {
         let frame = recv(&mut ws).await?;
         if frame["ack"] == 1 {
-            anyhow::ensure!(frame["data"].get("error").is_none(), "subscribe refused: {}", frame["data"]["error"]);
+            anyhow::ensure!(
+                frame["data"].get("error").is_none(),
+                "subscribe refused: {}",
+                frame["data"]["error"]
+            );
             break subscribe_at.elapsed();
         }
     };
@@ -101,7 +130,9 @@ pub async fn check(target: &Target) -> anyhow::Result<()> {
     anyhow::ensure!(status == 200, "publish failed: HTTP {status} {body}");
     let delivered = loop {
         let frame = recv(&mut ws).await?;
-        if frame["event"] == "inventory:update" && frame["data"]["data"]["productId"] == probe.as_str() {
+        if frame["event"] == "inventory:update"
+            && frame["data"]["data"]["productId"] == probe.as_str()
+        {
             break publish_at.elapsed();
         }
     };
@@ -120,7 +151,10 @@ where
     S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     loop {
-        match tokio::time::timeout(STEP_TIMEOUT, ws.next()).await.map_err(|_| anyhow::anyhow!("no frame from the server in time"))? {
+        match tokio::time::timeout(STEP_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no frame from the server in time"))?
+        {
             Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text)?),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),

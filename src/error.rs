@@ -100,7 +100,11 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Refusal { code, message: message.into(), retry_after_ms: None }
+        Refusal {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
 
     /// The `{"code","message"}` object used in error events, ack replies and HTTP bodies.

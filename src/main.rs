@@ -11,7 +11,11 @@ use nilecast::Config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "nilecast", version, about = "Real-time broadcast engine: live changes to many WebSocket clients.")]
+#[command(
+    name = "nilecast",
+    version,
+    about = "Real-time broadcast engine: live changes to many WebSocket clients."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,7 +43,11 @@ fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
     let mut args: Vec<String> = std::env::args().collect();
     let first = args.get(1).map(String::as_str);
-    if first.is_none() || first.is_some_and(|a| a.starts_with('-') && !matches!(a, "-h" | "--help" | "-V" | "--version")) {
+    if first.is_none()
+        || first.is_some_and(|a| {
+            a.starts_with('-') && !matches!(a, "-h" | "--help" | "-V" | "--version")
+        })
+    {
         args.insert(1, "serve".into());
     }
     let cli = Cli::parse_from(args);
@@ -53,7 +61,10 @@ fn main() -> ExitCode {
 }
 
 fn client(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -72,7 +83,8 @@ fn client(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
 fn serve(mut config: Config) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -106,7 +118,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "auth is OFF: no JWT_SECRET or JWT_PUBLIC_KEY is configured, so every client is an anonymous admin (development only)"
     );
     let simulate = config.simulate_rate;
-    let server = nilecast::start(config).await.map_err(|e| anyhow::anyhow!("could not listen: {e}"))?;
+    let server = nilecast::start(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("could not listen: {e}"))?;
     // Tests and scripts wait for this exact line on stdout.
     println!("nilecast listening on {}", server.addr);
     tracing::info!(addr = %server.addr, simulate_rate = simulate, "serving; open http://{}/test to watch live events", server.addr);
@@ -121,7 +135,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

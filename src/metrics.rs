@@ -15,8 +15,10 @@ use crate::error::ErrorCode;
 
 /// Upper bounds of the latency buckets, in microseconds: 100 us to 5 s, roughly
 /// 1-2.5-5 steps, which is what a Prometheus user expects to see for a latency.
-const BUCKETS_US: [u64; 15] =
-    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000];
+const BUCKETS_US: [u64; 15] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000,
+];
 
 #[derive(Default)]
 pub struct Histogram {
@@ -58,7 +60,11 @@ impl Histogram {
         for (i, c) in counts.iter().enumerate() {
             seen += c;
             if seen >= rank {
-                return Some(BUCKETS_US.get(i).map_or(f64::INFINITY, |&us| us as f64 / 1000.0));
+                return Some(
+                    BUCKETS_US
+                        .get(i)
+                        .map_or(f64::INFINITY, |&us| us as f64 / 1000.0),
+                );
             }
         }
         None
@@ -145,7 +151,10 @@ impl Metrics {
     fn errors_json(&self) -> Value {
         let mut map = serde_json::Map::new();
         for code in ErrorCode::ALL {
-            map.insert(code.as_str().into(), self.errors[code.index()].load(Relaxed).into());
+            map.insert(
+                code.as_str().into(),
+                self.errors[code.index()].load(Relaxed).into(),
+            );
         }
         Value::Object(map)
     }
@@ -158,7 +167,11 @@ impl Metrics {
     /// own figures.
     pub fn to_json(&self, gauges: &Gauges) -> Value {
         let handled = self.requests_handled.load(Relaxed);
-        let avg_ms = if handled == 0 { 0.0 } else { self.request_time_us.load(Relaxed) as f64 / handled as f64 / 1000.0 };
+        let avg_ms = if handled == 0 {
+            0.0
+        } else {
+            self.request_time_us.load(Relaxed) as f64 / handled as f64 / 1000.0
+        };
         json!({
             "server": {
                 "uptime": self.uptime_ms(),
@@ -208,30 +221,133 @@ impl Metrics {
     pub fn to_prometheus(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
-        metric("nilecast_connections_active", "gauge", "Open WebSocket connections.", gauges.connections);
-        metric("nilecast_connections_total", "counter", "WebSocket connections accepted.", self.connections_total.load(Relaxed));
-        metric("nilecast_connections_refused_total", "counter", "WebSocket upgrades refused (capacity or memory).", self.connections_refused.load(Relaxed));
-        metric("nilecast_heartbeat_timeouts_total", "counter", "Connections closed for missing pongs.", self.heartbeat_timeouts.load(Relaxed));
-        metric("nilecast_http_requests_total", "counter", "HTTP requests served.", self.http_requests.load(Relaxed));
-        metric("nilecast_messages_received_total", "counter", "Client WebSocket messages received.", self.messages_received.load(Relaxed));
-        metric("nilecast_messages_sent_total", "counter", "WebSocket frames written to clients.", self.messages_sent.load(Relaxed));
-        metric("nilecast_bytes_sent_total", "counter", "WebSocket bytes written to clients.", self.bytes_sent.load(Relaxed));
-        metric("nilecast_deliveries_total", "counter", "Change frames queued for subscribers.", self.deliveries.load(Relaxed));
-        metric("nilecast_duplicates_suppressed_total", "counter", "Deliveries skipped because the connection already had the seq.", self.duplicates_suppressed.load(Relaxed));
-        metric("nilecast_dropped_frames_total", "counter", "Frames dropped by the drop-oldest slow-consumer policy.", self.dropped_frames.load(Relaxed));
-        metric("nilecast_slow_consumer_closes_total", "counter", "Connections closed with 1013 because their queue was full.", self.slow_consumer_closes.load(Relaxed));
-        metric("nilecast_changes_published_total", "counter", "Changes published.", self.changes_published.load(Relaxed));
-        metric("nilecast_alerts_raised_total", "counter", "Alerts raised.", self.alerts_raised.load(Relaxed));
-        metric("nilecast_queue_depth", "gauge", "Frames queued over all connections.", gauges.queue_depth);
-        metric("nilecast_subscriptions", "gauge", "Subscriptions over all connections.", gauges.subscriptions);
-        metric("nilecast_alerts_active", "gauge", "Unacknowledged alerts.", gauges.active_alerts);
-        metric("nilecast_replay_retained", "gauge", "Changes retained for replay.", gauges.retained);
-        metric("nilecast_process_resident_memory_bytes", "gauge", "Resident set size of the process.", self.rss_bytes.load(Relaxed));
+        metric(
+            "nilecast_connections_active",
+            "gauge",
+            "Open WebSocket connections.",
+            gauges.connections,
+        );
+        metric(
+            "nilecast_connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        metric(
+            "nilecast_connections_refused_total",
+            "counter",
+            "WebSocket upgrades refused (capacity or memory).",
+            self.connections_refused.load(Relaxed),
+        );
+        metric(
+            "nilecast_heartbeat_timeouts_total",
+            "counter",
+            "Connections closed for missing pongs.",
+            self.heartbeat_timeouts.load(Relaxed),
+        );
+        metric(
+            "nilecast_http_requests_total",
+            "counter",
+            "HTTP requests served.",
+            self.http_requests.load(Relaxed),
+        );
+        metric(
+            "nilecast_messages_received_total",
+            "counter",
+            "Client WebSocket messages received.",
+            self.messages_received.load(Relaxed),
+        );
+        metric(
+            "nilecast_messages_sent_total",
+            "counter",
+            "WebSocket frames written to clients.",
+            self.messages_sent.load(Relaxed),
+        );
+        metric(
+            "nilecast_bytes_sent_total",
+            "counter",
+            "WebSocket bytes written to clients.",
+            self.bytes_sent.load(Relaxed),
+        );
+        metric(
+            "nilecast_deliveries_total",
+            "counter",
+            "Change frames queued for subscribers.",
+            self.deliveries.load(Relaxed),
+        );
+        metric(
+            "nilecast_duplicates_suppressed_total",
+            "counter",
+            "Deliveries skipped because the connection already had the seq.",
+            self.duplicates_suppressed.load(Relaxed),
+        );
+        metric(
+            "nilecast_dropped_frames_total",
+            "counter",
+            "Frames dropped by the drop-oldest slow-consumer policy.",
+            self.dropped_frames.load(Relaxed),
+        );
+        metric(
+            "nilecast_slow_consumer_closes_total",
+            "counter",
+            "Connections closed with 1013 because their queue was full.",
+            self.slow_consumer_closes.load(Relaxed),
+        );
+        metric(
+            "nilecast_changes_published_total",
+            "counter",
+            "Changes published.",
+            self.changes_published.load(Relaxed),
+        );
+        metric(
+            "nilecast_alerts_raised_total",
+            "counter",
+            "Alerts raised.",
+            self.alerts_raised.load(Relaxed),
+        );
+        metric(
+            "nilecast_queue_depth",
+            "gauge",
+            "Frames queued over all connections.",
+            gauges.queue_depth,
+        );
+        metric(
+            "nilecast_subscriptions",
+            "gauge",
+            "Subscriptions over all connections.",
+            gauges.subscriptions,
+        );
+        metric(
+            "nilecast_alerts_active",
+            "gauge",
+            "Unacknowledged alerts.",
+            gauges.active_alerts,
+        );
+        metric(
+            "nilecast_replay_retained",
+            "gauge",
+            "Changes retained for replay.",
+            gauges.retained,
+        );
+        metric(
+            "nilecast_process_resident_memory_bytes",
+            "gauge",
+            "Resident set size of the process.",
+            self.rss_bytes.load(Relaxed),
+        );
         let _ = writeln!(out, "# HELP nilecast_errors_total Refusals sent to clients, by error code.\n# TYPE nilecast_errors_total counter");
         for code in ErrorCode::ALL {
-            let _ = writeln!(out, "nilecast_errors_total{{code=\"{}\"}} {}", code.as_str(), self.errors[code.index()].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "nilecast_errors_total{{code=\"{}\"}} {}",
+                code.as_str(),
+                self.errors[code.index()].load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# HELP nilecast_uptime_seconds Seconds since start.\n# TYPE nilecast_uptime_seconds gauge\nnilecast_uptime_seconds {:.3}", self.started.elapsed().as_secs_f64());
         let (counts, sum_us) = self.publish_to_write.snapshot();
@@ -240,10 +356,16 @@ impl Metrics {
         let mut cumulative = 0;
         for (i, c) in counts.iter().enumerate() {
             cumulative += c;
-            let le = BUCKETS_US.get(i).map_or("+Inf".to_string(), |&us| format!("{}", us as f64 / 1e6));
+            let le = BUCKETS_US
+                .get(i)
+                .map_or("+Inf".to_string(), |&us| format!("{}", us as f64 / 1e6));
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
-        let _ = writeln!(out, "{name}_sum {}\n{name}_count {cumulative}", sum_us as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}\n{name}_count {cumulative}",
+            sum_us as f64 / 1e6
+        );
         out
     }
 }
@@ -267,7 +389,13 @@ pub struct Gauges {
 
 /// The process's resident set size, from /proc (Linux); 0 elsewhere.
 pub fn read_rss_bytes() -> u64 {
-    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }

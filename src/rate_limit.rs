@@ -17,7 +17,9 @@ pub struct RateLimiter {
 pub enum Verdict {
     Allow,
     /// Refuse it; a token is due in this many milliseconds.
-    Refuse { retry_after_ms: u64 },
+    Refuse {
+        retry_after_ms: u64,
+    },
     /// The client went on past the limit by as many messages again as the limit allows:
     /// close it with 1008.
     Close,
@@ -49,7 +51,9 @@ impl RateLimiter {
         if self.refused > self.close_after {
             return Verdict::Close;
         }
-        Verdict::Refuse { retry_after_ms: ((1.0 - self.tokens) / self.per_ms).ceil().max(1.0) as u64 }
+        Verdict::Refuse {
+            retry_after_ms: ((1.0 - self.tokens) / self.per_ms).ceil().max(1.0) as u64,
+        }
     }
 }
 

@@ -42,7 +42,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(id: u64, outbox: Outbox, remote: SocketAddr, principal: Principal, now_ms: u64) -> Session {
+    pub fn new(
+        id: u64,
+        outbox: Outbox,
+        remote: SocketAddr,
+        principal: Principal,
+        now_ms: u64,
+    ) -> Session {
         Session {
             id,
             outbox,

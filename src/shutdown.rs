@@ -44,6 +44,8 @@ impl Shutdown {
     /// true when everything finished in time.
     pub async fn drained(&self, deadline: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }

@@ -33,11 +33,16 @@ impl Roles {
     }
 
     pub fn names(self) -> Vec<&'static str> {
-        [(Roles::CUSTOMER, "customer"), (Roles::STAFF, "staff"), (Roles::ADMIN, "admin"), (Roles::PUBLISHER, "publisher")]
-            .into_iter()
-            .filter(|(r, _)| self.contains(*r))
-            .map(|(_, n)| n)
-            .collect()
+        [
+            (Roles::CUSTOMER, "customer"),
+            (Roles::STAFF, "staff"),
+            (Roles::ADMIN, "admin"),
+            (Roles::PUBLISHER, "publisher"),
+        ]
+        .into_iter()
+        .filter(|(r, _)| self.contains(*r))
+        .map(|(_, n)| n)
+        .collect()
     }
 }
 
@@ -59,7 +64,9 @@ pub const DEFAULT_TENANT: &str = "default";
 impl Principal {
     /// Open mode: an anonymous admin of `tenant`.
     pub fn open(tenant: Option<&str>) -> Principal {
-        let tenant = tenant.filter(|t| !t.is_empty() && t.len() <= 128).unwrap_or(DEFAULT_TENANT);
+        let tenant = tenant
+            .filter(|t| !t.is_empty() && t.len() <= 128)
+            .unwrap_or(DEFAULT_TENANT);
         Principal {
             user_id: Arc::from("anonymous"),
             tenant: Arc::from(tenant),
@@ -81,7 +88,10 @@ impl Principal {
         if allowed {
             Ok(())
         } else {
-            Err(Refusal::new(ErrorCode::Forbidden, "this role may not read this namespace"))
+            Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "this role may not read this namespace",
+            ))
         }
     }
 
@@ -90,7 +100,10 @@ impl Principal {
         if self.roles.is_staff() {
             Ok(())
         } else {
-            Err(Refusal::new(ErrorCode::Forbidden, "staff or admin role required"))
+            Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "staff or admin role required",
+            ))
         }
     }
 
@@ -99,7 +112,10 @@ impl Principal {
         if self.roles.contains(Roles::PUBLISHER) || self.roles.contains(Roles::ADMIN) {
             Ok(())
         } else {
-            Err(Refusal::new(ErrorCode::Forbidden, "publisher or admin role required"))
+            Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "publisher or admin role required",
+            ))
         }
     }
 

@@ -280,7 +280,8 @@ impl Record {
             _ => change_payload(seq, change, timestamp_ms),
         };
         let ns = change.data_type.namespace();
-        let (frame, payload_range) = native::broadcast_frame(ns, change.data_type.event(), &payload);
+        let (frame, payload_range) =
+            native::broadcast_frame(ns, change.data_type.event(), &payload);
         let payload = frame.slice(payload_range);
         Record {
             seq,
@@ -327,8 +328,15 @@ fn change_payload(seq: u64, change: &Change, timestamp_ms: u64) -> Vec<u8> {
 /// the published change's `data`.
 fn notification_payload(seq: u64, change: &Change, timestamp_ms: u64) -> Vec<u8> {
     let d = &change.data;
-    let id = d.get("id").and_then(scalar_text).map(String::from).unwrap_or_else(|| format!("n-{seq}"));
-    let kind = d.get("type").and_then(Value::as_str).unwrap_or("system_alert");
+    let id = d
+        .get("id")
+        .and_then(scalar_text)
+        .map(String::from)
+        .unwrap_or_else(|| format!("n-{seq}"));
+    let kind = d
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("system_alert");
     let priority = d
         .get("priority")
         .and_then(Value::as_str)

@@ -92,7 +92,10 @@ impl Index {
     pub fn insert(&self, keys: &[u64], sub: &Arc<Subscription>) {
         let _writer = self.writer.lock();
         for &key in keys {
-            let entry = self.lists.entry(key).or_insert_with(|| ArcSwap::from_pointee(Vec::new()));
+            let entry = self
+                .lists
+                .entry(key)
+                .or_insert_with(|| ArcSwap::from_pointee(Vec::new()));
             let current = entry.load();
             let mut chunks: Vec<Chunk> = current.iter().cloned().collect();
             match chunks.last_mut() {
@@ -114,11 +117,18 @@ impl Index {
             let emptied = match self.lists.get(&key) {
                 Some(entry) => {
                     let current = entry.load();
-                    let Some(at) = current.iter().position(|c| c.iter().any(|s| s.id == sub_id)) else {
+                    let Some(at) = current
+                        .iter()
+                        .position(|c| c.iter().any(|s| s.id == sub_id))
+                    else {
                         continue;
                     };
                     let mut chunks: Vec<Chunk> = current.iter().cloned().collect();
-                    let shrunk: Vec<_> = chunks[at].iter().filter(|s| s.id != sub_id).cloned().collect();
+                    let shrunk: Vec<_> = chunks[at]
+                        .iter()
+                        .filter(|s| s.id != sub_id)
+                        .cloned()
+                        .collect();
                     if shrunk.is_empty() {
                         chunks.remove(at);
                     } else {

@@ -64,7 +64,12 @@ pub fn subscription_name(id: u64) -> String {
 }
 
 impl Engine {
-    pub fn new(config: &Config, store: Arc<MemoryStore>, alerts: Arc<Alerts>, metrics: Arc<Metrics>) -> Engine {
+    pub fn new(
+        config: &Config,
+        store: Arc<MemoryStore>,
+        alerts: Arc<Alerts>,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
         // The first seq of a node is its start time in microseconds. A restart therefore
         // never reuses a seq that clients saw before it (as long as the average rate
         // stays under a million changes a second), and a client resuming from the
@@ -73,7 +78,11 @@ impl Engine {
         Engine {
             state: Mutex::new(State {
                 next_seq: first_seq,
-                ring: Ring::new(config.replay_max_changes, config.replay_max_age_ms, first_seq),
+                ring: Ring::new(
+                    config.replay_max_changes,
+                    config.replay_max_age_ms,
+                    first_seq,
+                ),
             }),
             index: Index::new(),
             store,
@@ -94,7 +103,10 @@ impl Engine {
     pub fn publish_all(&self, changes: Vec<Change>) -> Vec<u64> {
         let mut state = self.state.lock();
         let mut follow_ups = Vec::new();
-        let seqs: Vec<u64> = changes.iter().map(|c| self.publish_locked(&mut state, c, &mut follow_ups)).collect();
+        let seqs: Vec<u64> = changes
+            .iter()
+            .map(|c| self.publish_locked(&mut state, c, &mut follow_ups))
+            .collect();
         while !follow_ups.is_empty() {
             for change in std::mem::take(&mut follow_ups) {
                 self.publish_locked(&mut state, &change, &mut follow_ups);
@@ -104,11 +116,24 @@ impl Engine {
     }
 
     /// Publishes a notification announcing `alert` (used for acknowledgements too).
-    pub fn publish_notification(&self, tenant: &str, data: serde_json::Map<String, serde_json::Value>) -> u64 {
-        self.publish(Change { data_type: DataType::Notification, tenant: Arc::from(tenant), data })
+    pub fn publish_notification(
+        &self,
+        tenant: &str,
+        data: serde_json::Map<String, serde_json::Value>,
+    ) -> u64 {
+        self.publish(Change {
+            data_type: DataType::Notification,
+            tenant: Arc::from(tenant),
+            data,
+        })
     }
 
-    fn publish_locked(&self, state: &mut State, change: &Change, follow_ups: &mut Vec<Change>) -> u64 {
+    fn publish_locked(
+        &self,
+        state: &mut State,
+        change: &Change,
+        follow_ups: &mut Vec<Change>,
+    ) -> u64 {
         let seq = state.next_seq;
         state.next_seq += 1;
         let now = time::now_ms();
@@ -152,17 +177,25 @@ impl Engine {
         match data_type {
             DataType::Inventory => {
                 let (category, threshold) = match &keys.product_id {
-                    Some(p) if keys.category.is_none() || keys.threshold.is_none() => self.store.product_info(tenant, p),
+                    Some(p) if keys.category.is_none() || keys.threshold.is_none() => {
+                        self.store.product_info(tenant, p)
+                    }
                     _ => (None, None),
                 };
                 if keys.category.is_none() {
                     keys.category = category.map(String::into_boxed_str);
                 }
-                keys.threshold = keys.threshold.or(threshold).or(Some(self.default_threshold));
+                keys.threshold = keys
+                    .threshold
+                    .or(threshold)
+                    .or(Some(self.default_threshold));
             }
             DataType::Orders | DataType::OrderTracking if keys.customer_id.is_none() => {
                 if let Some(order) = &keys.order_id {
-                    keys.customer_id = self.store.order_customer(tenant, order).map(String::into_boxed_str);
+                    keys.customer_id = self
+                        .store
+                        .order_customer(tenant, order)
+                        .map(String::into_boxed_str);
                 }
             }
             _ => {}
@@ -174,12 +207,20 @@ impl Engine {
         let ns = record.namespace();
         let (mut queued, mut duplicates, mut dropped, mut overflows) = (0u64, 0u64, 0u64, 0u64);
         for key in change_keys(&record.tenant, record.data_type, &record.keys) {
-            let Some(list) = self.index.get(key) else { continue };
+            let Some(list) = self.index.get(key) else {
+                continue;
+            };
             for sub in list.iter().flat_map(|chunk| chunk.iter()) {
                 if !sub.matches(record) {
                     continue;
                 }
-                match sub.session.outbox.deliver(ns, record.seq, &record.frame, record.follow_up.as_ref(), record.published_us) {
+                match sub.session.outbox.deliver(
+                    ns,
+                    record.seq,
+                    &record.frame,
+                    record.follow_up.as_ref(),
+                    record.published_us,
+                ) {
                     Delivery::Queued => queued += 1,
                     Delivery::DroppedOldest(n) => {
                         queued += 1;
@@ -221,7 +262,12 @@ impl Engine {
         let keys = filter.index_keys(&tenant);
         let ns = filter.namespace();
         let filters_json = filter.to_json();
-        let sub = Arc::new(Subscription { id, session: session.clone(), tenant, filter });
+        let sub = Arc::new(Subscription {
+            id,
+            session: session.clone(),
+            tenant,
+            filter,
+        });
         let outbox = &session.outbox;
 
         let state = self.state.lock();
@@ -229,11 +275,21 @@ impl Engine {
             Some(since) => {
                 let floor = since.max(outbox.last_seq(ns));
                 let (retained, gap) = state.ring.since(since);
-                (retained.filter(|r| r.seq > floor && sub.matches(r)).cloned().collect(), gap)
+                (
+                    retained
+                        .filter(|r| r.seq > floor && sub.matches(r))
+                        .cloned()
+                        .collect(),
+                    gap,
+                )
             }
             None => (Vec::new(), false),
         };
-        let outcome = Subscribed { id, replayed: replay.len(), gap };
+        let outcome = Subscribed {
+            id,
+            replayed: replay.len(),
+            gap,
+        };
         if let Some(frame) = reply(outcome) {
             outbox.send(frame);
         }
@@ -241,29 +297,54 @@ impl Engine {
             outbox.deliver(ns, record.seq, &record.frame, None, 0);
         }
         self.index.insert(&keys, &sub);
-        session.subs.lock().push(SubEntry { id, ns, keys, filters: filters_json });
+        session.subs.lock().push(SubEntry {
+            id,
+            ns,
+            keys,
+            filters: filters_json,
+        });
         drop(state);
         outcome
     }
 
     /// Records a subscription that lives outside the index (dashboards), so that it
     /// counts toward the limit, is listed, and can be unsubscribed.
-    pub fn register_external(&self, session: &Session, ns: Namespace, filters: serde_json::Value) -> u64 {
+    pub fn register_external(
+        &self,
+        session: &Session,
+        ns: Namespace,
+        filters: serde_json::Value,
+    ) -> u64 {
         let id = self.next_subscription.fetch_add(1, Relaxed);
-        session.subs.lock().push(SubEntry { id, ns, keys: Vec::new(), filters });
+        session.subs.lock().push(SubEntry {
+            id,
+            ns,
+            keys: Vec::new(),
+            filters,
+        });
         id
     }
 
     /// Removes a connection's subscriptions on `ns`: the one with `id`, or all of them.
-    pub fn unsubscribe(&self, session: &Session, ns: Namespace, id: Option<u64>) -> Result<Vec<u64>, Refusal> {
+    pub fn unsubscribe(
+        &self,
+        session: &Session,
+        ns: Namespace,
+        id: Option<u64>,
+    ) -> Result<Vec<u64>, Refusal> {
         let removed: Vec<SubEntry> = {
             let mut subs = session.subs.lock();
             if let Some(id) = id {
                 if !subs.iter().any(|s| s.id == id && s.ns == ns) {
-                    return Err(Refusal::new(ErrorCode::NotFound, "no such subscription on this namespace"));
+                    return Err(Refusal::new(
+                        ErrorCode::NotFound,
+                        "no such subscription on this namespace",
+                    ));
                 }
             }
-            let (gone, kept) = subs.drain(..).partition(|s| s.ns == ns && id.is_none_or(|id| s.id == id));
+            let (gone, kept) = subs
+                .drain(..)
+                .partition(|s| s.ns == ns && id.is_none_or(|id| s.id == id));
             *subs = kept;
             gone
         };
@@ -283,7 +364,13 @@ impl Engine {
 
     /// Retained changes of one tenant and data type with a seq above `since`, newest
     /// first.
-    pub fn recent(&self, tenant: &str, data_type: Option<DataType>, since: u64, limit: usize) -> Vec<Arc<Record>> {
+    pub fn recent(
+        &self,
+        tenant: &str,
+        data_type: Option<DataType>,
+        since: u64,
+        limit: usize,
+    ) -> Vec<Arc<Record>> {
         let state = self.state.lock();
         state
             .ring

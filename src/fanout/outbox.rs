@@ -110,15 +110,28 @@ impl Outbox {
     /// Queues a broadcast frame of change `seq` on namespace `ns`, unless the
     /// connection already has it. `follow_up` (an alert raised by the change) goes
     /// right after it, under the same check.
-    pub fn deliver(&self, ns: Namespace, seq: u64, frame: &Bytes, follow_up: Option<&Bytes>, published_us: u64) -> Delivery {
+    pub fn deliver(
+        &self,
+        ns: Namespace,
+        seq: u64,
+        frame: &Bytes,
+        follow_up: Option<&Bytes>,
+        published_us: u64,
+    ) -> Delivery {
         let last = &self.last_seq[ns as usize];
         if last.load(Ordering::Relaxed) >= seq {
             return Delivery::Duplicate;
         }
         last.store(seq, Ordering::Relaxed);
-        let outcome = self.push(Outgoing { frame: frame.clone(), published_us });
+        let outcome = self.push(Outgoing {
+            frame: frame.clone(),
+            published_us,
+        });
         if let (Some(extra), Delivery::Queued | Delivery::DroppedOldest(_)) = (follow_up, outcome) {
-            self.push(Outgoing { frame: extra.clone(), published_us: 0 });
+            self.push(Outgoing {
+                frame: extra.clone(),
+                published_us: 0,
+            });
         }
         outcome
     }
@@ -130,7 +143,10 @@ impl Outbox {
 
     /// Queues a reply or control frame for this connection alone.
     pub fn send(&self, frame: Bytes) -> Delivery {
-        self.push(Outgoing { frame, published_us: 0 })
+        self.push(Outgoing {
+            frame,
+            published_us: 0,
+        })
     }
 
     fn push(&self, item: Outgoing) -> Delivery {
@@ -198,7 +214,12 @@ impl Outbox {
     pub fn close(&self, code: u16, flush: bool) -> bool {
         if self
             .state
-            .compare_exchange(state::OPEN, state::CLOSING, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                state::OPEN,
+                state::CLOSING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_err()
         {
             return false;
@@ -218,7 +239,12 @@ impl Outbox {
     }
 
     pub fn mark_close_sent(&self) {
-        let _ = self.state.compare_exchange(state::CLOSING, state::CLOSE_SENT, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.state.compare_exchange(
+            state::CLOSING,
+            state::CLOSE_SENT,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// The client sent its close frame, or its side of the socket ended.
@@ -250,9 +276,18 @@ mod tests {
     #[test]
     fn never_queues_the_same_seq_twice_on_a_namespace() {
         let outbox = Outbox::new(10, SlowConsumerPolicy::Disconnect);
-        assert_eq!(outbox.deliver(Namespace::Inventory, 5, &frame(1), None, 0), Delivery::Queued);
-        assert_eq!(outbox.deliver(Namespace::Inventory, 5, &frame(1), None, 0), Delivery::Duplicate);
-        assert_eq!(outbox.deliver(Namespace::Orders, 5, &frame(1), None, 0), Delivery::Queued);
+        assert_eq!(
+            outbox.deliver(Namespace::Inventory, 5, &frame(1), None, 0),
+            Delivery::Queued
+        );
+        assert_eq!(
+            outbox.deliver(Namespace::Inventory, 5, &frame(1), None, 0),
+            Delivery::Duplicate
+        );
+        assert_eq!(
+            outbox.deliver(Namespace::Orders, 5, &frame(1), None, 0),
+            Delivery::Queued
+        );
         assert_eq!(outbox.len(), 2);
     }
 
@@ -260,12 +295,21 @@ mod tests {
     fn a_full_queue_closes_with_1013_under_disconnect() {
         let outbox = Outbox::new(2, SlowConsumerPolicy::Disconnect);
         for seq in 1..=2 {
-            assert_eq!(outbox.deliver(Namespace::Inventory, seq, &frame(1), None, 0), Delivery::Queued);
+            assert_eq!(
+                outbox.deliver(Namespace::Inventory, seq, &frame(1), None, 0),
+                Delivery::Queued
+            );
         }
-        assert_eq!(outbox.deliver(Namespace::Inventory, 3, &frame(1), None, 0), Delivery::Overflow);
+        assert_eq!(
+            outbox.deliver(Namespace::Inventory, 3, &frame(1), None, 0),
+            Delivery::Overflow
+        );
         assert_eq!(outbox.state(), state::CLOSING);
         assert_eq!(outbox.close_code(), 1013);
-        assert_eq!(outbox.deliver(Namespace::Inventory, 4, &frame(1), None, 0), Delivery::Closed);
+        assert_eq!(
+            outbox.deliver(Namespace::Inventory, 4, &frame(1), None, 0),
+            Delivery::Closed
+        );
     }
 
     #[test]

@@ -41,7 +41,11 @@ impl Ring {
     /// Drops changes older than the age limit.
     pub fn trim(&mut self, now_ms: u64) {
         let oldest_allowed = now_ms.saturating_sub(self.max_age_ms);
-        while self.items.front().is_some_and(|r| r.timestamp_ms < oldest_allowed) {
+        while self
+            .items
+            .front()
+            .is_some_and(|r| r.timestamp_ms < oldest_allowed)
+        {
             self.evict_front();
         }
     }

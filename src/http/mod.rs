@@ -61,7 +61,9 @@ async fn serve(app: Arc<App>, stream: TcpStream, remote: SocketAddr) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(app.config.handshake_timeout_ms))
         .max_buf_size(MAX_HEAD_BYTES.max(8192));
-    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -81,13 +83,18 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 /// `{"error":{"code","message"}}` with the code's status.
 pub fn error_response(refusal: &Refusal) -> Response<Full<Bytes>> {
-    json_response(refusal.code.http_status(), &serde_json::json!({ "error": refusal.to_json() }))
+    json_response(
+        refusal.code.http_status(),
+        &serde_json::json!({ "error": refusal.to_json() }),
+    )
 }
 
 /// One query-string parameter, percent-decoded.

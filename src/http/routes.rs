@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, VARY};
+use hyper::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
+    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW,
+    CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, VARY,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
@@ -44,13 +48,18 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
 fn cors(app: &App, origin: Option<&HeaderValue>, response: &mut Resp) {
     let Some(origin) = origin else { return };
     let allowed = &app.config.cors_origin;
-    let ok = allowed.iter().any(|o| o == "*" || origin.to_str().is_ok_and(|v| v == o));
+    let ok = allowed
+        .iter()
+        .any(|o| o == "*" || origin.to_str().is_ok_and(|v| v == o));
     if !ok {
         return;
     }
     let headers = response.headers_mut();
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    headers.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
     headers.append(VARY, HeaderValue::from_static("Origin"));
 }
 
@@ -60,7 +69,15 @@ fn allowed_methods(path: &str) -> Option<&'static [Method]> {
     const POST: &[Method] = &[Method::POST];
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     Some(match segments.as_slice() {
-        [] | ["health"] | ["metrics"] | ["metrics", "prometheus"] | ["clients"] | ["alerts"] | ["test"] | ["ws"] | ["echo"] => GET,
+        []
+        | ["health"]
+        | ["metrics"]
+        | ["metrics", "prometheus"]
+        | ["clients"]
+        | ["alerts"]
+        | ["test"]
+        | ["ws"]
+        | ["echo"] => GET,
         ["changes", _] => GET,
         ["publish"] | ["alerts", _, "acknowledge"] => POST,
         _ => return None,
@@ -72,7 +89,9 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
     if ws::is_upgrade(&req) {
         match path.as_str() {
             "/" | "/ws" => return ws::upgrade(app, req, remote, Mode::Native),
-            "/echo" if app.config.echo_endpoint => return ws::upgrade(app, req, remote, Mode::Echo),
+            "/echo" if app.config.echo_endpoint => {
+                return ws::upgrade(app, req, remote, Mode::Echo)
+            }
             _ => {}
         }
     }
@@ -86,8 +105,15 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
         return preflight(methods);
     }
     if !methods.contains(req.method()) {
-        let mut response = error_response(&Refusal::new(ErrorCode::MethodNotAllowed, "method not allowed on this path"));
-        let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let mut response = error_response(&Refusal::new(
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this path",
+        ));
+        let allow = methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
         if let Ok(v) = HeaderValue::from_str(&allow) {
             response.headers_mut().insert(ALLOW, v);
         }
@@ -101,16 +127,26 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
         ["metrics"] => json_response(StatusCode::OK, &app.metrics.to_json(&app.gauges())),
         ["metrics", "prometheus"] => prometheus(app),
         ["clients"] => clients(app, &principal),
-        ["alerts"] => alerts(app, &principal, query_param(req.uri(), "all").as_deref() == Some("true")),
+        ["alerts"] => alerts(
+            app,
+            &principal,
+            query_param(req.uri(), "all").as_deref() == Some("true"),
+        ),
         ["alerts", id, "acknowledge"] => acknowledge(app, &principal, id),
         ["changes", data_type] => changes(app, &principal, data_type, &req),
         ["publish"] => publish(app, &principal, req).await,
         ["test"] if !app.config.is_production() => {
             let mut response = Response::new(Full::new(Bytes::from_static(TEST_PAGE.as_bytes())));
-            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
             response
         }
-        ["ws"] | ["echo"] => error_response(&Refusal::new(ErrorCode::InvalidMessage, "this endpoint takes a WebSocket upgrade")),
+        ["ws"] | ["echo"] => error_response(&Refusal::new(
+            ErrorCode::InvalidMessage,
+            "this endpoint takes a WebSocket upgrade",
+        )),
         _ => not_found("no such endpoint"),
     }
 }
@@ -123,11 +159,19 @@ fn preflight(methods: &[Method]) -> Resp {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     let headers = response.headers_mut();
-    let allow = methods.iter().map(Method::as_str).chain(["OPTIONS"]).collect::<Vec<_>>().join(", ");
+    let allow = methods
+        .iter()
+        .map(Method::as_str)
+        .chain(["OPTIONS"])
+        .collect::<Vec<_>>()
+        .join(", ");
     if let Ok(v) = HeaderValue::from_str(&allow) {
         headers.insert(ACCESS_CONTROL_ALLOW_METHODS, v);
     }
-    headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Authorization, Content-Type"));
+    headers.insert(
+        ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type"),
+    );
     headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     response
 }
@@ -153,7 +197,13 @@ fn info(app: &App) -> Value {
 fn health(app: &App) -> Resp {
     let over_memory = app.over_memory();
     let shutting_down = app.shutdown.is_triggered();
-    let ws_status = if shutting_down { "unhealthy" } else if over_memory { "degraded" } else { "healthy" };
+    let ws_status = if shutting_down {
+        "unhealthy"
+    } else if over_memory {
+        "degraded"
+    } else {
+        "healthy"
+    };
     let body = json!({
         "status": ws_status,
         "timestamp": time::iso8601(time::now_ms()),
@@ -174,13 +224,22 @@ fn health(app: &App) -> Resp {
             "redis": { "status": "disabled" },
         },
     });
-    let status = if ws_status == "unhealthy" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if ws_status == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     json_response(status, &body)
 }
 
 fn prometheus(app: &App) -> Resp {
-    let mut response = Response::new(Full::new(Bytes::from(app.metrics.to_prometheus(&app.gauges()))));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    let mut response = Response::new(Full::new(Bytes::from(
+        app.metrics.to_prometheus(&app.gauges()),
+    )));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     response
 }
 
@@ -213,7 +272,10 @@ fn clients(app: &App, principal: &Principal) -> Resp {
         })
         .collect();
     list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    json_response(StatusCode::OK, &json!({ "count": list.len(), "clients": list }))
+    json_response(
+        StatusCode::OK,
+        &json!({ "count": list.len(), "clients": list }),
+    )
 }
 
 fn alerts(app: &App, principal: &Principal, all: bool) -> Resp {
@@ -221,7 +283,10 @@ fn alerts(app: &App, principal: &Principal, all: bool) -> Resp {
         return error_response(&r);
     }
     let list = app.alerts.list(&principal.tenant, all);
-    json_response(StatusCode::OK, &json!({ "count": list.len(), "alerts": list }))
+    json_response(
+        StatusCode::OK,
+        &json!({ "count": list.len(), "alerts": list }),
+    )
 }
 
 fn acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
@@ -238,7 +303,10 @@ fn acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
             "message": format!("alert {} ({}) acknowledged", alert.id, alert.kind),
             "data": { "alertId": alert.id, "alertType": alert.kind, "acknowledgedBy": &*principal.user_id },
         });
-        app.engine.publish_notification(&principal.tenant, data.as_object().cloned().unwrap_or_default());
+        app.engine.publish_notification(
+            &principal.tenant,
+            data.as_object().cloned().unwrap_or_default(),
+        );
     }
     json_response(StatusCode::OK, &alert.to_json())
 }
@@ -253,29 +321,59 @@ fn changes(app: &App, principal: &Principal, data_type: &str, req: &Request<Inco
     let since = match query_param(req.uri(), "since").map(|s| s.parse::<u64>()) {
         None => 0,
         Some(Ok(s)) => s,
-        Some(Err(_)) => return error_response(&Refusal::new(ErrorCode::InvalidMessage, "since must be a non-negative integer")),
+        Some(Err(_)) => {
+            return error_response(&Refusal::new(
+                ErrorCode::InvalidMessage,
+                "since must be a non-negative integer",
+            ))
+        }
     };
     let limit = match query_param(req.uri(), "limit").map(|s| s.parse::<usize>()) {
         None => CHANGES_DEFAULT_LIMIT,
         Some(Ok(n)) if n > 0 => n.min(CHANGES_MAX_LIMIT),
-        Some(_) => return error_response(&Refusal::new(ErrorCode::InvalidMessage, "limit must be a positive integer")),
+        Some(_) => {
+            return error_response(&Refusal::new(
+                ErrorCode::InvalidMessage,
+                "limit must be a positive integer",
+            ))
+        }
     };
-    let list: Vec<Value> = app.engine.recent(&principal.tenant, Some(data_type), since, limit).iter().map(|r| r.payload_json()).collect();
-    json_response(StatusCode::OK, &json!({ "count": list.len(), "changes": list }))
+    let list: Vec<Value> = app
+        .engine
+        .recent(&principal.tenant, Some(data_type), since, limit)
+        .iter()
+        .map(|r| r.payload_json())
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "count": list.len(), "changes": list }),
+    )
 }
 
 /// Reads a request body up to `MAX_BODY_BYTES`; a larger one is 413.
 async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Refusal> {
     let max = app.config.max_body_bytes;
-    let too_large = || Refusal::new(ErrorCode::PayloadTooLarge, format!("request body is larger than {max} bytes"));
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        Refusal::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
     match Limited::new(req.into_body(), max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(Refusal::new(ErrorCode::InvalidMessage, "could not read the request body")),
+        Err(_) => Err(Refusal::new(
+            ErrorCode::InvalidMessage,
+            "could not read the request body",
+        )),
     }
 }
 
@@ -286,20 +384,29 @@ pub fn parse_change(value: Value, principal: &Principal) -> Result<Change, Strin
     };
     let data_type = match obj.get("dataType") {
         Some(Value::String(s)) => DataType::parse(s).ok_or_else(|| {
-            format!("dataType must be one of {}", DataType::ALL.map(DataType::name).join(", "))
+            format!(
+                "dataType must be one of {}",
+                DataType::ALL.map(DataType::name).join(", ")
+            )
         })?,
         _ => return Err("dataType is required and must be a string".into()),
     };
     let tenant = match obj.get("tenantId") {
         None | Some(Value::Null) => principal.tenant.clone(),
         Some(Value::String(t)) if !t.is_empty() && t.len() <= 128 => Arc::from(t.as_str()),
-        Some(_) => return Err("tenantId must be a non-empty string of at most 128 characters".into()),
+        Some(_) => {
+            return Err("tenantId must be a non-empty string of at most 128 characters".into())
+        }
     };
     let data: Map<String, Value> = match obj.remove("data") {
         Some(Value::Object(d)) => d,
         _ => return Err("data is required and must be an object".into()),
     };
-    Ok(Change { data_type, tenant, data })
+    Ok(Change {
+        data_type,
+        tenant,
+        data,
+    })
 }
 
 async fn publish(app: &App, principal: &Principal, req: Request<Incoming>) -> Resp {
@@ -310,7 +417,8 @@ async fn publish(app: &App, principal: &Principal, req: Request<Incoming>) -> Re
         Ok(b) => b,
         Err(r) => return error_response(&r),
     };
-    let invalid = |message: String| error_response(&Refusal::new(ErrorCode::InvalidMessage, message));
+    let invalid =
+        |message: String| error_response(&Refusal::new(ErrorCode::InvalidMessage, message));
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return invalid(format!("body is not valid JSON: {e}")),
@@ -324,9 +432,15 @@ async fn publish(app: &App, principal: &Principal, req: Request<Incoming>) -> Re
         match parse_change(item, principal) {
             Ok(change) => changes.push(change),
             Err(message) if single => return invalid(message),
-            Err(message) => return invalid(format!("change {i}: {message}; nothing was published")),
+            Err(message) => {
+                return invalid(format!("change {i}: {message}; nothing was published"))
+            }
         }
     }
-    let seqs = if changes.is_empty() { Vec::new() } else { app.engine.publish_all(changes) };
+    let seqs = if changes.is_empty() {
+        Vec::new()
+    } else {
+        app.engine.publish_all(changes)
+    };
     json_response(StatusCode::OK, &json!({ "seqs": seqs }))
 }

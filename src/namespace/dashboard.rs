@@ -24,7 +24,12 @@ use crate::session::Session;
 use crate::time;
 
 /// The widgets a dashboard can ask for.
-pub const WIDGETS: [&str; 4] = ["inventory-summary", "order-stats", "customer-activity", "server-metrics"];
+pub const WIDGETS: [&str; 4] = [
+    "inventory-summary",
+    "order-stats",
+    "customer-activity",
+    "server-metrics",
+];
 
 /// `metricsInterval` floor (PROTOCOL.md section 6) and default (the seed's example).
 const MIN_INTERVAL_MS: u64 = 1000;
@@ -56,7 +61,9 @@ pub fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     ctx.principal.may_read(Namespace::Dashboard)?;
     let dashboard_id = match data.get("dashboardId") {
         None | Some(Value::Null) => "default".to_string(),
-        Some(v) => crate::fanout::change::scalar_text(v).ok_or_else(|| invalid("dashboardId must be a string"))?.into(),
+        Some(v) => crate::fanout::change::scalar_text(v)
+            .ok_or_else(|| invalid("dashboardId must be a string"))?
+            .into(),
     };
     let widgets: Vec<String> = match data.get("widgets") {
         None | Some(Value::Null) => WIDGETS.iter().map(|w| w.to_string()).collect(),
@@ -64,13 +71,22 @@ pub fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
             if items.len() > ctx.config().max_filter_values {
                 return Err(invalid("widgets has too many values"));
             }
-            items.iter().map(|w| w.as_str().map(String::from).ok_or_else(|| invalid("widgets must be strings"))).collect::<Result<_, _>>()?
+            items
+                .iter()
+                .map(|w| {
+                    w.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| invalid("widgets must be strings"))
+                })
+                .collect::<Result<_, _>>()?
         }
         Some(_) => return Err(invalid("widgets must be an array of strings")),
     };
     let interval = match data.get("metricsInterval") {
         None | Some(Value::Null) => DEFAULT_INTERVAL_MS,
-        Some(v) => v.as_u64().ok_or_else(|| invalid("metricsInterval must be a whole number of milliseconds"))?,
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| invalid("metricsInterval must be a whole number of milliseconds"))?,
     };
     if interval < MIN_INTERVAL_MS {
         return Err(invalid("metricsInterval must be at least 1000 ms"));
@@ -80,13 +96,34 @@ pub fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     }
     check_capacity(ctx)?;
 
-    let filters = json!({ "dashboardId": dashboard_id, "widgets": widgets, "metricsInterval": interval });
-    let id = ctx.app.engine.register_external(ctx.session, Namespace::Dashboard, filters.clone());
-    ctx.reply("dashboard:subscribed", &subscribed_json(Subscribed { id, replayed: 0, gap: false }, &filters));
+    let filters =
+        json!({ "dashboardId": dashboard_id, "widgets": widgets, "metricsInterval": interval });
+    let id = ctx
+        .app
+        .engine
+        .register_external(ctx.session, Namespace::Dashboard, filters.clone());
+    ctx.reply(
+        "dashboard:subscribed",
+        &subscribed_json(
+            Subscribed {
+                id,
+                replayed: 0,
+                gap: false,
+            },
+            &filters,
+        ),
+    );
     let tenant = ctx.principal.tenant.clone();
-    let member = Member { sub_id: id, session: ctx.session.clone(), dashboard_id, widgets };
+    let member = Member {
+        sub_id: id,
+        session: ctx.session.clone(),
+        dashboard_id,
+        widgets,
+    };
     let computed = compute_widgets(ctx.app, &tenant);
-    ctx.session.outbox.send(data_frame(&member.dashboard_id, &member.widgets, &computed));
+    ctx.session
+        .outbox
+        .send(data_frame(&member.dashboard_id, &member.widgets, &computed));
     ctx.app.dashboards.add(ctx.app, tenant, interval, member);
     Ok(())
 }
@@ -107,7 +144,9 @@ impl Dashboards {
     /// Removes the listed subscriptions of a session.
     pub fn remove(&self, session_id: u64, sub_ids: &[u64]) {
         for group in self.groups.lock().values() {
-            group.lock().retain(|m| !(m.session.id == session_id && sub_ids.contains(&m.sub_id)));
+            group
+                .lock()
+                .retain(|m| !(m.session.id == session_id && sub_ids.contains(&m.sub_id)));
         }
     }
 
@@ -140,7 +179,11 @@ async fn run_group(app: Arc<App>, key: GroupKey, group: Arc<Mutex<Vec<Member>>>)
         }
         let computed = compute_widgets(&app, &key.0);
         let now = Counters::read(&app);
-        let live = native::event_frame(Namespace::Dashboard.path(), "dashboard:metrics:live", &now.live_json(&previous, &app));
+        let live = native::event_frame(
+            Namespace::Dashboard.path(),
+            "dashboard:metrics:live",
+            &now.live_json(&previous, &app),
+        );
         previous = now;
         let mut frames: HashMap<(&str, &[String]), Bytes> = HashMap::new();
         for m in &members {
@@ -160,9 +203,23 @@ fn compute_widgets(app: &App, tenant: &str) -> Map<String, Value> {
     let now = time::now_ms();
     let m = &app.metrics;
     let mut out = Map::new();
-    out.insert("inventory-summary".into(), app.store.inventory_summary(tenant, config.low_stock_threshold, config.out_of_stock_threshold));
-    out.insert("order-stats".into(), app.store.order_stats(tenant, app.alerts.orders_last_minute(tenant, now)));
-    out.insert("customer-activity".into(), app.store.customer_activity(tenant, 10, now));
+    out.insert(
+        "inventory-summary".into(),
+        app.store.inventory_summary(
+            tenant,
+            config.low_stock_threshold,
+            config.out_of_stock_threshold,
+        ),
+    );
+    out.insert(
+        "order-stats".into(),
+        app.store
+            .order_stats(tenant, app.alerts.orders_last_minute(tenant, now)),
+    );
+    out.insert(
+        "customer-activity".into(),
+        app.store.customer_activity(tenant, 10, now),
+    );
     out.insert(
         "server-metrics".into(),
         json!({
@@ -181,8 +238,10 @@ fn compute_widgets(app: &App, tenant: &str) -> Map<String, Value> {
 /// `dashboard:data {dashboardId, widgets:{...}, timestamp}` with a key for every
 /// requested widget (null for a widget the server does not know).
 fn data_frame(dashboard_id: &str, widgets: &[String], computed: &Map<String, Value>) -> Bytes {
-    let chosen: Map<String, Value> =
-        widgets.iter().map(|w| (w.clone(), computed.get(w).cloned().unwrap_or(Value::Null))).collect();
+    let chosen: Map<String, Value> = widgets
+        .iter()
+        .map(|w| (w.clone(), computed.get(w).cloned().unwrap_or(Value::Null)))
+        .collect();
     native::event_frame(
         Namespace::Dashboard.path(),
         "dashboard:data",
@@ -211,7 +270,8 @@ impl Counters {
 
     fn live_json(&self, before: &Counters, app: &App) -> Value {
         let secs = self.at.duration_since(before.at).as_secs_f64().max(1e-3);
-        let rate = |now: u64, then: u64| ((now.saturating_sub(then)) as f64 / secs * 10.0).round() / 10.0;
+        let rate =
+            |now: u64, then: u64| ((now.saturating_sub(then)) as f64 / secs * 10.0).round() / 10.0;
         json!({
             "timestamp": time::iso8601(time::now_ms()),
             "connections": app.sessions.len(),

@@ -60,7 +60,9 @@ fn plural(data: &Map<String, Value>, field: &str, max: usize) -> Result<Values, 
     match data.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => list(items, field, max),
-        Some(_) => Err(invalid(format!("{field} must be an array of strings or numbers"))),
+        Some(_) => Err(invalid(format!(
+            "{field} must be an array of strings or numbers"
+        ))),
     }
 }
 
@@ -69,7 +71,9 @@ fn one_or_many(data: &Map<String, Value>, field: &str, max: usize) -> Result<Val
     match data.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => list(items, field, max),
-        Some(v @ (Value::String(_) | Value::Number(_))) => Ok(scalar_text(v).map(|s| vec![s].into_boxed_slice())),
+        Some(v @ (Value::String(_) | Value::Number(_))) => {
+            Ok(scalar_text(v).map(|s| vec![s].into_boxed_slice()))
+        }
         Some(_) => Err(invalid(format!("{field} must be a string or an array"))),
     }
 }
@@ -85,7 +89,11 @@ fn list(items: &[Value], field: &str, max: usize) -> Result<Values, Refusal> {
     for item in items {
         match item {
             Value::String(_) | Value::Number(_) => out.extend(scalar_text(item)),
-            _ => return Err(invalid(format!("{field} values must be strings or numbers"))),
+            _ => {
+                return Err(invalid(format!(
+                    "{field} values must be strings or numbers"
+                )))
+            }
         }
     }
     Ok(Some(out.into_boxed_slice()))
@@ -103,7 +111,10 @@ fn flag(data: &Map<String, Value>, field: &str) -> Result<bool, Refusal> {
 pub fn since_seq(data: &Map<String, Value>) -> Result<Option<u64>, Refusal> {
     match data.get("sinceSeq") {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| invalid("sinceSeq must be a non-negative integer".into())),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| invalid("sinceSeq must be a non-negative integer".into())),
     }
 }
 
@@ -146,16 +157,23 @@ impl Filter {
         })
     }
 
-    pub fn notifications(data: &Map<String, Value>, max: usize, for_user: Option<&str>) -> Result<Filter, Refusal> {
+    pub fn notifications(
+        data: &Map<String, Value>,
+        max: usize,
+        for_user: Option<&str>,
+    ) -> Result<Filter, Refusal> {
         let min_priority = match data.get("priority") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(
-                Priority::parse(s)
-                    .ok_or_else(|| invalid("priority must be one of low, medium, high, critical".into()))?,
-            ),
+            Some(Value::String(s)) => Some(Priority::parse(s).ok_or_else(|| {
+                invalid("priority must be one of low, medium, high, critical".into())
+            })?),
             Some(_) => return Err(invalid("priority must be a string".into())),
         };
-        Ok(Filter::Notifications { types: plural(data, "types", max)?, min_priority, for_user: for_user.map(Box::from) })
+        Ok(Filter::Notifications {
+            types: plural(data, "types", max)?,
+            min_priority,
+            for_user: for_user.map(Box::from),
+        })
     }
 
     pub fn namespace(&self) -> Namespace {
@@ -171,30 +189,72 @@ impl Filter {
     /// by the caller.
     pub fn matches(&self, data_type: DataType, keys: &Keys) -> bool {
         match (self, data_type) {
-            (Filter::Inventory { product_ids, warehouse_ids, categories, low_stock_only }, DataType::Inventory) => {
+            (
+                Filter::Inventory {
+                    product_ids,
+                    warehouse_ids,
+                    categories,
+                    low_stock_only,
+                },
+                DataType::Inventory,
+            ) => {
                 matches(product_ids, &keys.product_id)
                     && matches(warehouse_ids, &keys.warehouse_id)
                     && matches(categories, &keys.category)
                     && (!low_stock_only || is_low(keys))
             }
-            (Filter::Orders { order_ids, customer_ids, statuses, track_only, .. }, DataType::Orders) => {
+            (
+                Filter::Orders {
+                    order_ids,
+                    customer_ids,
+                    statuses,
+                    track_only,
+                    ..
+                },
+                DataType::Orders,
+            ) => {
                 !track_only
                     && matches(order_ids, &keys.order_id)
                     && matches(customer_ids, &keys.customer_id)
                     && matches(statuses, &keys.status)
             }
             // The status filter is about an order's status, not about tracking events.
-            (Filter::Orders { order_ids, customer_ids, tracking, .. }, DataType::OrderTracking) => {
-                *tracking && matches(order_ids, &keys.order_id) && matches(customer_ids, &keys.customer_id)
+            (
+                Filter::Orders {
+                    order_ids,
+                    customer_ids,
+                    tracking,
+                    ..
+                },
+                DataType::OrderTracking,
+            ) => {
+                *tracking
+                    && matches(order_ids, &keys.order_id)
+                    && matches(customer_ids, &keys.customer_id)
             }
-            (Filter::Customer { customer_ids, activity_types }, DataType::CustomerActivity) => {
-                matches(customer_ids, &keys.customer_id) && matches(activity_types, &keys.activity_type)
+            (
+                Filter::Customer {
+                    customer_ids,
+                    activity_types,
+                },
+                DataType::CustomerActivity,
+            ) => {
+                matches(customer_ids, &keys.customer_id)
+                    && matches(activity_types, &keys.activity_type)
             }
-            (Filter::Notifications { types, min_priority, for_user }, DataType::Notification) => {
+            (
+                Filter::Notifications {
+                    types,
+                    min_priority,
+                    for_user,
+                },
+                DataType::Notification,
+            ) => {
                 matches(types, &keys.notification_type)
                     && min_priority.is_none_or(|min| keys.priority.is_some_and(|p| p >= min))
                     && for_user.as_deref().is_none_or(|user| {
-                        keys.user_id.as_deref() == Some(user) || keys.customer_id.as_deref() == Some(user)
+                        keys.user_id.as_deref() == Some(user)
+                            || keys.customer_id.as_deref() == Some(user)
                     })
             }
             _ => false,
@@ -207,15 +267,37 @@ impl Filter {
     /// subscriptions regardless of their status filter.
     pub fn index_keys(&self, tenant: &str) -> Vec<u64> {
         let ns = self.namespace();
-        let by = |field: Field, values: &[Box<str>]| values.iter().map(|v| key_of(tenant, field, v)).collect();
+        let by = |field: Field, values: &[Box<str>]| {
+            values.iter().map(|v| key_of(tenant, field, v)).collect()
+        };
         match self {
-            Filter::Inventory { product_ids: Some(v), .. } => by(Field::ProductId, v),
-            Filter::Inventory { warehouse_ids: Some(v), .. } => by(Field::WarehouseId, v),
-            Filter::Inventory { categories: Some(v), .. } => by(Field::Category, v),
-            Filter::Orders { order_ids: Some(v), .. } => by(Field::OrderId, v),
-            Filter::Orders { customer_ids: Some(v), .. } => by(Field::OrderCustomer, v),
-            Filter::Customer { customer_ids: Some(v), .. } => by(Field::ActivityCustomer, v),
-            Filter::Customer { activity_types: Some(v), .. } => by(Field::ActivityType, v),
+            Filter::Inventory {
+                product_ids: Some(v),
+                ..
+            } => by(Field::ProductId, v),
+            Filter::Inventory {
+                warehouse_ids: Some(v),
+                ..
+            } => by(Field::WarehouseId, v),
+            Filter::Inventory {
+                categories: Some(v),
+                ..
+            } => by(Field::Category, v),
+            Filter::Orders {
+                order_ids: Some(v), ..
+            } => by(Field::OrderId, v),
+            Filter::Orders {
+                customer_ids: Some(v),
+                ..
+            } => by(Field::OrderCustomer, v),
+            Filter::Customer {
+                customer_ids: Some(v),
+                ..
+            } => by(Field::ActivityCustomer, v),
+            Filter::Customer {
+                activity_types: Some(v),
+                ..
+            } => by(Field::ActivityType, v),
             Filter::Notifications { types: Some(v), .. } => by(Field::NotificationType, v),
             _ => vec![key_of(tenant, Field::Any(ns), "*")],
         }
@@ -224,21 +306,41 @@ impl Filter {
     /// The filters as JSON, for the subscribed reply and `/clients`.
     pub fn to_json(&self) -> Value {
         fn vals(v: &Values) -> Value {
-            v.as_ref().map_or(Value::Null, |vs| vs.iter().map(|s| Value::String(s.to_string())).collect())
+            v.as_ref().map_or(Value::Null, |vs| {
+                vs.iter().map(|s| Value::String(s.to_string())).collect()
+            })
         }
         let mut obj = match self {
-            Filter::Inventory { product_ids, warehouse_ids, categories, low_stock_only } => serde_json::json!({
+            Filter::Inventory {
+                product_ids,
+                warehouse_ids,
+                categories,
+                low_stock_only,
+            } => serde_json::json!({
                 "productIds": vals(product_ids), "warehouseIds": vals(warehouse_ids),
                 "categories": vals(categories), "lowStockOnly": low_stock_only,
             }),
-            Filter::Orders { order_ids, customer_ids, statuses, tracking, track_only } => serde_json::json!({
+            Filter::Orders {
+                order_ids,
+                customer_ids,
+                statuses,
+                tracking,
+                track_only,
+            } => serde_json::json!({
                 "orderIds": vals(order_ids), "customerId": vals(customer_ids), "status": vals(statuses),
-                "trackingEnabled": tracking, "trackOnly": track_only,
+                "trackingEnabled": tracking, "trackOnly": track_only.then_some(true),
             }),
-            Filter::Customer { customer_ids, activity_types } => serde_json::json!({
+            Filter::Customer {
+                customer_ids,
+                activity_types,
+            } => serde_json::json!({
                 "customerId": vals(customer_ids), "activityTypes": vals(activity_types),
             }),
-            Filter::Notifications { types, min_priority, .. } => serde_json::json!({
+            Filter::Notifications {
+                types,
+                min_priority,
+                ..
+            } => serde_json::json!({
                 "types": vals(types), "priority": min_priority.map(Priority::as_str),
             }),
         };
@@ -305,7 +407,11 @@ mod tests {
 
     #[test]
     fn and_across_fields_or_within() {
-        let f = Filter::inventory(&obj(json!({"productIds":["a","b"],"warehouseIds":["w1"]})), 100).unwrap();
+        let f = Filter::inventory(
+            &obj(json!({"productIds":["a","b"],"warehouseIds":["w1"]})),
+            100,
+        )
+        .unwrap();
         assert!(f.matches(DataType::Inventory, &inv("a", "w1", "x", 50.0)));
         assert!(f.matches(DataType::Inventory, &inv("b", "w1", "x", 50.0)));
         assert!(!f.matches(DataType::Inventory, &inv("a", "w2", "x", 50.0)));
@@ -320,7 +426,12 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_invalid_filter() {
-        for bad in [json!({"productIds":"a"}), json!({"productIds":[{"x":1}]}), json!({"lowStockOnly":"yes"}), json!({"productIds":["a","b","c"]})] {
+        for bad in [
+            json!({"productIds":"a"}),
+            json!({"productIds":[{"x":1}]}),
+            json!({"lowStockOnly":"yes"}),
+            json!({"productIds":["a","b","c"]}),
+        ] {
             let err = Filter::inventory(&obj(bad), 2).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidFilter);
         }
@@ -337,7 +448,10 @@ mod tests {
     #[test]
     fn priority_is_a_threshold() {
         let f = Filter::notifications(&obj(json!({"priority":"high"})), 100, None).unwrap();
-        let n = |p| Keys { priority: Some(p), ..Keys::default() };
+        let n = |p| Keys {
+            priority: Some(p),
+            ..Keys::default()
+        };
         assert!(f.matches(DataType::Notification, &n(Priority::Critical)));
         assert!(f.matches(DataType::Notification, &n(Priority::High)));
         assert!(!f.matches(DataType::Notification, &n(Priority::Medium)));
@@ -345,10 +459,19 @@ mod tests {
 
     #[test]
     fn tracking_needs_tracking_enabled_and_ignores_status() {
-        let keys = Keys { order_id: Some("o1".into()), status: Some("in_transit".into()), ..Keys::default() };
-        let plain = Filter::orders(&obj(json!({"orderIds":["o1"],"status":"shipped"})), 100).unwrap();
+        let keys = Keys {
+            order_id: Some("o1".into()),
+            status: Some("in_transit".into()),
+            ..Keys::default()
+        };
+        let plain =
+            Filter::orders(&obj(json!({"orderIds":["o1"],"status":"shipped"})), 100).unwrap();
         assert!(!plain.matches(DataType::OrderTracking, &keys));
-        let tracking = Filter::orders(&obj(json!({"orderIds":["o1"],"status":"shipped","trackingEnabled":true})), 100).unwrap();
+        let tracking = Filter::orders(
+            &obj(json!({"orderIds":["o1"],"status":"shipped","trackingEnabled":true})),
+            100,
+        )
+        .unwrap();
         assert!(tracking.matches(DataType::OrderTracking, &keys));
         assert!(!tracking.matches(DataType::Orders, &keys));
         let track = Filter::track("o1".into(), None);
@@ -358,7 +481,8 @@ mod tests {
 
     #[test]
     fn a_subscription_is_found_under_the_change_keys() {
-        let f = Filter::inventory(&obj(json!({"warehouseIds":["w1"],"categories":["c"]})), 100).unwrap();
+        let f = Filter::inventory(&obj(json!({"warehouseIds":["w1"],"categories":["c"]})), 100)
+            .unwrap();
         let keys = inv("p", "w1", "c", 1.0);
         let sub_keys = f.index_keys("t1");
         let lookups = change_keys("t1", DataType::Inventory, &keys);

@@ -74,23 +74,40 @@ const EVENTS: [(&str, Namespace); 15] = [
 
 /// Handles one request from `session`.
 pub fn handle(app: &Arc<App>, session: &Arc<Session>, req: &Request) -> Result<(), Refusal> {
-    let ns = Namespace::parse(&req.ns).ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown namespace"))?;
-    let ctx = Ctx { app, session, principal: session.principal(), ns, ack: req.ack };
+    let ns = Namespace::parse(&req.ns)
+        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown namespace"))?;
+    let ctx = Ctx {
+        app,
+        session,
+        principal: session.principal(),
+        ns,
+        ack: req.ack,
+    };
     let data = &req.data;
     match (ns, req.event.as_str()) {
         (Namespace::Root, "auth:login") => login(&ctx, data),
         (Namespace::Root, "data:request") => queries::data_request(&ctx, data),
         (Namespace::Root, "ping") => {
-            ctx.reply("pong", &json!({ "serverTime": time::iso8601(time::now_ms()) }));
+            ctx.reply(
+                "pong",
+                &json!({ "serverTime": time::iso8601(time::now_ms()) }),
+            );
             Ok(())
         }
         (Namespace::Inventory, "inventory:get-current") => queries::inventory_current(&ctx, data),
         (Namespace::Orders, "orders:track") => track(&ctx, data),
         (Namespace::Dashboard, "dashboard:subscribe") => dashboard::subscribe(&ctx, data),
-        (_, event) if ns != Namespace::Root && event == format!("{}:subscribe", ns.prefix()) => subscribe(&ctx, data),
-        (_, event) if ns != Namespace::Root && event == format!("{}:unsubscribe", ns.prefix()) => unsubscribe(&ctx, data),
+        (_, event) if ns != Namespace::Root && event == format!("{}:subscribe", ns.prefix()) => {
+            subscribe(&ctx, data)
+        }
+        (_, event) if ns != Namespace::Root && event == format!("{}:unsubscribe", ns.prefix()) => {
+            unsubscribe(&ctx, data)
+        }
         (_, event) => Err(match EVENTS.iter().find(|(e, _)| *e == event) {
-            Some((_, home)) => Refusal::new(ErrorCode::UnknownEvent, format!("{event} belongs to namespace {}", home.path())),
+            Some((_, home)) => Refusal::new(
+                ErrorCode::UnknownEvent,
+                format!("{event} belongs to namespace {}", home.path()),
+            ),
             None => Refusal::new(ErrorCode::UnknownEvent, "unknown event"),
         }),
     }
@@ -117,7 +134,10 @@ fn login(ctx: &Ctx, _data: &Map<String, Value>) -> Result<(), Refusal> {
 fn check_capacity(ctx: &Ctx) -> Result<(), Refusal> {
     let max = ctx.config().max_subscriptions;
     if ctx.session.subscription_count() >= max {
-        return Err(Refusal::new(ErrorCode::TooManySubscriptions, format!("at most {max} subscriptions per connection")));
+        return Err(Refusal::new(
+            ErrorCode::TooManySubscriptions,
+            format!("at most {max} subscriptions per connection"),
+        ));
     }
     Ok(())
 }
@@ -131,8 +151,14 @@ fn stream_filter(ctx: &Ctx, data: &Map<String, Value>) -> Result<Filter, Refusal
         Namespace::Orders => {
             let mut filter = Filter::orders(data, max)?;
             if let (Some(user), Filter::Orders { customer_ids, .. }) = (own, &mut filter) {
-                if customer_ids.as_ref().is_some_and(|ids| ids.iter().any(|c| &**c != user)) {
-                    return Err(Refusal::new(ErrorCode::Forbidden, "customers may only follow their own orders"));
+                if customer_ids
+                    .as_ref()
+                    .is_some_and(|ids| ids.iter().any(|c| &**c != user))
+                {
+                    return Err(Refusal::new(
+                        ErrorCode::Forbidden,
+                        "customers may only follow their own orders",
+                    ));
                 }
                 *customer_ids = Some(vec![Box::from(user)].into_boxed_slice());
             }
@@ -140,7 +166,9 @@ fn stream_filter(ctx: &Ctx, data: &Map<String, Value>) -> Result<Filter, Refusal
         }
         Namespace::Customer => Filter::customer(data, max),
         Namespace::Notifications => Filter::notifications(data, max, own),
-        Namespace::Root | Namespace::Dashboard => Err(Refusal::new(ErrorCode::UnknownEvent, "unknown event")),
+        Namespace::Root | Namespace::Dashboard => {
+            Err(Refusal::new(ErrorCode::UnknownEvent, "unknown event"))
+        }
     }
 }
 
@@ -162,20 +190,35 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     check_capacity(ctx)?;
     let filters = filter.to_json();
     let event = format!("{}:subscribed", ctx.ns.prefix());
-    ctx.app.engine.subscribe(ctx.session, filter, since, None, |outcome| {
-        Some(ctx.reply_frame(&event, &subscribed_json(outcome, &filters)))
-    });
+    ctx.app
+        .engine
+        .subscribe(ctx.session, filter, since, None, |outcome| {
+            Some(ctx.reply_frame(&event, &subscribed_json(outcome, &filters)))
+        });
     Ok(())
 }
 
 /// Reads `subscriptionId`: `"sub-7"` (as the server names it) or `7`.
 fn subscription_id(data: &Map<String, Value>) -> Result<Option<u64>, Refusal> {
-    let not_found = || Refusal::new(ErrorCode::NotFound, "no such subscription on this namespace");
+    let not_found = || {
+        Refusal::new(
+            ErrorCode::NotFound,
+            "no such subscription on this namespace",
+        )
+    };
     match data.get("subscriptionId") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(not_found),
-        Some(Value::String(s)) => s.strip_prefix("sub-").unwrap_or(s).parse().map(Some).map_err(|_| not_found()),
-        Some(_) => Err(Refusal::new(ErrorCode::InvalidMessage, "subscriptionId must be a string")),
+        Some(Value::String(s)) => s
+            .strip_prefix("sub-")
+            .unwrap_or(s)
+            .parse()
+            .map(Some)
+            .map_err(|_| not_found()),
+        Some(_) => Err(Refusal::new(
+            ErrorCode::InvalidMessage,
+            "subscriptionId must be a string",
+        )),
     }
 }
 
@@ -187,7 +230,10 @@ fn unsubscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
         ctx.app.dashboards.remove(ctx.session.id, &removed);
     }
     let names: Vec<String> = removed.into_iter().map(subscription_name).collect();
-    ctx.reply(&format!("{}:unsubscribed", ctx.ns.prefix()), &json!({ "unsubscribed": names }));
+    ctx.reply(
+        &format!("{}:unsubscribed", ctx.ns.prefix()),
+        &json!({ "unsubscribed": names }),
+    );
     Ok(())
 }
 
@@ -199,19 +245,30 @@ fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     let order_id = data
         .get("orderId")
         .and_then(crate::fanout::change::scalar_text)
-        .ok_or_else(|| Refusal::new(ErrorCode::InvalidFilter, "orderId must be a string or number"))?;
+        .ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::InvalidFilter,
+                "orderId must be a string or number",
+            )
+        })?;
     let tenant = &ctx.principal.tenant;
     let latest = ctx.app.store.latest_tracking(tenant, &order_id);
     if let Some(user) = ctx.principal.own_user_only() {
         let owner = ctx.app.store.order_customer(tenant, &order_id);
         if owner.as_deref().is_some_and(|o| o != user) {
-            return Err(Refusal::new(ErrorCode::Forbidden, "customers may only track their own orders"));
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "customers may only track their own orders",
+            ));
         }
     }
     let already = ctx.session.subs.lock().iter().any(|s| {
-        s.ns == Namespace::Orders && s.filters.get("trackOnly") == Some(&Value::Bool(true)) && s.filters["orderIds"][0] == *order_id
+        s.ns == Namespace::Orders
+            && s.filters.get("trackOnly") == Some(&Value::Bool(true))
+            && s.filters["orderIds"][0] == *order_id
     });
-    let reply = json!({ "orderId": &*order_id, "tracking": latest.as_ref().map(|r| r.payload_json()) });
+    let reply =
+        json!({ "orderId": &*order_id, "tracking": latest.as_ref().map(|r| r.payload_json()) });
     if already {
         if ctx.ack.is_some() {
             ctx.reply("orders:tracking", &reply);
@@ -222,11 +279,17 @@ fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     let filter = Filter::track(order_id.clone(), ctx.principal.own_user_only());
     match ctx.ack {
         Some(_) => {
-            ctx.app.engine.subscribe(ctx.session, filter, None, None, |_| Some(ctx.reply_frame("orders:tracking", &reply)));
+            ctx.app
+                .engine
+                .subscribe(ctx.session, filter, None, None, |_| {
+                    Some(ctx.reply_frame("orders:tracking", &reply))
+                });
         }
         None => {
             // Without ack the answer is the latest tracking change itself, if any.
-            ctx.app.engine.subscribe(ctx.session, filter, None, latest, |_| None);
+            ctx.app
+                .engine
+                .subscribe(ctx.session, filter, None, latest, |_| None);
         }
     }
     Ok(())

@@ -20,12 +20,19 @@ fn limit(params: &Map<String, Value>) -> Result<usize, Refusal> {
         Some(v) => v
             .as_u64()
             .map(|n| (n as usize).clamp(1, MAX_LIMIT))
-            .ok_or_else(|| Refusal::new(ErrorCode::InvalidFilter, "limit must be a positive integer")),
+            .ok_or_else(|| {
+                Refusal::new(ErrorCode::InvalidFilter, "limit must be a positive integer")
+            }),
     }
 }
 
 /// A string-or-array field, or its plural array form (`category` or `categories`).
-fn values(params: &Map<String, Value>, singular: &str, plural: &str, max: usize) -> Result<Values, Refusal> {
+fn values(
+    params: &Map<String, Value>,
+    singular: &str,
+    plural: &str,
+    max: usize,
+) -> Result<Values, Refusal> {
     let mut out: Vec<Box<str>> = Vec::new();
     for field in [singular, plural] {
         match params.get(field) {
@@ -33,16 +40,29 @@ fn values(params: &Map<String, Value>, singular: &str, plural: &str, max: usize)
             Some(Value::Array(items)) => {
                 for item in items {
                     out.push(crate::fanout::change::scalar_text(item).ok_or_else(|| {
-                        Refusal::new(ErrorCode::InvalidFilter, format!("{field} values must be strings or numbers"))
+                        Refusal::new(
+                            ErrorCode::InvalidFilter,
+                            format!("{field} values must be strings or numbers"),
+                        )
                     })?);
                 }
             }
-            Some(v @ (Value::String(_) | Value::Number(_))) => out.extend(crate::fanout::change::scalar_text(v)),
-            Some(_) => return Err(Refusal::new(ErrorCode::InvalidFilter, format!("{field} must be a string or an array"))),
+            Some(v @ (Value::String(_) | Value::Number(_))) => {
+                out.extend(crate::fanout::change::scalar_text(v))
+            }
+            Some(_) => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidFilter,
+                    format!("{field} must be a string or an array"),
+                ))
+            }
         }
     }
     if out.len() > max {
-        return Err(Refusal::new(ErrorCode::InvalidFilter, format!("{plural} has more than {max} values")));
+        return Err(Refusal::new(
+            ErrorCode::InvalidFilter,
+            format!("{plural} has more than {max} values"),
+        ));
     }
     Ok((!out.is_empty()).then(|| out.into_boxed_slice()))
 }
@@ -52,7 +72,10 @@ fn inventory_query(params: &Map<String, Value>, max: usize) -> Result<InventoryQ
         product_ids: values(params, "productId", "productIds", max)?,
         warehouse_ids: values(params, "warehouseId", "warehouseIds", max)?,
         categories: values(params, "category", "categories", max)?,
-        low_stock_only: params.get("lowStockOnly").and_then(Value::as_bool).unwrap_or(false),
+        low_stock_only: params
+            .get("lowStockOnly")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     })
 }
 
@@ -62,11 +85,21 @@ pub fn inventory_current(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Ref
     let params = match data.get("filters") {
         Some(Value::Object(f)) => f,
         None | Some(Value::Null) => data,
-        Some(_) => return Err(Refusal::new(ErrorCode::InvalidFilter, "filters must be an object")),
+        Some(_) => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidFilter,
+                "filters must be an object",
+            ))
+        }
     };
     let config = ctx.config();
     let query = inventory_query(params, config.max_filter_values)?;
-    let items = ctx.app.store.inventory_current(&ctx.principal.tenant, &query, config.low_stock_threshold, limit(params)?);
+    let items = ctx.app.store.inventory_current(
+        &ctx.principal.tenant,
+        &query,
+        config.low_stock_threshold,
+        limit(params)?,
+    );
     ctx.reply(
         "inventory:current",
         &json!({ "count": items.len(), "items": items, "timestamp": time::iso8601(time::now_ms()) }),
@@ -75,8 +108,15 @@ pub fn inventory_current(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Ref
 }
 
 /// The data types `data:request` answers.
-pub const DATA_TYPES: [&str; 7] =
-    ["inventory_summary", "low_stock_items", "order_stats", "recent_orders", "customer_activity", "alerts", "recent_changes"];
+pub const DATA_TYPES: [&str; 7] = [
+    "inventory_summary",
+    "low_stock_items",
+    "order_stats",
+    "recent_orders",
+    "customer_activity",
+    "alerts",
+    "recent_changes",
+];
 
 /// `data:request {dataType, parameters}` answers `data:response {dataType, data, timestamp}`.
 pub fn data_request(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
@@ -88,7 +128,12 @@ pub fn data_request(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal>
     let params = match data.get("parameters") {
         Some(Value::Object(p)) => p,
         None | Some(Value::Null) => &empty,
-        Some(_) => return Err(Refusal::new(ErrorCode::InvalidMessage, "parameters must be an object")),
+        Some(_) => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                "parameters must be an object",
+            ))
+        }
     };
     let answer = answer(ctx, data_type, params)?;
     ctx.reply(
@@ -108,17 +153,27 @@ fn answer(ctx: &Ctx, data_type: &str, params: &Map<String, Value>) -> Result<Val
     Ok(match data_type {
         "inventory_summary" => {
             needs(Namespace::Inventory)?;
-            app.store.inventory_summary(tenant, config.low_stock_threshold, config.out_of_stock_threshold)
+            app.store.inventory_summary(
+                tenant,
+                config.low_stock_threshold,
+                config.out_of_stock_threshold,
+            )
         }
         "low_stock_items" => {
             needs(Namespace::Inventory)?;
             let mut query = inventory_query(params, config.max_filter_values)?;
             query.low_stock_only = true;
-            Value::Array(app.store.inventory_current(tenant, &query, config.low_stock_threshold, limit(params)?))
+            Value::Array(app.store.inventory_current(
+                tenant,
+                &query,
+                config.low_stock_threshold,
+                limit(params)?,
+            ))
         }
         "order_stats" => {
             needs(Namespace::Dashboard)?;
-            app.store.order_stats(tenant, app.alerts.orders_last_minute(tenant, now))
+            app.store
+                .order_stats(tenant, app.alerts.orders_last_minute(tenant, now))
         }
         "recent_orders" => {
             needs(Namespace::Dashboard)?;
@@ -130,19 +185,29 @@ fn answer(ctx: &Ctx, data_type: &str, params: &Map<String, Value>) -> Result<Val
         }
         "alerts" => {
             needs(Namespace::Dashboard)?;
-            Value::Array(app.alerts.list(tenant, params.get("all").and_then(Value::as_bool).unwrap_or(false)))
+            Value::Array(app.alerts.list(
+                tenant,
+                params.get("all").and_then(Value::as_bool).unwrap_or(false),
+            ))
         }
         "recent_changes" => {
             needs(Namespace::Dashboard)?;
             let kind = match params.get("dataType").and_then(Value::as_str) {
-                Some(name) => Some(
-                    crate::fanout::change::DataType::parse(name)
-                        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters"))?,
-                ),
+                Some(name) => {
+                    Some(crate::fanout::change::DataType::parse(name).ok_or_else(|| {
+                        Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters")
+                    })?)
+                }
                 None => None,
             };
             let since = params.get("since").and_then(Value::as_u64).unwrap_or(0);
-            Value::Array(app.engine.recent(tenant, kind, since, limit(params)?).iter().map(|r| r.payload_json()).collect())
+            Value::Array(
+                app.engine
+                    .recent(tenant, kind, since, limit(params)?)
+                    .iter()
+                    .map(|r| r.payload_json())
+                    .collect(),
+            )
         }
         _ => {
             return Err(Refusal::new(

@@ -49,7 +49,8 @@ pub fn parse_request(text: &[u8]) -> Result<Request, BadRequest> {
     if too_deep(text, MAX_DEPTH) {
         return Err(bad("message nesting is deeper than 64"));
     }
-    let value: Value = serde_json::from_slice(text).map_err(|_| bad("message is not valid JSON"))?;
+    let value: Value =
+        serde_json::from_slice(text).map_err(|_| bad("message is not valid JSON"))?;
     let Value::Object(mut obj) = value else {
         return Err(bad("message must be a JSON object"));
     };
@@ -67,7 +68,10 @@ pub fn parse_request(text: &[u8]) -> Result<Request, BadRequest> {
     };
     let ack = match obj.remove("ack") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or("ack must be a non-negative integer"),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or("ack must be a non-negative integer"),
         Some(_) => Err("ack must be a non-negative integer"),
     };
     let data = match obj.remove("data") {
@@ -76,11 +80,16 @@ pub fn parse_request(text: &[u8]) -> Result<Request, BadRequest> {
         Some(_) => Err("data must be an object"),
     };
 
-    let first_error = [ns.as_ref().err(), event.as_ref().err(), ack.as_ref().err(), data.as_ref().err()]
-        .into_iter()
-        .flatten()
-        .next()
-        .copied();
+    let first_error = [
+        ns.as_ref().err(),
+        event.as_ref().err(),
+        ack.as_ref().err(),
+        data.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .copied();
     match first_error {
         None => Ok(Request {
             ns: ns.unwrap_or_default(),
@@ -223,21 +232,45 @@ mod tests {
 
     #[test]
     fn refusals_keep_what_parsed() {
-        let err = parse_request(br#"{"ns":"/orders","event":"orders:subscribe","data":[1],"ack":3}"#).unwrap_err();
+        let err =
+            parse_request(br#"{"ns":"/orders","event":"orders:subscribe","data":[1],"ack":3}"#)
+                .unwrap_err();
         assert_eq!(err.refusal.code, ErrorCode::InvalidMessage);
-        assert_eq!((err.ns.as_str(), err.event.as_deref(), err.ack), ("/orders", Some("orders:subscribe"), Some(3)));
+        assert_eq!(
+            (err.ns.as_str(), err.event.as_deref(), err.ack),
+            ("/orders", Some("orders:subscribe"), Some(3))
+        );
         let err = parse_request(br#"{"event":"x","ack":-1}"#).unwrap_err();
         assert_eq!((err.event.as_deref(), err.ack), (Some("x"), None));
-        for bad in [&b"not json"[..], b"[1,2]", b"\"s\"", br#"{"event":5}"#, br#"{"ns":1,"event":"a"}"#, br#"{"event":"a","ack":1.5}"#] {
-            assert!(parse_request(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"not json"[..],
+            b"[1,2]",
+            b"\"s\"",
+            br#"{"event":5}"#,
+            br#"{"ns":1,"event":"a"}"#,
+            br#"{"event":"a","ack":1.5}"#,
+        ] {
+            assert!(
+                parse_request(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn nesting_is_limited_outside_strings_only() {
-        let deep = format!("{{\"event\":\"a\",\"data\":{{\"x\":{}1{}}}}}", "[".repeat(64), "]".repeat(64));
+        let deep = format!(
+            "{{\"event\":\"a\",\"data\":{{\"x\":{}1{}}}}}",
+            "[".repeat(64),
+            "]".repeat(64)
+        );
         assert!(parse_request(deep.as_bytes()).is_err());
-        let ok = format!("{{\"event\":\"a\",\"data\":{{\"x\":{}1{}}}}}", "[".repeat(60), "]".repeat(60));
+        let ok = format!(
+            "{{\"event\":\"a\",\"data\":{{\"x\":{}1{}}}}}",
+            "[".repeat(60),
+            "]".repeat(60)
+        );
         assert!(parse_request(ok.as_bytes()).is_ok());
         let in_string = format!("{{\"event\":\"{}\"}}", "[".repeat(100));
         assert!(parse_request(in_string.as_bytes()).is_ok());

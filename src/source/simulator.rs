@@ -17,9 +17,33 @@ use crate::auth::DEFAULT_TENANT;
 use crate::fanout::change::{Change, DataType};
 use crate::store::{MemoryStore, Product};
 
-const CATEGORIES: [&str; 8] = ["electronics", "apparel", "home", "sports", "toys", "grocery", "beauty", "books"];
-const ADJECTIVES: [&str; 10] = ["Classic", "Smart", "Eco", "Pro", "Mini", "Ultra", "Compact", "Deluxe", "Basic", "Premium"];
-const NOUNS: [&str; 12] = ["Widget", "Speaker", "Jacket", "Lamp", "Bottle", "Backpack", "Headphones", "Mug", "Blender", "Shoes", "Notebook", "Charger"];
+const CATEGORIES: [&str; 8] = [
+    "electronics",
+    "apparel",
+    "home",
+    "sports",
+    "toys",
+    "grocery",
+    "beauty",
+    "books",
+];
+const ADJECTIVES: [&str; 10] = [
+    "Classic", "Smart", "Eco", "Pro", "Mini", "Ultra", "Compact", "Deluxe", "Basic", "Premium",
+];
+const NOUNS: [&str; 12] = [
+    "Widget",
+    "Speaker",
+    "Jacket",
+    "Lamp",
+    "Bottle",
+    "Backpack",
+    "Headphones",
+    "Mug",
+    "Blender",
+    "Shoes",
+    "Notebook",
+    "Charger",
+];
 const WAREHOUSES: [&str; 3] = ["warehouse-1", "warehouse-2", "warehouse-3"];
 const PRODUCTS: usize = 300;
 const CUSTOMERS: usize = 200;
@@ -27,7 +51,14 @@ const OPEN_ORDERS: usize = 80;
 const STATUSES: [&str; 5] = ["pending", "confirmed", "processing", "shipped", "delivered"];
 const CARRIERS: [&str; 3] = ["UPS", "FedEx", "DHL"];
 const CITIES: [&str; 6] = ["Berlin", "Rotterdam", "Lyon", "Milan", "Warsaw", "Prague"];
-const ACTIVITIES: [(&str, u32); 6] = [("browse", 40), ("login", 15), ("add_to_cart", 15), ("purchase", 10), ("search", 15), ("logout", 5)];
+const ACTIVITIES: [(&str, u32); 6] = [
+    ("browse", 40),
+    ("login", 15),
+    ("add_to_cart", 15),
+    ("purchase", 10),
+    ("search", 15),
+    ("logout", 5),
+];
 
 struct Order {
     id: String,
@@ -53,7 +84,11 @@ impl World {
         let products: Vec<Product> = (1..=PRODUCTS)
             .map(|i| Product {
                 id: format!("product-{i}"),
-                name: format!("{} {}", ADJECTIVES[rng.usize(..ADJECTIVES.len())], NOUNS[rng.usize(..NOUNS.len())]),
+                name: format!(
+                    "{} {}",
+                    ADJECTIVES[rng.usize(..ADJECTIVES.len())],
+                    NOUNS[rng.usize(..NOUNS.len())]
+                ),
                 sku: format!("SKU-{i:05}"),
                 category: CATEGORIES[i % CATEGORIES.len()].to_string(),
                 price: (rng.f64() * 200.0 + 5.0).round(),
@@ -71,7 +106,13 @@ impl World {
                 stock.insert((p, w), rng.i64(15..200));
             }
         }
-        let mut world = World { rng, products, stock, orders: Vec::new(), next_order: 1001 };
+        let mut world = World {
+            rng,
+            products,
+            stock,
+            orders: Vec::new(),
+            next_order: 1001,
+        };
         for _ in 0..OPEN_ORDERS {
             let mut order = world.new_order();
             order.status = world.rng.usize(..STATUSES.len() - 1);
@@ -124,13 +165,22 @@ impl World {
 
     /// The next simulated change (sometimes two: shipping also starts tracking).
     fn step(&mut self, out: &mut Vec<Change>) {
-        let change = |data_type, data| Change { data_type, tenant: Arc::from(DEFAULT_TENANT), data };
+        let change = |data_type, data| Change {
+            data_type,
+            tenant: Arc::from(DEFAULT_TENANT),
+            data,
+        };
         match self.rng.u32(..100) {
             0..=44 => {
-                let (p, w) = (self.rng.usize(..PRODUCTS), self.rng.usize(..WAREHOUSES.len()));
+                let (p, w) = (
+                    self.rng.usize(..PRODUCTS),
+                    self.rng.usize(..WAREHOUSES.len()),
+                );
                 let product = &self.products[p];
                 let threshold = product.low_stock_threshold.unwrap_or(10.0) as i64;
-                let Some(quantity) = self.stock.get_mut(&(p, w)) else { return };
+                let Some(quantity) = self.stock.get_mut(&(p, w)) else {
+                    return;
+                };
                 let previous = *quantity;
                 // Low stock gets restocked more often, so the demo keeps cycling through
                 // alerts instead of draining to zero.
@@ -180,7 +230,9 @@ impl World {
                 }
             }
             70..=76 => {
-                let in_transit: Vec<usize> = (0..self.orders.len()).filter(|&i| self.orders[i].tracking_number.is_some()).collect();
+                let in_transit: Vec<usize> = (0..self.orders.len())
+                    .filter(|&i| self.orders[i].tracking_number.is_some())
+                    .collect();
                 if in_transit.is_empty() {
                     return;
                 }
@@ -196,7 +248,17 @@ impl World {
             _ => {
                 let total: u32 = ACTIVITIES.iter().map(|(_, w)| w).sum();
                 let mut pick = self.rng.u32(..total);
-                let activity = ACTIVITIES.iter().find(|(_, w)| if pick < *w { true } else { pick -= w; false }).map_or("browse", |(a, _)| a);
+                let activity = ACTIVITIES
+                    .iter()
+                    .find(|(_, w)| {
+                        if pick < *w {
+                            true
+                        } else {
+                            pick -= w;
+                            false
+                        }
+                    })
+                    .map_or("browse", |(a, _)| a);
                 let product = &self.products[self.rng.usize(..PRODUCTS)];
                 out.push(change(
                     DataType::CustomerActivity,
@@ -258,8 +320,16 @@ mod tests {
         for _ in 0..2000 {
             world.step(&mut out);
         }
-        for kind in [DataType::Inventory, DataType::Orders, DataType::OrderTracking, DataType::CustomerActivity] {
-            assert!(out.iter().any(|c| c.data_type == kind), "{kind:?} never produced");
+        for kind in [
+            DataType::Inventory,
+            DataType::Orders,
+            DataType::OrderTracking,
+            DataType::CustomerActivity,
+        ] {
+            assert!(
+                out.iter().any(|c| c.data_type == kind),
+                "{kind:?} never produced"
+            );
         }
         assert!(world.stock.values().all(|&q| q >= 0));
     }

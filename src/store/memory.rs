@@ -84,7 +84,10 @@ impl MemoryStore {
     }
 
     pub fn seed_product(&self, tenant: &str, product: Product) {
-        self.tenant(tenant).write().products.insert(product.id.clone(), product);
+        self.tenant(tenant)
+            .write()
+            .products
+            .insert(product.id.clone(), product);
     }
 
     pub fn seed_inventory(&self, tenant: &str, row: Map<String, Value>) {
@@ -102,13 +105,17 @@ impl MemoryStore {
     /// A product's category and low-stock threshold, when the catalogue knows it.
     pub fn product_info(&self, tenant: &str, product_id: &str) -> (Option<String>, Option<f64>) {
         self.read(tenant, |t| {
-            t.products.get(product_id).map_or((None, None), |p| (Some(p.category.clone()), p.low_stock_threshold))
+            t.products.get(product_id).map_or((None, None), |p| {
+                (Some(p.category.clone()), p.low_stock_threshold)
+            })
         })
     }
 
     /// The customer an order belongs to.
     pub fn order_customer(&self, tenant: &str, order_id: &str) -> Option<String> {
-        self.read(tenant, |t| t.orders.get(order_id).and_then(|o| text(o, "customerId")))
+        self.read(tenant, |t| {
+            t.orders.get(order_id).and_then(|o| text(o, "customerId"))
+        })
     }
 
     /// Applies a published change. Returns true when it created an order the store did
@@ -117,17 +124,24 @@ impl MemoryStore {
         let tenant = self.tenant(&record.tenant);
         let mut t = tenant.write();
         let stamp = |row: &mut Map<String, Value>| {
-            row.insert("updatedAt".into(), Value::String(time::iso8601(record.timestamp_ms)));
+            row.insert(
+                "updatedAt".into(),
+                Value::String(time::iso8601(record.timestamp_ms)),
+            );
             row.insert("seq".into(), record.seq.into());
         };
         match record.data_type {
             DataType::Inventory => {
                 let keys = &record.keys;
                 if let (Some(p), Some(w)) = (&keys.product_id, &keys.warehouse_id) {
-                    let row = t.inventory.entry((p.to_string(), w.to_string())).or_default();
+                    let row = t
+                        .inventory
+                        .entry((p.to_string(), w.to_string()))
+                        .or_default();
                     row.extend(data.iter().map(|(k, v)| (k.clone(), v.clone())));
                     if let Some(c) = &keys.category {
-                        row.entry("category").or_insert_with(|| Value::String(c.to_string()));
+                        row.entry("category")
+                            .or_insert_with(|| Value::String(c.to_string()));
                     }
                     if let Some(th) = keys.threshold {
                         row.entry("lowStockThreshold").or_insert_with(|| json!(th));
@@ -137,7 +151,9 @@ impl MemoryStore {
                 false
             }
             DataType::Orders => {
-                let Some(id) = &record.keys.order_id else { return false };
+                let Some(id) = &record.keys.order_id else {
+                    return false;
+                };
                 let is_new = !t.orders.contains_key(&**id);
                 let row = t.orders.entry(id.to_string()).or_default();
                 row.extend(data.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -164,18 +180,30 @@ impl MemoryStore {
     fn threshold_of(t: &TenantData, row: &Map<String, Value>, default: f64) -> f64 {
         row.get("lowStockThreshold")
             .and_then(Value::as_f64)
-            .or_else(|| text(row, "productId").and_then(|p| t.products.get(&p)).and_then(|p| p.low_stock_threshold))
+            .or_else(|| {
+                text(row, "productId")
+                    .and_then(|p| t.products.get(&p))
+                    .and_then(|p| p.low_stock_threshold)
+            })
             .unwrap_or(default)
     }
 
     /// The latest row per product and warehouse that matches.
-    pub fn inventory_current(&self, tenant: &str, q: &InventoryQuery, default_threshold: f64, limit: usize) -> Vec<Value> {
+    pub fn inventory_current(
+        &self,
+        tenant: &str,
+        q: &InventoryQuery,
+        default_threshold: f64,
+        limit: usize,
+    ) -> Vec<Value> {
         self.read(tenant, |t| {
             t.inventory
                 .values()
                 .filter(|row| {
-                    let category = text(row, "category")
-                        .or_else(|| text(row, "productId").and_then(|p| t.products.get(&p).map(|p| p.category.clone())));
+                    let category = text(row, "category").or_else(|| {
+                        text(row, "productId")
+                            .and_then(|p| t.products.get(&p).map(|p| p.category.clone()))
+                    });
                     any_match(&q.product_ids, text(row, "productId").as_deref())
                         && any_match(&q.warehouse_ids, text(row, "warehouseId").as_deref())
                         && any_match(&q.categories, category.as_deref())
@@ -189,7 +217,12 @@ impl MemoryStore {
         })
     }
 
-    pub fn inventory_summary(&self, tenant: &str, default_threshold: f64, out_of_stock: f64) -> Value {
+    pub fn inventory_summary(
+        &self,
+        tenant: &str,
+        default_threshold: f64,
+        out_of_stock: f64,
+    ) -> Value {
         self.read(tenant, |t| {
             let (mut units, mut low, mut out, mut value) = (0.0, 0, 0, 0.0);
             for row in t.inventory.values() {
@@ -200,7 +233,9 @@ impl MemoryStore {
                 } else if q <= Self::threshold_of(t, row, default_threshold) {
                     low += 1;
                 }
-                let price = text(row, "productId").and_then(|p| t.products.get(&p)).map_or(0.0, |p| p.price);
+                let price = text(row, "productId")
+                    .and_then(|p| t.products.get(&p))
+                    .map_or(0.0, |p| p.price);
                 value += q * price;
             }
             json!({
@@ -219,7 +254,9 @@ impl MemoryStore {
             let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
             let mut revenue = 0.0;
             for o in t.orders.values() {
-                *by_status.entry(text(o, "status").unwrap_or_else(|| "unknown".into())).or_default() += 1;
+                *by_status
+                    .entry(text(o, "status").unwrap_or_else(|| "unknown".into()))
+                    .or_default() += 1;
                 revenue += o.get("total").and_then(Value::as_f64).unwrap_or(0.0);
             }
             json!({
@@ -235,8 +272,14 @@ impl MemoryStore {
     pub fn recent_orders(&self, tenant: &str, limit: usize) -> Vec<Value> {
         self.read(tenant, |t| {
             let mut orders: Vec<&Map<String, Value>> = t.orders.values().collect();
-            orders.sort_by_key(|o| std::cmp::Reverse(o.get("seq").and_then(Value::as_u64).unwrap_or(0)));
-            orders.into_iter().take(limit).map(|o| Value::Object(o.clone())).collect()
+            orders.sort_by_key(|o| {
+                std::cmp::Reverse(o.get("seq").and_then(Value::as_u64).unwrap_or(0))
+            });
+            orders
+                .into_iter()
+                .take(limit)
+                .map(|o| Value::Object(o.clone()))
+                .collect()
         })
     }
 
@@ -247,12 +290,26 @@ impl MemoryStore {
             let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
             let mut customers = std::collections::HashSet::new();
             for r in t.activity.iter().filter(|r| r.timestamp_ms >= since) {
-                *by_type.entry(r.keys.activity_type.as_deref().unwrap_or("unknown").to_string()).or_default() += 1;
+                *by_type
+                    .entry(
+                        r.keys
+                            .activity_type
+                            .as_deref()
+                            .unwrap_or("unknown")
+                            .to_string(),
+                    )
+                    .or_default() += 1;
                 if let Some(c) = &r.keys.customer_id {
                     customers.insert(c.clone());
                 }
             }
-            let recent: Vec<Value> = t.activity.iter().rev().take(limit).map(|r| r.payload_json()).collect();
+            let recent: Vec<Value> = t
+                .activity
+                .iter()
+                .rev()
+                .take(limit)
+                .map(|r| r.payload_json())
+                .collect();
             json!({
                 "eventsLastMinute": by_type.values().sum::<u64>(),
                 "activeCustomersLastMinute": customers.len(),

@@ -34,12 +34,25 @@ use crate::time;
 const READ_CHUNK: usize = 4096;
 
 /// Runs a connection from the upgrade to its end.
-pub async fn run(app: Arc<App>, stream: TcpStream, pre_read: Bytes, remote: SocketAddr, principal: Principal, mode: Mode) {
+pub async fn run(
+    app: Arc<App>,
+    stream: TcpStream,
+    pre_read: Bytes,
+    remote: SocketAddr,
+    principal: Principal,
+    mode: Mode,
+) {
     let _ = stream.set_nodelay(true);
     let config = &app.config;
     let now = time::now_ms();
     let outbox = Outbox::new(config.queue_max_frames, config.slow_consumer_policy);
-    let session = Arc::new(Session::new(app.next_session_id(), outbox, remote, principal, now));
+    let session = Arc::new(Session::new(
+        app.next_session_id(),
+        outbox,
+        remote,
+        principal,
+        now,
+    ));
     app.sessions.insert(session.id, session.clone());
     app.metrics.connections_total.fetch_add(1, Relaxed);
     // Shutdown closes every registered session; one that registered after that sweep
@@ -71,7 +84,11 @@ pub async fn run(app: Arc<App>, stream: TcpStream, pre_read: Bytes, remote: Sock
         mode,
         buf: BytesMut::from(&pre_read[..]),
         message: None,
-        limiter: RateLimiter::new(config.rate_limit_max_messages, config.rate_limit_window_ms, now),
+        limiter: RateLimiter::new(
+            config.rate_limit_max_messages,
+            config.rate_limit_window_ms,
+            now,
+        ),
         phase: Phase::Open,
     };
     reader.run(&stream).await;
@@ -185,7 +202,8 @@ impl Reader<'_> {
         match frame.opcode {
             OpCode::Ping => {
                 if self.phase == Phase::Open {
-                    self.outbox().send(frame::server_frame(OpCode::Pong, &frame.payload));
+                    self.outbox()
+                        .send(frame::server_frame(OpCode::Pong, &frame.payload));
                 }
             }
             OpCode::Pong => {}
@@ -193,7 +211,9 @@ impl Reader<'_> {
                 let code = match frame.payload.len() {
                     0 => close::NORMAL,
                     1 => close::PROTOCOL_ERROR,
-                    _ if std::str::from_utf8(&frame.payload[2..]).is_err() => close::INVALID_PAYLOAD,
+                    _ if std::str::from_utf8(&frame.payload[2..]).is_err() => {
+                        close::INVALID_PAYLOAD
+                    }
                     _ => match frame::close_code(&frame.payload) {
                         Some(c @ (1000..=1003 | 1007..=1011 | 3000..=4999)) => c,
                         _ => close::PROTOCOL_ERROR,
@@ -217,7 +237,9 @@ impl Reader<'_> {
                 let max = self.app.config.max_message_bytes;
                 match self.message.as_mut() {
                     None => self.fail(close::PROTOCOL_ERROR, Phase::Closing),
-                    Some((_, so_far)) if so_far.len() + frame.payload.len() > max => self.fail(close::TOO_BIG, Phase::Closing),
+                    Some((_, so_far)) if so_far.len() + frame.payload.len() > max => {
+                        self.fail(close::TOO_BIG, Phase::Closing)
+                    }
                     Some((_, so_far)) => {
                         so_far.extend_from_slice(&frame.payload);
                         if frame.fin {
@@ -248,7 +270,10 @@ impl Reader<'_> {
         let parsed = match opcode {
             OpCode::Text => native::parse_request(&payload),
             _ => Err(native::BadRequest {
-                refusal: Refusal::new(ErrorCode::InvalidMessage, "binary frames are not accepted; send JSON text frames"),
+                refusal: Refusal::new(
+                    ErrorCode::InvalidMessage,
+                    "binary frames are not accepted; send JSON text frames",
+                ),
                 ns: "/".into(),
                 event: None,
                 ack: None,
@@ -277,9 +302,12 @@ impl Reader<'_> {
                 Ok(req) => (req.ns.as_str(), Some(req.event.as_str()), req.ack),
                 Err(bad) => (bad.ns.as_str(), bad.event.as_deref(), bad.ack),
             };
-            self.outbox().send(native::refusal_frame(ns, &refusal, event, ack));
+            self.outbox()
+                .send(native::refusal_frame(ns, &refusal, event, ack));
         }
-        metrics.request_time_us.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        metrics
+            .request_time_us
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         metrics.requests_handled.fetch_add(1, Relaxed);
     }
 }

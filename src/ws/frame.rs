@@ -124,12 +124,21 @@ pub fn parse(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Frame>, Fr
     if buf.len() < offset + 4 + len {
         return Ok(None);
     }
-    let mask = [buf[offset], buf[offset + 1], buf[offset + 2], buf[offset + 3]];
+    let mask = [
+        buf[offset],
+        buf[offset + 1],
+        buf[offset + 2],
+        buf[offset + 3],
+    ];
     offset += 4;
     buf.advance(offset);
     let mut payload = buf.split_to(len);
     fastwebsockets::unmask(&mut payload, mask);
-    Ok(Some(Frame { fin, opcode, payload }))
+    Ok(Some(Frame {
+        fin,
+        opcode,
+        payload,
+    }))
 }
 
 /// Writes a server frame header for a payload of `len` bytes into the end of `out`
@@ -233,7 +242,10 @@ mod tests {
         let mut head_only = BytesMut::from(&client_frame(true, 1, &[b'a'; 300], [0; 4])[..4]);
         assert_eq!(parse(&mut head_only, 200), Err(FrameError::TooLarge));
         let mut frag_ping = BytesMut::from(&client_frame(false, 9, b"x", [0; 4])[..]);
-        assert_eq!(parse(&mut frag_ping, 1024), Err(FrameError::BadControlFrame));
+        assert_eq!(
+            parse(&mut frag_ping, 1024),
+            Err(FrameError::BadControlFrame)
+        );
         let mut rsv = BytesMut::from(&[0xC1u8, 0x80, 0, 0, 0, 0][..]);
         assert_eq!(parse(&mut rsv, 1024), Err(FrameError::ReservedBits));
     }

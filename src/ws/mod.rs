@@ -20,7 +20,10 @@ use std::sync::Arc;
 use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use hyper::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
@@ -62,12 +65,30 @@ fn accept_key(key: &[u8]) -> String {
 
 /// Answers an upgrade request and starts the connection once hyper hands the socket
 /// over.
-pub fn upgrade(app: &Arc<App>, mut req: Request<Incoming>, remote: SocketAddr, mode: Mode) -> Response<Full<Bytes>> {
-    let refuse = |code: ErrorCode, message: &'static str| error_response(&Refusal::new(code, message));
-    if req.headers().get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        return refuse(ErrorCode::InvalidMessage, "Sec-WebSocket-Version must be 13");
+pub fn upgrade(
+    app: &Arc<App>,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+    mode: Mode,
+) -> Response<Full<Bytes>> {
+    let refuse =
+        |code: ErrorCode, message: &'static str| error_response(&Refusal::new(code, message));
+    if req
+        .headers()
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return refuse(
+            ErrorCode::InvalidMessage,
+            "Sec-WebSocket-Version must be 13",
+        );
     }
-    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()) else {
+    let Some(key) = req
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+    else {
         return refuse(ErrorCode::InvalidMessage, "Sec-WebSocket-Key is missing");
     };
     if app.shutdown.is_triggered() {
@@ -75,7 +96,10 @@ pub fn upgrade(app: &Arc<App>, mut req: Request<Incoming>, remote: SocketAddr, m
     }
     if app.sessions.len() >= app.config.max_connections || app.over_memory() {
         app.metrics.connections_refused.fetch_add(1, Relaxed);
-        return refuse(ErrorCode::Unavailable, "server is at capacity; try another node or later");
+        return refuse(
+            ErrorCode::Unavailable,
+            "server is at capacity; try another node or later",
+        );
     }
     let principal = Principal::open(query_param(req.uri(), "tenant").as_deref());
 
@@ -90,7 +114,17 @@ pub fn upgrade(app: &Arc<App>, mut req: Request<Incoming>, remote: SocketAddr, m
             }
         };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => conn::run(task_app, parts.io.into_inner(), parts.read_buf, remote, principal, mode).await,
+            Ok(parts) => {
+                conn::run(
+                    task_app,
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    remote,
+                    principal,
+                    mode,
+                )
+                .await
+            }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
     });
@@ -110,6 +144,9 @@ pub fn upgrade(app: &Arc<App>, mut req: Request<Incoming>, remote: SocketAddr, m
 mod tests {
     #[test]
     fn accept_key_matches_rfc_6455_example() {
-        assert_eq!(super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }

@@ -75,11 +75,20 @@ pub async fn run(app: Arc<App>, stream: Arc<TcpStream>, session: Arc<Session>) {
 
 /// Takes what is queued and writes it. Returns Some(true) when it wrote something (so
 /// the caller looks again), Some(false) when the queue was empty, None on a dead socket.
-async fn drain(app: &App, outbox: &Outbox, pending: &mut Pending, stream: &TcpStream) -> Option<bool> {
+async fn drain(
+    app: &App,
+    outbox: &Outbox,
+    pending: &mut Pending,
+    stream: &TcpStream,
+) -> Option<bool> {
     let dropped = outbox.take_dropped();
     if dropped > 0 {
         // Tell the client how much the drop-oldest policy took from it.
-        pending.frames.push_back(native::event_frame("/", "messages:dropped", &json!({ "dropped": dropped })));
+        pending.frames.push_back(native::event_frame(
+            "/",
+            "messages:dropped",
+            &json!({ "dropped": dropped }),
+        ));
     }
     let mut batch: Vec<Outgoing> = Vec::new();
     outbox.drain_into(&mut batch, MAX_BATCH);
@@ -88,7 +97,11 @@ async fn drain(app: &App, outbox: &Outbox, pending: &mut Pending, stream: &TcpSt
     }
     let frames = batch.len() as u64 + u64::from(dropped > 0);
     let mut bytes = 0u64;
-    let stamps: Vec<u64> = batch.iter().map(|o| o.published_us).filter(|&us| us > 0).collect();
+    let stamps: Vec<u64> = batch
+        .iter()
+        .map(|o| o.published_us)
+        .filter(|&us| us > 0)
+        .collect();
     for item in batch {
         bytes += item.frame.len() as u64;
         pending.frames.push_back(item.frame);
@@ -121,9 +134,12 @@ async fn close(app: &App, outbox: &Outbox, pending: &mut Pending, stream: &TcpSt
         pending.frames.truncate(usize::from(pending.front_started));
     }
     let code = outbox.close_code();
-    pending.frames.push_back(frame::close_frame(code, reason(code)));
+    pending
+        .frames
+        .push_back(frame::close_frame(code, reason(code)));
     let timeout = app.config.close_timeout();
-    if let Ok(Ok(Written::All)) = tokio::time::timeout(timeout, write(stream, pending, None)).await {
+    if let Ok(Ok(Written::All)) = tokio::time::timeout(timeout, write(stream, pending, None)).await
+    {
         app.metrics.messages_sent.fetch_add(1, Relaxed);
         // FIN after the close frame: the client reads it even if unread input on our
         // side would otherwise turn our close into a reset.
@@ -153,15 +169,26 @@ fn reason(code: u16) -> &'static str {
 
 /// Writes every pending frame. With `outbox`, the write gives up (keeping any partly
 /// written frame) when the connection starts closing without flush.
-async fn write(stream: &TcpStream, pending: &mut Pending, outbox: Option<&Outbox>) -> std::io::Result<Written> {
+async fn write(
+    stream: &TcpStream,
+    pending: &mut Pending,
+    outbox: Option<&Outbox>,
+) -> std::io::Result<Written> {
     while !pending.frames.is_empty() {
-        let slices: Vec<IoSlice<'_>> = pending.frames.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
+        let slices: Vec<IoSlice<'_>> = pending
+            .frames
+            .iter()
+            .take(MAX_IOV)
+            .map(|b| IoSlice::new(b))
+            .collect();
         match stream.try_write_vectored(&slices) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(mut n) => {
                 drop(slices);
                 while n > 0 {
-                    let Some(front) = pending.frames.front_mut() else { break };
+                    let Some(front) = pending.frames.front_mut() else {
+                        break;
+                    };
                     if n >= front.len() {
                         n -= front.len();
                         pending.frames.pop_front();

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every nilecast test from a clean checkout: installs what the tests need when it
+# is missing (idempotent), then formatting, lints, unit, integration and browser tests.
+# This is the README's test command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# A real browser for the /test page (Debian's Chromium; the tests drive it with
+# playwright-core and never download a browser of their own).
+if ! command -v chromium >/dev/null 2>&1; then
+  step "installing chromium (Debian package)"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+# Node packages the tests drive, pinned by package-lock.json.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "error: Node.js 18+ and npm are required for the browser test" >&2
+  exit 1
+fi
+if [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  step "installing Node test packages (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+# One build serves every test binary; benches are compiled (not run) by clippy above.
+step "cargo test"
+cargo test --locked --no-fail-fast
