@@ -117,6 +117,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         target: "nilecast::security",
         "auth is OFF: no JWT_SECRET or JWT_PUBLIC_KEY is configured, so every client is an anonymous admin (development only)"
     );
+    // Signal handlers go in before the readiness line: a SIGTERM that arrives right
+    // after it must shut down gracefully, not kill the process.
+    let signals = Signals::install()?;
     let simulate = config.simulate_rate;
     let server = nilecast::start(config)
         .await
@@ -125,7 +128,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("nilecast listening on {}", server.addr);
     tracing::info!(addr = %server.addr, simulate_rate = simulate, "serving; open http://{}/test to watch live events", server.addr);
 
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down: closing connections with 1001");
     if !server.shutdown().await {
         tracing::warn!("some connections did not close before the shutdown deadline");
@@ -133,20 +136,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGTERM and SIGINT, listened for from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

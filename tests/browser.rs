@@ -1,0 +1,47 @@
+//! The `/test` page in a real browser: headless Chromium (driven by playwright-core,
+//! tests/browser/test_page.mjs) opens the page of a server running its simulator and must
+//! see it connect and show live `inventory:update` and `dashboard:data` events.
+//!
+//! Needs Node.js, `npm ci` (playwright-core) and Debian's Chromium; `scripts/test.sh`
+//! installs them. This test fails, rather than skips, when they are missing, because a
+//! browser check that silently does not run proves nothing.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_page_shows_live_events_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("node_modules/playwright-core").exists(),
+        "node_modules/playwright-core is missing: run scripts/test.sh (or npm ci) first"
+    );
+    let server = spawn_server(&[("SIMULATE_RATE", "50")]);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    let screenshot = std::env::temp_dir().join(format!("nilecast-test-page-{}.png", server.port));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(root.join("tests/browser/test_page.mjs"))
+            .arg(&url)
+            .arg(&screenshot)
+            .current_dir(root)
+            .output()
+    })
+    .await
+    .expect("join the browser run")
+    .expect("run node (is Node.js installed?)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "browser check failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("test page ok"),
+        "unexpected output: {stdout}"
+    );
+}
