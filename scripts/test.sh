@@ -34,4 +34,10 @@ cargo clippy --locked --all-targets -- -D warnings
 
 # One build serves every test binary; benches are compiled (not run) by clippy above.
 step "cargo test"
-cargo test --locked --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --no-fail-fast 2>&1 | tee "$log"
+
+# One closing line over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"

@@ -84,6 +84,11 @@ pub fn handle(app: &Arc<App>, session: &Arc<Session>, req: &Request) -> Result<(
         ack: req.ack,
     };
     let data = &req.data;
+    // `<prefix>:subscribe` and `<prefix>:unsubscribe` of the namespace the request is on.
+    let action = req
+        .event
+        .strip_prefix(ns.prefix())
+        .and_then(|rest| rest.strip_prefix(':'));
     match (ns, req.event.as_str()) {
         (Namespace::Root, "auth:login") => login(&ctx, data),
         (Namespace::Root, "data:request") => queries::data_request(&ctx, data),
@@ -97,19 +102,22 @@ pub fn handle(app: &Arc<App>, session: &Arc<Session>, req: &Request) -> Result<(
         (Namespace::Inventory, "inventory:get-current") => queries::inventory_current(&ctx, data),
         (Namespace::Orders, "orders:track") => track(&ctx, data),
         (Namespace::Dashboard, "dashboard:subscribe") => dashboard::subscribe(&ctx, data),
-        (_, event) if ns != Namespace::Root && event == format!("{}:subscribe", ns.prefix()) => {
-            subscribe(&ctx, data)
-        }
-        (_, event) if ns != Namespace::Root && event == format!("{}:unsubscribe", ns.prefix()) => {
-            unsubscribe(&ctx, data)
-        }
-        (_, event) => Err(match EVENTS.iter().find(|(e, _)| *e == event) {
-            Some((_, home)) => Refusal::new(
-                ErrorCode::UnknownEvent,
-                format!("{event} belongs to namespace {}", home.path()),
-            ),
-            None => Refusal::new(ErrorCode::UnknownEvent, "unknown event"),
-        }),
+        (Namespace::Root, _) => Err(unknown_event(&req.event)),
+        _ if action == Some("subscribe") => subscribe(&ctx, data),
+        _ if action == Some("unsubscribe") => unsubscribe(&ctx, data),
+        _ => Err(unknown_event(&req.event)),
+    }
+}
+
+/// `unknown_event`, saying where a known event belongs when it came on the wrong
+/// namespace.
+fn unknown_event(event: &str) -> Refusal {
+    match EVENTS.iter().find(|(e, _)| *e == event) {
+        Some((_, home)) => Refusal::new(
+            ErrorCode::UnknownEvent,
+            format!("{event} belongs to namespace {}", home.path()),
+        ),
+        None => Refusal::new(ErrorCode::UnknownEvent, "unknown event"),
     }
 }
 
