@@ -87,6 +87,7 @@ fn serve(mut config: Config) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(message) = config.validate() {
         eprintln!("error: invalid configuration: {message}");

@@ -103,7 +103,14 @@ impl World {
         let mut stock = HashMap::new();
         for p in 0..PRODUCTS {
             for w in 0..WAREHOUSES.len() {
-                stock.insert((p, w), rng.i64(15..200));
+                // One row in ten starts near its threshold, so low-stock alerts show up
+                // within the first minute of a demo.
+                let quantity = if rng.u32(..10) == 0 {
+                    rng.i64(6..18)
+                } else {
+                    rng.i64(20..200)
+                };
+                stock.insert((p, w), quantity);
             }
         }
         let mut world = World {

@@ -78,11 +78,20 @@ pub async fn run(
         ));
     }
 
+    // Bytes the client sent right behind its handshake arrive as a slice of hyper's
+    // read buffer; copying them out and dropping the slice frees that whole buffer
+    // instead of keeping it for the connection's life.
+    let buf = if pre_read.is_empty() {
+        BytesMut::new()
+    } else {
+        BytesMut::from(&pre_read[..])
+    };
+    drop(pre_read);
     let mut reader = Reader {
         app: &app,
         session: &session,
         mode,
-        buf: BytesMut::from(&pre_read[..]),
+        buf,
         message: None,
         limiter: RateLimiter::new(
             config.rate_limit_max_messages,
