@@ -1,0 +1,218 @@
+//! A fleet of subscribed connections, one task each, recording what they receive.
+//! Connections can be told to drop and reconnect (resuming with `sinceSeq`) or to stop.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+
+use crate::client::{Client, Event, Protocol};
+use crate::publisher::{now_us, product};
+use crate::stats::Receipts;
+
+/// Where and how the fleet connects.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: String,
+    pub protocol: Protocol,
+    pub ws_path: String,
+}
+
+/// Handshakes in flight at once: enough to open thousands of connections in seconds
+/// without overflowing the server's listen backlog.
+const CONCURRENT_HANDSHAKES: usize = 256;
+
+#[derive(Default)]
+pub struct Control {
+    reconnect: Notify,
+    stop: Notify,
+    /// Connections subscribed (counted again after each reconnect).
+    pub subscribed: AtomicUsize,
+    /// Connections that gave up (handshake refused, connection lost).
+    pub failed: AtomicUsize,
+    pub delivered: AtomicU64,
+}
+
+pub struct Conn {
+    pub key: usize,
+    pub receipts: Arc<Mutex<Receipts>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct Fleet {
+    pub conns: Vec<Conn>,
+    pub control: Arc<Control>,
+}
+
+impl Fleet {
+    /// Opens `n` connections, connection i subscribed to key `key_of(i)`, and waits until
+    /// every one is subscribed or has failed (or `timeout` passes).
+    pub async fn open(
+        target: &Target,
+        n: usize,
+        key_of: impl Fn(usize) -> usize,
+        timeout: Duration,
+    ) -> Fleet {
+        let control = Arc::new(Control::default());
+        let gate = Arc::new(Semaphore::new(CONCURRENT_HANDSHAKES));
+        let conns = (0..n)
+            .map(|i| {
+                let key = key_of(i);
+                let receipts = Arc::new(Mutex::new(Receipts::default()));
+                let task = tokio::spawn(run(
+                    target.clone(),
+                    key,
+                    receipts.clone(),
+                    control.clone(),
+                    gate.clone(),
+                ));
+                Conn {
+                    key,
+                    receipts,
+                    task,
+                }
+            })
+            .collect();
+        let fleet = Fleet { conns, control };
+        fleet.wait_subscribed(n, timeout).await;
+        fleet
+    }
+
+    /// Waits until `n` subscriptions have completed (or failed) since the last reset.
+    pub async fn wait_subscribed(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.control.subscribed.load(Relaxed) + self.control.failed.load(Relaxed) >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    pub fn subscribed(&self) -> usize {
+        self.control.subscribed.load(Relaxed)
+    }
+
+    pub fn failed(&self) -> usize {
+        self.control.failed.load(Relaxed)
+    }
+
+    /// Waits until `expected` deliveries have arrived in total, or `timeout` passes.
+    pub async fn wait_delivered(&self, expected: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.control.delivered.load(Relaxed) < expected {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
+
+    /// Every connection drops its socket at once and reconnects with `sinceSeq`.
+    pub fn reconnect_all(&self) {
+        self.control.subscribed.store(0, Relaxed);
+        self.control.reconnect.notify_waiters();
+    }
+
+    /// Takes every connection's receipts, leaving them empty, and resets the counter.
+    pub fn take_receipts(&self) -> Vec<(usize, Receipts)> {
+        self.control.delivered.store(0, Relaxed);
+        self.conns
+            .iter()
+            .map(|c| {
+                (
+                    c.key,
+                    std::mem::take(&mut *c.receipts.lock().unwrap_or_else(|e| e.into_inner())),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn close(self) {
+        self.control.stop.notify_waiters();
+        for c in self.conns {
+            c.task.abort();
+            let _ = c.task.await;
+        }
+    }
+}
+
+async fn run(
+    target: Target,
+    key: usize,
+    receipts: Arc<Mutex<Receipts>>,
+    control: Arc<Control>,
+    gate: Arc<Semaphore>,
+) {
+    let products = [product(key)];
+    let mut since: Option<u64> = None;
+    loop {
+        let permit = gate.acquire().await;
+        let setup = async {
+            let mut client =
+                Client::connect(&target.addr, target.protocol, &target.ws_path).await?;
+            client.subscribe(&products, since).await?;
+            let mut early = Vec::new();
+            client
+                .run(|event| match event {
+                    Event::Subscribed => false,
+                    Event::Update(u) => {
+                        early.push(u);
+                        true
+                    }
+                    _ => true,
+                })
+                .await?;
+            anyhow::Ok((client, early))
+        };
+        let (mut client, early) = match setup.await {
+            Ok(ok) => ok,
+            Err(e) => {
+                if since.is_none() {
+                    eprintln!("connection to {} failed: {e:#}", target.addr);
+                }
+                control.failed.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        drop(permit);
+        control.subscribed.fetch_add(1, Relaxed);
+
+        let record = |u: crate::client::Update, r: &mut Receipts| {
+            r.seqs.push(u.seq);
+            if let Some(sent) = u.sent_at_us {
+                r.latencies_us.push(now_us().saturating_sub(sent));
+            }
+        };
+        {
+            control.delivered.fetch_add(early.len() as u64, Relaxed);
+            let mut r = receipts.lock().unwrap_or_else(|e| e.into_inner());
+            for u in early {
+                record(u, &mut r);
+            }
+        }
+        let reading = client.run(|event| {
+            if let Event::Update(u) = event {
+                record(u, &mut receipts.lock().unwrap_or_else(|e| e.into_inner()));
+                control.delivered.fetch_add(1, Relaxed);
+            }
+            true
+        });
+        tokio::select! {
+            result = reading => {
+                if let Err(e) = result {
+                    eprintln!("connection lost: {e:#}");
+                }
+                control.failed.fetch_add(1, Relaxed);
+                return;
+            }
+            _ = control.reconnect.notified() => {
+                since = receipts.lock().unwrap_or_else(|e| e.into_inner()).seqs.iter().max().copied().or(since);
+            }
+            _ = control.stop.notified() => return,
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The scenarios. Each opens its connections, drives its load, checks delivery, samples
+//! the server and the load generator, and returns one [`Run`] (one JSON line).
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::fleet::{Fleet, Target};
+use crate::publisher::{self, Publisher};
+use crate::stats::{self, check_delivery, Delivery, Latency};
+
+/// Knobs shared by the scenarios.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub target: Target,
+    pub server: String,
+    pub server_pid: Option<u32>,
+    pub connections: usize,
+    pub keys: usize,
+    pub rate: f64,
+    pub duration: Duration,
+    pub max_batch: usize,
+    pub start_rate: f64,
+    pub step_factor: f64,
+    pub max_rate: f64,
+    pub step: Duration,
+}
+
+/// One run's figures: one JSON line.
+#[derive(Debug, Default, Serialize)]
+pub struct Run {
+    pub scenario: String,
+    pub server: String,
+    pub protocol: String,
+    pub connections: usize,
+    pub subscribed: usize,
+    pub keys: usize,
+    pub rate: f64,
+    pub duration_s: f64,
+    pub published: u64,
+    #[serde(flatten)]
+    pub delivery: Delivery,
+    pub deliveries_per_s: f64,
+    pub latency: Latency,
+    pub server_cpu_s: f64,
+    pub server_cpu_s_per_million: Option<f64>,
+    pub server_rss_kib: u64,
+    pub rss_per_connection_bytes: Option<f64>,
+    pub loadgen_cpu_s: f64,
+    /// Scenario-specific figures.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// How long to wait for the last deliveries after publishing stops.
+const DRAIN: Duration = Duration::from_secs(10);
+/// How long opening a whole fleet may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Sampler {
+    server: stats::ProcSample,
+    me: stats::ProcSample,
+    pid: Option<u32>,
+}
+
+impl Sampler {
+    fn start(pid: Option<u32>) -> Sampler {
+        Sampler {
+            server: stats::sample(pid),
+            me: stats::sample(None),
+            pid,
+        }
+    }
+
+    fn finish(&self, run: &mut Run) {
+        let server = stats::sample(self.pid);
+        let me = stats::sample(None);
+        if self.pid.is_some() {
+            run.server_cpu_s = server.cpu_s - self.server.cpu_s;
+            run.server_rss_kib = server.rss_kib;
+            if run.delivery.delivered > 0 {
+                run.server_cpu_s_per_million =
+                    Some(run.server_cpu_s / run.delivery.delivered as f64 * 1e6);
+            }
+        }
+        run.loadgen_cpu_s = me.cpu_s - self.me.cpu_s;
+    }
+}
+
+fn base(p: &Params, scenario: &str, fleet: &Fleet) -> Run {
+    Run {
+        scenario: scenario.into(),
+        server: p.server.clone(),
+        protocol: format!("{:?}", p.target.protocol).to_lowercase(),
+        connections: p.connections,
+        subscribed: fleet.subscribed(),
+        keys: p.keys,
+        rate: p.rate,
+        ..Run::default()
+    }
+}
+
+/// Publishes at a rate over the fleet's keys and checks what arrived.
+async fn publish_and_check(
+    p: &Params,
+    fleet: &Fleet,
+    rate: f64,
+    duration: Duration,
+    mut pick: impl FnMut() -> usize,
+) -> anyhow::Result<(Vec<(u64, usize)>, Delivery, Latency, f64)> {
+    let started = Instant::now();
+    let published =
+        publisher::run_at_rate(&p.target.addr, rate, duration, p.max_batch, &mut pick).await?;
+    let publish_time = started.elapsed().as_secs_f64();
+    let subscribers_per_key =
+        |key: usize| fleet.conns.iter().filter(|c| c.key == key).count() as u64;
+    let mut per_key = std::collections::HashMap::new();
+    for &(_, key) in &published {
+        *per_key.entry(key).or_insert(0u64) += 1;
+    }
+    let expected: u64 = per_key
+        .iter()
+        .map(|(&k, &n)| n * subscribers_per_key(k))
+        .sum();
+    fleet.wait_delivered(expected, DRAIN).await;
+    let receipts = fleet.take_receipts();
+    let pairs: Vec<(usize, &stats::Receipts)> = receipts.iter().map(|(k, r)| (*k, r)).collect();
+    let delivery = check_delivery(&published, &pairs);
+    let latency = stats::latency(receipts.iter().map(|(_, r)| r));
+    Ok((published, delivery, latency, publish_time))
+}
+
+/// `broadcast`: every connection on one key, changes at `rate`.
+pub async fn broadcast(p: &Params) -> anyhow::Result<Run> {
+    let fleet = Fleet::open(&p.target, p.connections, |_| 0, OPEN_TIMEOUT).await;
+    let sampler = Sampler::start(p.server_pid);
+    let (published, delivery, latency, secs) =
+        publish_and_check(p, &fleet, p.rate, p.duration, || 0).await?;
+    let mut run = base(p, "broadcast", &fleet);
+    run.keys = 1;
+    finish_run(&mut run, &sampler, published.len(), delivery, latency, secs);
+    fleet.close().await;
+    Ok(run)
+}
+
+/// `sharded`: connections spread over `keys`, each change on a random key.
+pub async fn sharded(p: &Params) -> anyhow::Result<Run> {
+    let keys = p.keys.max(1);
+    let fleet = Fleet::open(&p.target, p.connections, |i| i % keys, OPEN_TIMEOUT).await;
+    let sampler = Sampler::start(p.server_pid);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (published, delivery, latency, secs) =
+        publish_and_check(p, &fleet, p.rate, p.duration, move || rng.usize(..keys)).await?;
+    let mut run = base(p, "sharded", &fleet);
+    finish_run(&mut run, &sampler, published.len(), delivery, latency, secs);
+    fleet.close().await;
+    Ok(run)
+}
+
+fn finish_run(
+    run: &mut Run,
+    sampler: &Sampler,
+    published: usize,
+    delivery: Delivery,
+    latency: Latency,
+    secs: f64,
+) {
+    run.duration_s = secs;
+    run.published = published as u64;
+    run.delivery = delivery;
+    run.latency = latency;
+    run.deliveries_per_s = delivery.delivered as f64 / secs.max(1e-9);
+    sampler.finish(run);
+}
+
+/// `idle`: subscribed connections and no traffic; server RSS per connection.
+pub async fn idle(p: &Params) -> anyhow::Result<Run> {
+    let before = stats::sample(p.server_pid);
+    let fleet = Fleet::open(
+        &p.target,
+        p.connections,
+        |i| i % p.keys.max(1),
+        OPEN_TIMEOUT,
+    )
+    .await;
+    // Let the server settle before reading its RSS: this is a measurement.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = stats::sample(p.server_pid);
+    let mut run = base(p, "idle", &fleet);
+    run.server_rss_kib = after.rss_kib;
+    if p.server_pid.is_some() && fleet.subscribed() > 0 {
+        run.rss_per_connection_bytes = Some(
+            (after.rss_kib.saturating_sub(before.rss_kib) * 1024) as f64
+                / fleet.subscribed() as f64,
+        );
+    }
+    run.extra
+        .insert("server_rss_before_kib".into(), before.rss_kib.into());
+    run.extra.insert("failed".into(), fleet.failed().into());
+    fleet.close().await;
+    Ok(run)
+}
+
+/// `max-fanout`: all connections on one key; the rate rises step by step until p99
+/// passes 250 ms or anything is missing.
+pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
+    let fleet = Fleet::open(&p.target, p.connections, |_| 0, OPEN_TIMEOUT).await;
+    let sampler = Sampler::start(p.server_pid);
+    let mut rate = p.start_rate;
+    let mut best: Option<(f64, f64, Delivery, Latency)> = None;
+    let mut best_under_50: Option<f64> = None;
+    let mut steps = Vec::new();
+    let mut total = Delivery::default();
+    let mut total_published = 0usize;
+    let mut total_secs = 0.0;
+    while rate <= p.max_rate {
+        let (published, delivery, latency, secs) =
+            publish_and_check(p, &fleet, rate, p.step, || 0).await?;
+        let per_s = delivery.delivered as f64 / secs;
+        let good = delivery.missing == 0 && delivery.duplicates == 0 && latency.p99_ms <= 250.0;
+        eprintln!(
+            "  rate {rate:.0}/s: {per_s:.0} deliveries/s, p99 {:.1} ms, missing {}, {}",
+            latency.p99_ms,
+            delivery.missing,
+            if good { "ok" } else { "stop" }
+        );
+        steps.push(serde_json::json!({ "rate": rate, "deliveries_per_s": per_s, "p99_ms": latency.p99_ms, "missing": delivery.missing }));
+        total_published += published.len();
+        total_secs += secs;
+        total.delivered += delivery.delivered;
+        if !good || fleet.failed() > 0 {
+            break;
+        }
+        if latency.p99_ms < 50.0 {
+            best_under_50 = Some(per_s);
+        }
+        best = Some((rate, per_s, delivery, latency));
+        rate *= p.step_factor;
+    }
+    let mut run = base(p, "max-fanout", &fleet);
+    run.keys = 1;
+    run.duration_s = total_secs;
+    run.published = total_published as u64;
+    if let Some((r, per_s, delivery, latency)) = best {
+        run.rate = r;
+        run.deliveries_per_s = per_s;
+        run.delivery = delivery;
+        run.latency = latency;
+    }
+    sampler.finish(&mut run);
+    if total.delivered > 0 && p.server_pid.is_some() {
+        run.server_cpu_s_per_million = Some(run.server_cpu_s / total.delivered as f64 * 1e6);
+    }
+    run.extra.insert(
+        "best_deliveries_per_s_p99_under_50ms".into(),
+        best_under_50.into(),
+    );
+    run.extra.insert("steps".into(), steps.into());
+    fleet.close().await;
+    Ok(run)
+}
+
+/// `reconnect-storm`: while changes flow, every client drops at once and reconnects
+/// with `sinceSeq`; time until all have resumed, and the delivery check over the run.
+pub async fn reconnect_storm(p: &Params) -> anyhow::Result<Run> {
+    let n = p.connections;
+    let fleet = Fleet::open(&p.target, n, |_| 0, OPEN_TIMEOUT).await;
+    let sampler = Sampler::start(p.server_pid);
+    let addr = p.target.addr.clone();
+    let (rate, duration, max_batch) = (p.rate, p.duration, p.max_batch);
+    let publishing = tokio::spawn(async move {
+        publisher::run_at_rate(&addr, rate, duration, max_batch, || 0).await
+    });
+    tokio::time::sleep(duration / 3).await;
+    let storm = Instant::now();
+    fleet.reconnect_all();
+    let resumed = fleet.wait_subscribed(n, OPEN_TIMEOUT).await;
+    let resume_time = storm.elapsed();
+    let published = publishing.await??;
+    fleet
+        .wait_delivered(published.len() as u64 * n as u64, DRAIN)
+        .await;
+    let receipts = fleet.take_receipts();
+    let pairs: Vec<(usize, &stats::Receipts)> = receipts.iter().map(|(k, r)| (*k, r)).collect();
+    let delivery = check_delivery(&published, &pairs);
+    let latency = stats::latency(receipts.iter().map(|(_, r)| r));
+    let mut run = base(p, "reconnect-storm", &fleet);
+    run.keys = 1;
+    finish_run(
+        &mut run,
+        &sampler,
+        published.len(),
+        delivery,
+        latency,
+        duration.as_secs_f64(),
+    );
+    run.extra.insert("all_resumed".into(), resumed.into());
+    run.extra
+        .insert("resume_ms".into(), (resume_time.as_secs_f64() * 1e3).into());
+    fleet.close().await;
+    Ok(run)
+}
+
+/// `connections`: as many subscribed connections as will open (up to `connections`),
+/// then one broadcast to all of them.
+pub async fn connections(p: &Params) -> anyhow::Result<Run> {
+    let before = stats::sample(p.server_pid);
+    let fleet = Fleet::open(&p.target, p.connections, |_| 0, OPEN_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = fleet.subscribed();
+    let after = stats::sample(p.server_pid);
+    let mut publisher = Publisher::connect(&p.target.addr).await?;
+    let started = Instant::now();
+    let seqs = publisher.publish(&[0]).await?;
+    let reached_all = fleet.wait_delivered(held as u64, DRAIN).await;
+    let broadcast_ms = started.elapsed().as_secs_f64() * 1e3;
+    let receipts = fleet.take_receipts();
+    let pairs: Vec<(usize, &stats::Receipts)> = receipts
+        .iter()
+        .filter(|(_, r)| !r.seqs.is_empty() || held > 0)
+        .map(|(k, r)| (*k, r))
+        .collect();
+    let published: Vec<(u64, usize)> = seqs.into_iter().map(|s| (s, 0)).collect();
+    let mut run = base(p, "connections", &fleet);
+    run.keys = 1;
+    run.published = 1;
+    run.delivery = check_delivery(&published, &pairs);
+    // Connections that failed to open expected nothing.
+    run.delivery.missing = (held as u64).saturating_sub(run.delivery.delivered);
+    run.delivery.expected = held as u64;
+    run.latency = stats::latency(receipts.iter().map(|(_, r)| r));
+    run.server_rss_kib = after.rss_kib;
+    if p.server_pid.is_some() && held > 0 {
+        run.rss_per_connection_bytes =
+            Some((after.rss_kib.saturating_sub(before.rss_kib) * 1024) as f64 / held as f64);
+    }
+    run.extra.insert("held".into(), held.into());
+    run.extra.insert("failed".into(), fleet.failed().into());
+    run.extra.insert("broadcast_ms".into(), broadcast_ms.into());
+    run.extra.insert("reached_all".into(), reached_all.into());
+    fleet.close().await;
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The smoke test CI runs: a real nilecast on an ephemeral port, a few connections,
+    //! a few changes, nothing missing. The long runs live in loadtest/compare.sh.
+
+    use super::*;
+    use crate::client::Protocol;
+
+    async fn server() -> (nilecast::Server, Params) {
+        let mut config = nilecast::Config::for_tests();
+        config.bind = std::net::Ipv4Addr::LOCALHOST.into();
+        let server = nilecast::start(config).await.expect("start nilecast");
+        let params = Params {
+            target: Target {
+                addr: server.addr.to_string(),
+                protocol: Protocol::Native,
+                ws_path: "/ws".into(),
+            },
+            server: "nilecast".into(),
+            server_pid: Some(std::process::id()),
+            connections: 6,
+            keys: 3,
+            rate: 100.0,
+            duration: Duration::from_millis(500),
+            max_batch: 10,
+            start_rate: 20.0,
+            step_factor: 2.0,
+            max_rate: 40.0,
+            step: Duration::from_millis(300),
+        };
+        (server, params)
+    }
+
+    fn assert_complete(run: &Run) {
+        assert!(run.published > 0, "nothing was published: {run:?}");
+        assert!(run.delivery.expected > 0, "nothing was expected: {run:?}");
+        assert_eq!(run.delivery.missing, 0, "{run:?}");
+        assert_eq!(run.delivery.duplicates, 0, "{run:?}");
+        assert_eq!(run.delivery.delivered, run.delivery.expected, "{run:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broadcast_and_sharded_deliver_everything_once() {
+        let (_server, p) = server().await;
+        let run = broadcast(&p).await.expect("broadcast");
+        assert_complete(&run);
+        assert_eq!(run.delivery.expected, run.published * 6);
+        assert!(run.latency.p99_ms > 0.0);
+        let run = sharded(&p).await.expect("sharded");
+        assert_complete(&run);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reconnect_storm_resumes_without_loss_or_duplicates() {
+        let (_server, mut p) = server().await;
+        p.duration = Duration::from_millis(900);
+        let run = reconnect_storm(&p).await.expect("reconnect storm");
+        assert_complete(&run);
+        assert_eq!(run.extra["all_resumed"], true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn max_fanout_steps_up_and_reports() {
+        let (_server, p) = server().await;
+        let run = max_fanout(&p).await.expect("max fanout");
+        assert_eq!(run.delivery.missing, 0, "{run:?}");
+        assert!(run.deliveries_per_s > 0.0, "{run:?}");
+        assert!(run.extra["steps"].as_array().is_some_and(|s| !s.is_empty()));
+    }
+}
