@@ -16,17 +16,44 @@ use serde_json::Value;
 
 use crate::auth::Principal;
 use crate::fanout::change::Namespace;
+use crate::fanout::index::Subscription;
 use crate::fanout::outbox::Outbox;
+use crate::namespace::filter::Filter;
 
 /// One of a connection's subscriptions, as it is listed and removed.
-#[derive(Debug, Clone)]
 pub struct SubEntry {
     pub id: u64,
     pub ns: Namespace,
     /// Index keys it is registered under (empty for dashboard subscriptions).
-    pub keys: Vec<u64>,
-    /// The filters as the client sent them, for `/clients` and the subscribed reply.
-    pub filters: Value,
+    pub keys: Box<[u64]>,
+    pub kind: SubKind,
+}
+
+/// What a subscription is. Stream subscriptions keep the `Arc` the index holds (eight
+/// bytes here, not a copy of the filter); the reference cycle it makes with the
+/// session is broken when the connection closes and its subscriptions are dropped.
+pub enum SubKind {
+    Stream(Arc<Subscription>),
+    /// A dashboard subscription lives in its dashboard group; this is its request.
+    Dashboard(Box<Value>),
+}
+
+impl SubEntry {
+    /// The filters, for `/clients`.
+    pub fn filters_json(&self) -> Value {
+        match &self.kind {
+            SubKind::Stream(sub) => sub.filter.to_json(),
+            SubKind::Dashboard(filters) => (**filters).clone(),
+        }
+    }
+
+    /// The subscription's filter, for stream subscriptions.
+    pub fn filter(&self) -> Option<&Filter> {
+        match &self.kind {
+            SubKind::Stream(sub) => Some(&sub.filter),
+            SubKind::Dashboard(_) => None,
+        }
+    }
 }
 
 pub struct Session {

@@ -27,7 +27,7 @@ use crate::error::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 use crate::namespace::filter::{change_keys, Filter};
 use crate::protocol::native;
-use crate::session::{Session, SubEntry};
+use crate::session::{Session, SubEntry, SubKind};
 use crate::store::MemoryStore;
 use crate::time;
 use change::{Change, DataType, Keys, Namespace, Record};
@@ -261,7 +261,6 @@ impl Engine {
         let tenant = session.principal().tenant.clone();
         let keys = filter.index_keys(&tenant);
         let ns = filter.namespace();
-        let filters_json = filter.to_json();
         let sub = Arc::new(Subscription {
             id,
             session: session.clone(),
@@ -300,8 +299,8 @@ impl Engine {
         session.subs.lock().push(SubEntry {
             id,
             ns,
-            keys,
-            filters: filters_json,
+            keys: keys.into(),
+            kind: SubKind::Stream(sub),
         });
         drop(state);
         outcome
@@ -319,8 +318,8 @@ impl Engine {
         session.subs.lock().push(SubEntry {
             id,
             ns,
-            keys: Vec::new(),
-            filters,
+            keys: Box::new([]),
+            kind: SubKind::Dashboard(Box::new(filters)),
         });
         id
     }

@@ -264,7 +264,7 @@ fn clients(app: &App, principal: &Principal) -> Resp {
                 "tenant": &*p.tenant,
                 "namespaces": namespaces,
                 "subscriptions": subs.iter().map(|e| json!({
-                    "id": crate::fanout::subscription_name(e.id), "namespace": e.ns.path(), "filters": e.filters,
+                    "id": crate::fanout::subscription_name(e.id), "namespace": e.ns.path(), "filters": e.filters_json(),
                 })).collect::<Vec<_>>(),
                 "queueDepth": s.outbox.len(),
                 "connectedSince": time::iso8601(s.connected_ms),

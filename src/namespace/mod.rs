@@ -271,9 +271,7 @@ fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
         }
     }
     let already = ctx.session.subs.lock().iter().any(|s| {
-        s.ns == Namespace::Orders
-            && s.filters.get("trackOnly") == Some(&Value::Bool(true))
-            && s.filters["orderIds"][0] == *order_id
+        matches!(s.filter(), Some(Filter::Orders { track_only: true, order_ids: Some(ids), .. }) if ids.first() == Some(&order_id))
     });
     let reply =
         json!({ "orderId": &*order_id, "tracking": latest.as_ref().map(|r| r.payload_json()) });
