@@ -40,6 +40,13 @@ pub struct Conn {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Conn {
+    /// Whether the connection's task has ended (it failed or was stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
 pub struct Fleet {
     pub conns: Vec<Conn>,
     pub control: Arc<Control>,

@@ -314,19 +314,19 @@ pub async fn connections(p: &Params) -> anyhow::Result<Run> {
     let reached_all = fleet.wait_delivered(held as u64, DRAIN).await;
     let broadcast_ms = started.elapsed().as_secs_f64() * 1e3;
     let receipts = fleet.take_receipts();
-    let pairs: Vec<(usize, &stats::Receipts)> = receipts
-        .iter()
-        .filter(|(_, r)| !r.seqs.is_empty() || held > 0)
-        .map(|(k, r)| (*k, r))
-        .collect();
     let published: Vec<(u64, usize)> = seqs.into_iter().map(|s| (s, 0)).collect();
+    // Only connections that are still open expect the broadcast.
+    let open: Vec<(usize, &stats::Receipts)> = fleet
+        .conns
+        .iter()
+        .zip(&receipts)
+        .filter(|(c, _)| !c.is_finished())
+        .map(|(_, (k, r))| (*k, r))
+        .collect();
     let mut run = base(p, "connections", &fleet);
     run.keys = 1;
     run.published = 1;
-    run.delivery = check_delivery(&published, &pairs);
-    // Connections that failed to open expected nothing.
-    run.delivery.missing = (held as u64).saturating_sub(run.delivery.delivered);
-    run.delivery.expected = held as u64;
+    run.delivery = check_delivery(&published, &open);
     run.latency = stats::latency(receipts.iter().map(|(_, r)| r));
     run.server_rss_kib = after.rss_kib;
     if p.server_pid.is_some() && held > 0 {

@@ -244,11 +244,11 @@ impl Engine {
         }
     }
 
-    /// Registers a subscription. Under the publish lock: queues the reply `reply`
-    /// builds (if any), then the retained matching changes after `since` (never a seq the
-    /// connection already has on that namespace, so order and uniqueness hold), then
-    /// `initial` (the latest tracking change for `orders:track`), and only then makes the
-    /// subscription visible to the router, so live changes follow.
+    /// Registers a subscription. Under the publish lock, so that no change is routed in
+    /// between: records the subscription, queues the reply `reply` builds (if any), then
+    /// the retained matching changes after `since` (never a seq the connection already
+    /// has on that namespace, so order and uniqueness hold), then `initial` (the latest
+    /// tracking change for `orders:track`). Live changes follow once the lock is released.
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
@@ -289,12 +289,9 @@ impl Engine {
             replayed: replay.len(),
             gap,
         };
-        if let Some(frame) = reply(outcome) {
-            outbox.send(frame);
-        }
-        for record in replay.iter().chain(initial.iter()) {
-            outbox.deliver(ns, record.seq, &record.frame, None, 0);
-        }
+        // Record the subscription before the reply goes out, so a client that has the
+        // reply sees it in `/clients`; routing cannot see it before the reply anyway,
+        // because it waits for the publish lock held here.
         self.index.insert(&keys, &sub);
         session.subs.lock().push(SubEntry {
             id,
@@ -302,6 +299,12 @@ impl Engine {
             keys: keys.into(),
             kind: SubKind::Stream(sub),
         });
+        if let Some(frame) = reply(outcome) {
+            outbox.send(frame);
+        }
+        for record in replay.iter().chain(initial.iter()) {
+            outbox.deliver(ns, record.seq, &record.frame, None, 0);
+        }
         drop(state);
         outcome
     }

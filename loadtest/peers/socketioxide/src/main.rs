@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -32,6 +32,8 @@ use socketioxide::socket::Socket;
 use tokio::sync::Mutex;
 
 const NS: &str = "/inventory";
+/// Publish bodies above this answer 413, as nilecast's default HTTP body limit.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 static NEXT_SUBSCRIPTION: AtomicU64 = AtomicU64::new(1);
 
@@ -263,10 +265,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(4103);
 
     let (layer, io) = SocketIo::new_layer();
+    // The default namespace exists in Socket.IO's JS server without asking; socketioxide needs it
+    // declared. Clients that open "/" first (artillery's socketio engine does) connect to it.
+    io.ns("/", async |_: SocketRef| {});
     io.ns(NS, (async |_: SocketRef| {}).with(register_handlers));
 
     let app = Router::new()
         .route("/publish", post(publish))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState {
             io,
             seq: Arc::new(Mutex::new(0)),

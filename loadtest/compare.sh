@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Runs the same load scenarios against nilecast and every peer server, one after the
+# other in one run, and writes loadtest/RESULTS.md. Each server gets a fresh process per
+# scenario, pinned to core 0; the load generator runs on core 1. Loopback only; every
+# run is bounded in connections and time and stops by itself.
+#
+#   loadtest/compare.sh             # the full comparison (about 15-20 minutes)
+#   QUICK=1 loadtest/compare.sh     # small figures, a few minutes: checks the machinery
+#   SERVERS="nilecast bun" loadtest/compare.sh   # a subset
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=${QUICK:-0}
+SERVERS=${SERVERS:-"nilecast socketio-node socketioxide bun"}
+OUT=${OUT:-loadtest/RESULTS.md}
+RESULTS=$(mktemp)
+LOGDIR=$(mktemp -d)
+SERVER_CORE=${SERVER_CORE:-0}
+LOADGEN_CORE=${LOADGEN_CORE:-1}
+
+if [ "$QUICK" = 1 ]; then
+  FANOUT_CONNS=200; SHARDED_CONNS=500; SHARDED_KEYS=50; SHARDED_RATE=500; IDLE_CONNS=2000
+  STORM_CONNS=200; HELD_CONNS=2000; DURATION=3; STEP=2; MAX_RATE=400
+else
+  FANOUT_CONNS=2000; SHARDED_CONNS=5000; SHARDED_KEYS=500; SHARDED_RATE=5000; IDLE_CONNS=19500
+  STORM_CONNS=2000; HELD_CONNS=19500; DURATION=10; STEP=5; MAX_RATE=20000
+fi
+
+# Up to the hard limit (20,000 here): each side holds one socket per connection.
+ulimit -n "$(ulimit -Hn)"
+
+echo "==> installing peers and building (release)"
+bash loadtest/peers/install.sh > "$LOGDIR/versions.txt"
+cargo build --release --locked -p nilecast -p nilecast-loadgen 2>&1 | tail -1
+LOADGEN=target/release/nilecast-loadgen
+
+PID=""
+stop_server() {
+  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+    kill -TERM "$PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$PID" 2>/dev/null || true
+  fi
+  PID=""
+}
+trap 'stop_server; rm -f "$RESULTS"' EXIT
+
+# start_server NAME: starts it pinned to the server core and waits for its ready line.
+start_server() {
+  local name=$1 log="$LOGDIR/$1.log"
+  case $name in
+    nilecast)
+      SIMULATE_RATE=0 WEBSOCKET_PORT=4100 RUST_LOG=warn taskset -c "$SERVER_CORE" target/release/nilecast > "$log" 2>&1 &
+      PORT=4100; PROTOCOL=native ;;
+    socketio-node)
+      PORT=4101 taskset -c "$SERVER_CORE" node loadtest/peers/socketio-node/server.js > "$log" 2>&1 &
+      PORT=4101; PROTOCOL=socketio ;;
+    bun)
+      PORT=4102 taskset -c "$SERVER_CORE" loadtest/peers/bun/node_modules/@oven/bun-linux-x64/bin/bun loadtest/peers/bun/server.js > "$log" 2>&1 &
+      PORT=4102; PROTOCOL=native ;;
+    socketioxide)
+      PORT=4103 taskset -c "$SERVER_CORE" loadtest/peers/socketioxide/target/release/peer-socketioxide > "$log" 2>&1 &
+      PORT=4103; PROTOCOL=socketio ;;
+    *) echo "unknown server $name" >&2; exit 2 ;;
+  esac
+  PID=$!
+  for _ in $(seq 1 300); do
+    grep -q "listening" "$log" 2>/dev/null && return 0
+    kill -0 "$PID" 2>/dev/null || { echo "$name exited:" >&2; cat "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "$name did not become ready" >&2; cat "$log" >&2; exit 1
+}
+
+# scenario NAME SCENARIO ARGS...: one fresh server process, one load-generator run.
+scenario() {
+  local name=$1 what=$2; shift 2
+  start_server "$name"
+  echo "==> $name: $what $*"
+  if taskset -c "$LOADGEN_CORE" "$LOADGEN" run "$what" --addr "127.0.0.1:$PORT" --protocol "$PROTOCOL" \
+      --server "$name" --server-pid "$PID" --threads 1 "$@" >> "$RESULTS" 2> "$LOGDIR/loadgen-$name-$what.log"; then
+    tail -1 "$RESULTS" | cut -c1-220
+  else
+    echo "   (run failed; see below)"; tail -5 "$LOGDIR/loadgen-$name-$what.log"
+  fi
+  stop_server
+}
+
+BROADCAST_RATE=""
+for name in $SERVERS; do
+  scenario "$name" max-fanout --connections "$FANOUT_CONNS" --start-rate 25 --step-factor 1.4 --step-seconds "$STEP" --max-rate "$MAX_RATE"
+  if [ "$name" = nilecast ]; then
+    # Latency is measured at half of nilecast's best max-fanout rate, for every server.
+    BROADCAST_RATE=$(tail -1 "$RESULTS" | python3 -c 'import json,sys; print(max(1, round(json.load(sys.stdin)["rate"] / 2)))')
+  fi
+  scenario "$name" broadcast --connections "$FANOUT_CONNS" --rate "${BROADCAST_RATE:-100}" --duration "$DURATION"
+  scenario "$name" sharded --connections "$SHARDED_CONNS" --keys "$SHARDED_KEYS" --rate "$SHARDED_RATE" --duration "$DURATION"
+  scenario "$name" idle --connections "$IDLE_CONNS" --keys 500
+  scenario "$name" reconnect-storm --connections "$STORM_CONNS" --rate 100 --duration "$DURATION"
+  scenario "$name" connections --connections "$HELD_CONNS"
+done
+
+{
+  echo "# Load comparison"
+  echo
+  echo "Produced by \`loadtest/compare.sh\`$([ "$QUICK" = 1 ] && echo ' with QUICK=1 (small figures; not the full comparison)') on $(date -u +%Y-%m-%dT%H:%MZ)."
+  echo "Each server ran alone, a fresh process per scenario, pinned to core $SERVER_CORE; the load generator"
+  echo "(\`$LOADGEN\`, one thread) was pinned to core $LOADGEN_CORE. Ratios in brackets are the server's figure"
+  echo "divided by nilecast's native figure on the same scenario."
+  echo
+  echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)."
+  echo "nilecast: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')."
+  echo
+  echo "Versions:"
+  echo
+  sed 's/^/- /' "$LOGDIR/versions.txt"
+  echo
+  echo "Scenarios:"
+  echo
+  echo "- max-fanout: $FANOUT_CONNS connections on one product; the change rate rises by 1.4x every ${STEP} s until p99 passes 250 ms or anything is missing. Figures are from the last good step."
+  echo "- broadcast: $FANOUT_CONNS connections on one product at ${BROADCAST_RATE:-100} changes/s (half of nilecast's max-fanout rate), ${DURATION} s."
+  echo "- sharded: $SHARDED_CONNS connections over $SHARDED_KEYS products, $SHARDED_RATE changes/s on random products, ${DURATION} s."
+  echo "- idle: $IDLE_CONNS subscribed connections, no traffic: server RSS growth per connection."
+  echo "- reconnect-storm: $STORM_CONNS connections; while 100 changes/s flow, all drop at once and reconnect with sinceSeq. Peers without replay show what a client loses."
+  echo "- connections: up to $HELD_CONNS subscribed connections (the fd limit is 20,000 per process), then one change to all."
+  echo
+  "$LOADGEN" report "$RESULTS"
+  echo "<details><summary>Raw JSON lines</summary>"
+  echo
+  echo '```'
+  cat "$RESULTS"
+  echo '```'
+  echo
+  echo "</details>"
+} > "$OUT"
+echo "==> wrote $OUT"
