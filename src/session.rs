@@ -100,6 +100,15 @@ impl Session {
         self.last_seen_ms.store(now_ms, Ordering::Relaxed);
     }
 
+    /// Records a subscription. The list grows one slot at a time: most connections hold
+    /// one or two subscriptions, and the usual growth to four slots would be memory
+    /// every idle connection pays for.
+    pub fn add_subscription(&self, entry: SubEntry) {
+        let mut subs = self.subs.lock();
+        subs.reserve_exact(1);
+        subs.push(entry);
+    }
+
     pub fn subscription_count(&self) -> usize {
         self.subs.lock().len()
     }

@@ -293,7 +293,7 @@ impl Engine {
         // reply sees it in `/clients`; routing cannot see it before the reply anyway,
         // because it waits for the publish lock held here.
         self.index.insert(&keys, &sub);
-        session.subs.lock().push(SubEntry {
+        session.add_subscription(SubEntry {
             id,
             ns,
             keys: keys.into(),
@@ -318,7 +318,7 @@ impl Engine {
         filters: serde_json::Value,
     ) -> u64 {
         let id = self.next_subscription.fetch_add(1, Relaxed);
-        session.subs.lock().push(SubEntry {
+        session.add_subscription(SubEntry {
             id,
             ns,
             keys: Box::new([]),

@@ -108,6 +108,9 @@ async fn drain(
     }
     match write(stream, pending, Some(outbox)).await {
         Ok(Written::All) => {
+            // Everything is written: give the buffer back, so an idle connection holds
+            // no memory for frames.
+            pending.frames = VecDeque::new();
             let metrics = &app.metrics;
             metrics.messages_sent.fetch_add(frames, Relaxed);
             metrics.bytes_sent.fetch_add(bytes, Relaxed);
