@@ -18,6 +18,10 @@ use nilecast::session::Session;
 use nilecast::{App, Config};
 use serde_json::json;
 
+/// The server's allocator, so the figures match what the server does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SUBSCRIBERS: usize = 10_000;
 
 /// An app with `SUBSCRIBERS` connections, each subscribed to one of `keys` products.

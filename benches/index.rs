@@ -10,9 +10,14 @@
 //!   cold key, on a key not in the index yet).
 //! - `index_unsubscribe`: `Index::remove` of one subscription (hot key, cold key).
 //!
-//! The index is built once for the whole file (a few seconds, not timed) and every
-//! iteration puts it back the way it found it, outside the timed part (`iter_custom`),
-//! so all benches see the same 1,000,000 subscriptions.
+//! The index is built once for the whole file (a few seconds, not timed), and the hot
+//! key is churned (200,000 random unsubscribe + resubscribe rounds) until its list has
+//! the steady-state shape of a key whose subscribers come and go: about 400 chunks
+//! instead of the 79 full ones a one-go build leaves. Every iteration puts the index
+//! back the way it found it, outside the timed part (`iter_custom`), so all benches see
+//! the same 1,000,000 subscriptions.
+//!
+//! The bench uses mimalloc, the server's allocator.
 //!
 //! Run: `cargo bench --bench index`.
 
@@ -40,6 +45,9 @@ const COLD_KEYS: usize = 100_000;
 const SESSIONS: usize = 10_000;
 const TENANT: &str = "default";
 const HOT_PRODUCT: &str = "product-hot";
+
+/// Random unsubscribe + resubscribe rounds on the hot key before measuring.
+const CHURN: usize = 200_000;
 
 /// Subscription ids the benches create on top of the populated index.
 const EXTRA_ID: u64 = 2_000_000;
@@ -113,10 +121,24 @@ fn populate() -> Populated {
         })
         .collect();
     assert_eq!(index.key_count(), COLD_KEYS + 1);
+
+    // Churn the hot key to its steady state before measuring anything. Built in one go,
+    // its list is 79 full chunks; after subscribers come and go (a random one leaves, a
+    // new one joins at the end) the older chunks thin out and the list settles at about
+    // 400 smaller chunks. Without this the unsubscribe bench, which churns the same way,
+    // would drift from the first layout to the second while it runs.
+    let mut rng = fastrand::Rng::with_seed(42);
+    for _ in 0..CHURN {
+        let sub = &subs[rng.usize(..HOT)];
+        index.remove(&[hot_key], sub.id);
+        index.insert(&[hot_key], sub);
+    }
     eprintln!(
-        "index: {SUBSCRIPTIONS} subscriptions on {} keys built in {:.1?}",
+        "index: {SUBSCRIPTIONS} subscriptions on {} keys built and churned in {:.1?}; \
+         hot key in {} chunks",
         index.key_count(),
-        started.elapsed()
+        started.elapsed(),
+        chunks(&index, hot_key)
     );
     Populated {
         index,
@@ -173,8 +195,8 @@ fn scattered(i: usize) -> usize {
 
 fn lookup(c: &mut Criterion, p: &Populated) {
     let mut group = c.benchmark_group("index_lookup");
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_millis(500));
 
     // Setup: the populated index; get the hot key (10,000 subscriptions) and read the id
     // of each.
@@ -202,8 +224,8 @@ fn lookup(c: &mut Criterion, p: &Populated) {
     // Setup: the populated index; get one of the 100,000 cold keys (9 or 10
     // subscriptions), a different one each iteration in a scattered order, and walk it.
     group.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
     group.bench_function("cold_key_10_subs", |b| {
-        let mut i = 0usize;
         b.iter(|| {
             i += 1;
             black_box(walk(&p.index, p.cold_keys[scattered(i)]))
@@ -221,13 +243,15 @@ fn lookup(c: &mut Criterion, p: &Populated) {
 
 fn subscribe(c: &mut Criterion, p: &Populated) {
     let mut group = c.benchmark_group("index_subscribe");
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
+    // Short: every timed insert is followed by an untimed remove that costs several
+    // times as much on the hot key, so the wall time is a multiple of this.
+    group.measurement_time(Duration::from_millis(1500));
+    group.warm_up_time(Duration::from_millis(500));
     group.throughput(Throughput::Elements(1));
 
     // Setup: the populated index; insert a 10,001st subscription on the hot key (copies
-    // the ~79 chunk pointers and the last, partly full chunk). Removed again outside the
-    // timed part.
+    // the list's chunk pointers and its last, partly full chunk). Removed again outside
+    // the timed part.
     group.bench_function(BenchmarkId::new("hot_key", "10000_subs"), |b| {
         let sub = p.new_sub(EXTRA_ID, HOT_PRODUCT);
         let keys = [p.hot_key];
@@ -246,8 +270,8 @@ fn subscribe(c: &mut Criterion, p: &Populated) {
     // Setup: the populated index; insert one subscription on a cold key (9 or 10
     // subscriptions), a different key each iteration. Removed again outside the timed
     // part.
+    let mut i = 0usize;
     group.bench_function(BenchmarkId::new("cold_key", "10_subs"), |b| {
-        let mut i = 0usize;
         b.iter_custom(|iterations| {
             let mut spent = Duration::ZERO;
             for _ in 0..iterations {
@@ -287,15 +311,16 @@ fn subscribe(c: &mut Criterion, p: &Populated) {
 
 fn unsubscribe(c: &mut Criterion, p: &Populated) {
     let mut group = c.benchmark_group("index_unsubscribe");
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_millis(500));
     group.throughput(Throughput::Elements(1));
     let mut rng = fastrand::Rng::with_seed(7);
 
     // Setup: the populated index; remove a random one of the hot key's 10,000
     // subscriptions (a scan to its chunk, then a copy of the chunk pointers and of that
     // chunk). Put back outside the timed part; it goes to the end of the list, so the
-    // removed position stays uniformly random.
+    // removed position stays uniformly random, and the churn keeps the list at the
+    // steady state `populate` brought it to.
     group.bench_function(BenchmarkId::new("hot_key", "10000_subs"), |b| {
         let keys = [p.hot_key];
         b.iter_custom(|iterations| {
@@ -330,6 +355,14 @@ fn unsubscribe(c: &mut Criterion, p: &Populated) {
     });
     group.finish();
     assert_eq!(walk(&p.index, p.hot_key), HOT as u64);
+    eprintln!(
+        "index: after the benches the hot key is in {} chunks",
+        chunks(&p.index, p.hot_key)
+    );
+}
+
+fn chunks(index: &Index, key: u64) -> usize {
+    index.get(key).map_or(0, |list| list.len())
 }
 
 fn index(c: &mut Criterion) {

@@ -10,6 +10,8 @@
 //! is the syscalls' and the loopback stack's. The frames are queued before each
 //! iteration, outside the timed part (`iter_custom`).
 //!
+//! The bench uses mimalloc, the server's allocator.
+//!
 //! Run: `cargo bench --bench writer`.
 
 use std::io::{IoSlice, Read, Write};
@@ -86,8 +88,8 @@ fn drain_and_write(c: &mut Criterion) {
     let mut written = 0u64;
 
     let mut group = c.benchmark_group("drain_and_write_150B_frames");
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_millis(500));
     for n in [1usize, 16, 64, 256] {
         group.throughput(Throughput::Elements(n as u64));
         let strategies: [(&str, Strategy); 2] = [

@@ -101,7 +101,12 @@ pub fn run(files: &[String]) -> anyhow::Result<()> {
                         }
                         _ => String::new(),
                     };
-                    format!("{}{ratio}", human(v))
+                    let shown = if *ptr == "/missing" {
+                        format!("{v:.0}")
+                    } else {
+                        human(v)
+                    };
+                    format!("{shown}{ratio}")
                 })
                 .collect();
             println!(
