@@ -33,7 +33,17 @@ perf record -F 299 --call-graph dwarf,16384 -p "$pid" -o "$work/perf.data" -- sl
 wait "$loadgen"
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf > "$work/folded"
 inferno-flamegraph --title "nilecast under $scenario ($(cut -c1-160 "$work/run.json" | tr -d '{}"'))" < "$work/folded" > "flamegraphs/$scenario.svg"
-# The heaviest frames by self time, for the notes.
-awk '{ n = $NF; $NF = ""; split($0, f, ";"); leaf = f[length(f)]; self[leaf] += n; total += n } END { for (k in self) printf "%5.1f%% %s\n", 100 * self[k] / total, k }' "$work/folded" | sort -rn | head -25 > "flamegraphs/$scenario.top.txt"
+# The heaviest frames, for the notes: by self time, and (for the project's, hyper's and
+# serde's frames) by total time including what they call.
+{
+  echo "Self time (the frame itself):"
+  awk '{ n = $NF; $NF = ""; k = split($0, f, ";"); self[f[k]] += n; total += n }
+       END { for (x in self) printf "%5.1f%% %s\n", 100 * self[x] / total, x }' "$work/folded" | sort -rn | head -25
+  echo
+  echo "Total time (the frame and what it calls), nilecast, hyper and serde frames:"
+  awk '{ n = $NF; $NF = ""; k = split($0, f, ";"); total += n; delete seen
+         for (i = 1; i <= k; i++) if (f[i] ~ /nilecast|hyper|serde/ && !(f[i] in seen)) { seen[f[i]] = 1; incl[f[i]] += n } }
+       END { for (x in incl) printf "%5.1f%% %s\n", 100 * incl[x] / total, x }' "$work/folded" | sort -rn | head -30
+} > "flamegraphs/$scenario.top.txt"
 cp "$work/run.json" "flamegraphs/$scenario.run.json"
 echo "wrote flamegraphs/$scenario.svg (top frames in flamegraphs/$scenario.top.txt)"
