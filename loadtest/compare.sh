@@ -88,7 +88,7 @@ scenario() {
 
 BROADCAST_RATE=""
 for name in $SERVERS; do
-  scenario "$name" max-fanout --connections "$FANOUT_CONNS" --start-rate 25 --step-factor 1.4 --step-seconds "$STEP" --max-rate "$MAX_RATE"
+  scenario "$name" max-fanout --connections "$FANOUT_CONNS" --start-rate 50 --step-factor 1.2 --step-seconds "$STEP" --max-rate "$MAX_RATE"
   if [ "$name" = nilecast ]; then
     # Latency is measured at half of nilecast's best max-fanout rate, for every server.
     BROADCAST_RATE=$(tail -1 "$RESULTS" | python3 -c 'import json,sys; print(max(1, round(json.load(sys.stdin)["rate"] / 2)))')
@@ -117,7 +117,7 @@ done
   echo
   echo "Scenarios:"
   echo
-  echo "- max-fanout: $FANOUT_CONNS connections on one product; the change rate rises by 1.4x every ${STEP} s until p99 passes 250 ms or anything is missing. Figures are from the last good step."
+  echo "- max-fanout: $FANOUT_CONNS connections on one product; the change rate rises by 1.2x (from 50/s) every ${STEP} s until p99 passes 250 ms or anything is missing. Figures are from the last good step."
   echo "- broadcast: $FANOUT_CONNS connections on one product at ${BROADCAST_RATE:-100} changes/s (half of nilecast's max-fanout rate), ${DURATION} s."
   echo "- sharded: $SHARDED_CONNS connections over $SHARDED_KEYS products, $SHARDED_RATE changes/s on random products, ${DURATION} s."
   echo "- idle: $IDLE_CONNS subscribed connections, no traffic: server RSS growth per connection."

@@ -213,17 +213,32 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
     let mut total_published = 0usize;
     let mut total_secs = 0.0;
     while rate <= p.max_rate {
+        // CPU shares per step show which side was saturated: the server, or the load
+        // generator (which must not be the limit).
+        let (server_before, me_before, step_started) = (
+            stats::sample(p.server_pid),
+            stats::sample(None),
+            Instant::now(),
+        );
         let (published, delivery, latency, secs) =
             publish_and_check(p, &fleet, rate, p.step, || 0).await?;
+        let wall = step_started.elapsed().as_secs_f64();
+        let server_share = (stats::sample(p.server_pid).cpu_s - server_before.cpu_s) / wall;
+        let loadgen_share = (stats::sample(None).cpu_s - me_before.cpu_s) / wall;
         let per_s = delivery.delivered as f64 / secs;
         let good = delivery.missing == 0 && delivery.duplicates == 0 && latency.p99_ms <= 250.0;
         eprintln!(
-            "  rate {rate:.0}/s: {per_s:.0} deliveries/s, p99 {:.1} ms, missing {}, {}",
+            "  rate {rate:.0}/s: {per_s:.0} deliveries/s, p99 {:.1} ms, missing {}, CPU server {:.0}% loadgen {:.0}%, {}",
             latency.p99_ms,
             delivery.missing,
+            server_share * 100.0,
+            loadgen_share * 100.0,
             if good { "ok" } else { "stop" }
         );
-        steps.push(serde_json::json!({ "rate": rate, "deliveries_per_s": per_s, "p99_ms": latency.p99_ms, "missing": delivery.missing }));
+        steps.push(serde_json::json!({
+            "rate": rate, "deliveries_per_s": per_s, "p99_ms": latency.p99_ms, "missing": delivery.missing,
+            "server_cpu_share": server_share, "loadgen_cpu_share": loadgen_share,
+        }));
         total_published += published.len();
         total_secs += secs;
         total.delivered += delivery.delivered;
