@@ -79,18 +79,39 @@ fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Finds `key` in `hay` and parses the unsigned integer after it.
-pub fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
-    let at = find(hay, key)? + key.len();
-    let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&hay[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
-}
-
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
+}
+
+/// Searchers for the fields every update frame is scanned for, built once.
+struct Finders {
+    native_update: memchr::memmem::Finder<'static>,
+    socketio_update: memchr::memmem::Finder<'static>,
+    seq: memchr::memmem::Finder<'static>,
+    sent_at: memchr::memmem::Finder<'static>,
+}
+
+fn finders() -> &'static Finders {
+    static FINDERS: std::sync::OnceLock<Finders> = std::sync::OnceLock::new();
+    FINDERS.get_or_init(|| Finders {
+        native_update: memchr::memmem::Finder::new(b"\"event\":\"inventory:update\""),
+        socketio_update: memchr::memmem::Finder::new(b"[\"inventory:update\""),
+        seq: memchr::memmem::Finder::new(b"\"seq\":"),
+        sent_at: memchr::memmem::Finder::new(b"\"sentAt\":"),
+    })
+}
+
+/// Parses the unsigned integer at the start of `bytes`.
+fn leading_number(bytes: &[u8]) -> Option<u64> {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    Some(
+        bytes[..digits]
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 impl Client {
@@ -242,50 +263,18 @@ impl Client {
     }
 
     fn classify(&self, opcode: u8, payload: &[u8]) -> Event {
-        match opcode {
-            0x8 => return Event::Close,
-            0x9 => return Event::Ping { engine_io: false },
-            0x1 => {}
-            _ => return Event::Other,
-        }
-        let update_marker: &[u8] = match self.protocol {
-            Protocol::Native => b"\"event\":\"inventory:update\"",
-            Protocol::Socketio => b"[\"inventory:update\"",
-        };
-        if self.protocol == Protocol::Socketio && payload == b"2" {
-            return Event::Ping { engine_io: true };
-        }
-        // The marker sits near the front of the frame; looking only there keeps a miss
-        // cheap whatever the payload size.
-        let front = &payload[..payload.len().min(64)];
-        if find(front, update_marker).is_some() {
-            if let Some(seq) = number_after(payload, b"\"seq\":") {
-                return Event::Update(Update {
-                    seq,
-                    sent_at_us: number_after(payload, b"\"sentAt\":"),
-                });
-            }
-        }
-        let is_reply = match self.protocol {
-            Protocol::Native => {
-                find(front, b"\"ack\":1,").is_some()
-                    || find(front, b"inventory:subscribed").is_some()
-            }
-            Protocol::Socketio => payload.starts_with(b"43/inventory,1"),
-        };
-        if is_reply {
-            Event::Subscribed
-        } else {
-            Event::Other
-        }
+        classify(self.protocol, opcode, payload)
     }
-
-    /// Waits for the server's frames and hands every event to `on_event`, reading in
-    /// large chunks. Returns when `on_event` returns false, or with an error when the
-    /// connection ends.
-    pub async fn run(&mut self, mut on_event: impl FnMut(Event) -> bool) -> anyhow::Result<()> {
+    /// Waits for the server's frames and hands them to `on_batch`, one batch per
+    /// `read` (everything that read completed), so a busy client pays per syscall, not
+    /// per frame, for locking and clock reads. Returns when `on_batch` returns false, or
+    /// with an error when the connection ends.
+    pub async fn run(&mut self, mut on_batch: impl FnMut(&[Event]) -> bool) -> anyhow::Result<()> {
+        let mut events = Vec::with_capacity(64);
         loop {
+            events.clear();
             let mut pongs: Vec<u8> = Vec::new();
+            let mut closed = false;
             while let Some((opcode, range)) = self.parse_one()? {
                 let event = self.classify(opcode, &self.buf[range.clone()]);
                 match event {
@@ -293,14 +282,19 @@ impl Client {
                         pongs.extend(client_frame(0xA, &self.buf[range]))
                     }
                     Event::Ping { engine_io: true } => pongs.extend(client_frame(0x1, b"3")),
+                    Event::Close => closed = true,
                     _ => {}
                 }
-                if !on_event(event) {
-                    return Ok(());
+                events.push(event);
+                if closed {
+                    break;
                 }
-                if event == Event::Close {
-                    bail!("server sent close");
-                }
+            }
+            if !events.is_empty() && !on_batch(&events) {
+                return Ok(());
+            }
+            if closed {
+                bail!("server sent close");
             }
             if !pongs.is_empty() {
                 self.stream.write_all(&pongs).await?;
@@ -310,15 +304,87 @@ impl Client {
     }
 }
 
+/// What one server frame means to the load generator.
+fn classify(protocol: Protocol, opcode: u8, payload: &[u8]) -> Event {
+    match opcode {
+        0x8 => return Event::Close,
+        0x9 => return Event::Ping { engine_io: false },
+        0x1 => {}
+        _ => return Event::Other,
+    }
+    if protocol == Protocol::Socketio && payload == b"2" {
+        return Event::Ping { engine_io: true };
+    }
+    let f = finders();
+    let marker = match protocol {
+        Protocol::Native => &f.native_update,
+        Protocol::Socketio => &f.socketio_update,
+    };
+    // The marker sits near the front of the frame; looking only there keeps a miss
+    // cheap whatever the payload size.
+    let front = &payload[..payload.len().min(64)];
+    if marker.find(front).is_some() {
+        let field = |finder: &memchr::memmem::Finder<'static>, len: usize| {
+            finder
+                .find(payload)
+                .and_then(|at| leading_number(&payload[at + len..]))
+        };
+        if let Some(seq) = field(&f.seq, 6) {
+            return Event::Update(Update {
+                seq,
+                sent_at_us: field(&f.sent_at, 9),
+            });
+        }
+    }
+    let is_reply = match protocol {
+        Protocol::Native => {
+            find(front, b"\"ack\":1,").is_some() || find(front, b"inventory:subscribed").is_some()
+        }
+        Protocol::Socketio => payload.starts_with(b"43/inventory,1"),
+    };
+    if is_reply {
+        Event::Subscribed
+    } else {
+        Event::Other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn numbers_are_found_after_their_key() {
-        let frame = br#"{"ns":"/inventory","event":"inventory:update","data":{"seq":1042,"data":{"sentAt":17,"x":1}}}"#;
-        assert_eq!(number_after(frame, b"\"seq\":"), Some(1042));
-        assert_eq!(number_after(frame, b"\"sentAt\":"), Some(17));
-        assert_eq!(number_after(frame, b"\"nope\":"), None);
+    fn updates_are_read_from_either_protocol() {
+        let native = br#"{"ns":"/inventory","event":"inventory:update","data":{"seq":1042,"data":{"sentAt":17,"x":1}}}"#;
+        assert_eq!(
+            classify(Protocol::Native, 0x1, native),
+            Event::Update(Update {
+                seq: 1042,
+                sent_at_us: Some(17)
+            })
+        );
+        let socketio = br#"42/inventory,["inventory:update",{"seq":7,"data":{"productId":"p"}}]"#;
+        assert_eq!(
+            classify(Protocol::Socketio, 0x1, socketio),
+            Event::Update(Update {
+                seq: 7,
+                sent_at_us: None
+            })
+        );
+        assert_eq!(
+            classify(Protocol::Socketio, 0x1, b"2"),
+            Event::Ping { engine_io: true }
+        );
+        assert_eq!(
+            classify(
+                Protocol::Native,
+                0x1,
+                br#"{"ns":"/inventory","ack":1,"data":{}}"#
+            ),
+            Event::Subscribed
+        );
+        assert_eq!(classify(Protocol::Native, 0x8, b""), Event::Close);
+        assert_eq!(leading_number(b"123,"), Some(123));
+        assert_eq!(leading_number(b"x"), None);
     }
 }

@@ -164,13 +164,16 @@ async fn run(
             client.subscribe(&products, since).await?;
             let mut early = Vec::new();
             client
-                .run(|event| match event {
-                    Event::Subscribed => false,
-                    Event::Update(u) => {
-                        early.push(u);
-                        true
+                .run(|events| {
+                    let mut subscribed = false;
+                    for event in events {
+                        match event {
+                            Event::Subscribed => subscribed = true,
+                            Event::Update(u) => early.push(*u),
+                            _ => {}
+                        }
                     }
-                    _ => true,
+                    !subscribed
                 })
                 .await?;
             anyhow::Ok((client, early))
@@ -201,10 +204,22 @@ async fn run(
                 record(u, &mut r);
             }
         }
-        let reading = client.run(|event| {
-            if let Event::Update(u) = event {
-                record(u, &mut receipts.lock().unwrap_or_else(|e| e.into_inner()));
-                control.delivered.fetch_add(1, Relaxed);
+        let reading = client.run(|events| {
+            // One clock read and one lock per batch: frames of one read arrived together.
+            let now = now_us();
+            let mut r = receipts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut n = 0;
+            for event in events {
+                if let Event::Update(u) = event {
+                    r.seqs.push(u.seq);
+                    if let Some(sent) = u.sent_at_us {
+                        r.latencies_us.push(now.saturating_sub(sent));
+                    }
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                control.delivered.fetch_add(n, Relaxed);
             }
             true
         });
