@@ -8,8 +8,9 @@
 //!
 //! ```text
 //! source/ ──► fanout::Engine::publish ──► fanout/index ──► fanout/outbox ──► ws/writer ──► socket
-//!             (seq, encode once, store,    (tenant-keyed,    (bounded, lock-free,  (drain, one
-//!              alerts, replay ring)         copy-on-write)    slow-consumer policy) writev)
+//!             (seq, encode once, store,    (tenant-keyed,    (bounded, never       (drain, one
+//!              alerts, replay ring)         copy-on-write)    awaited, slow-        writev)
+//!                                                             consumer policy)
 //! socket ──► ws/conn (reader) ──► protocol/native ──► namespace/ ──► engine / store / reply
 //! ```
 //!

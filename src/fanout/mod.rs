@@ -6,7 +6,8 @@
 //! `parking_lot::Mutex` (the publish lock), for one reason: every connection must see
 //! the changes of a namespace in seq order, and a subscribe must slot its reply and its
 //! replayed changes in between two publishes. The lock is never held across an await,
-//! and nothing under it waits for a client: pushing to an outbox is a lock-free push.
+//! and nothing under it waits for a client: pushing to an outbox takes its queue lock for
+//! one push and never awaits.
 //!
 //! Architecture Invariant: no socket, no await and no per-subscriber encoding in here.
 
