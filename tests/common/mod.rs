@@ -751,43 +751,6 @@ impl Client {
             .unwrap_or_else(|e| panic!("waiting for a frame: {e}"))
     }
 
-    /// Waits for a frame matching `pred`; returns it and the frames skipped before it.
-    pub async fn recv_matching_within(
-        &mut self,
-        dur: Duration,
-        what: &str,
-        mut pred: impl FnMut(&Value) -> bool,
-    ) -> (Value, Vec<Value>) {
-        let deadline = Instant::now() + dur;
-        let mut skipped = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_frame_within(left).await {
-                Ok(f) if pred(&f) => return (f, skipped),
-                Ok(f) => skipped.push(f),
-                Err(e) => panic!("waiting for {what}: {e}; frames seen meanwhile: {skipped:?}"),
-            }
-        }
-    }
-
-    pub async fn recv_matching(
-        &mut self,
-        what: &str,
-        pred: impl FnMut(&Value) -> bool,
-    ) -> (Value, Vec<Value>) {
-        self.recv_matching_within(TIMEOUT, what, pred).await
-    }
-
-    /// Waits for the next `event` on `ns` (skipping others) and returns its `data`.
-    pub async fn recv_event(&mut self, ns: &str, event: &str) -> Value {
-        let (f, _) = self
-            .recv_matching(&format!("{event} on {ns}"), |f| {
-                f["ns"] == ns && f["event"] == event
-            })
-            .await;
-        f["data"].clone()
-    }
-
     /// Waits for `event` on `ns` whose `data.seq == seq`; returns (data, skipped frames).
     pub async fn recv_seq(&mut self, ns: &str, event: &str, seq: u64) -> (Value, Vec<Value>) {
         let (f, skipped) = self
@@ -1189,32 +1152,6 @@ impl RawClient {
         }
     }
 
-    pub async fn recv_matching(
-        &mut self,
-        what: &str,
-        mut pred: impl FnMut(&Value) -> bool,
-    ) -> (Value, Vec<Value>) {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut skipped = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_json(left).await {
-                Ok(f) if pred(&f) => return (f, skipped),
-                Ok(f) => skipped.push(f),
-                Err(e) => panic!("waiting for {what}: {e}; frames seen meanwhile: {skipped:?}"),
-            }
-        }
-    }
-
-    pub async fn recv_event(&mut self, ns: &str, event: &str) -> Value {
-        let (f, _) = self
-            .recv_matching(&format!("{event} on {ns}"), |f| {
-                f["ns"] == ns && f["event"] == event
-            })
-            .await;
-        f["data"].clone()
-    }
-
     pub async fn recv_ack(&mut self, id: u64) -> Value {
         let (f, _) = self
             .recv_matching(&format!("ack {id}"), |f| f["ack"] == id)
@@ -1268,5 +1205,61 @@ impl Bystander {
             .recv_seq("/inventory", "inventory:update", seq)
             .await;
         assert_eq!(data["data"]["productId"], self.product.as_str());
+    }
+}
+
+/// Waiting for frames, shared by both clients: each supplies how it reads one JSON frame.
+// The trait is test-only and never used across threads, so `async fn` needs no `Send`.
+#[allow(async_fn_in_trait)]
+pub trait JsonFrames {
+    async fn next_json_frame(&mut self, dur: Duration) -> Result<Value, String>;
+
+    /// Waits for a frame matching `pred`; returns it and the frames skipped before it.
+    async fn recv_matching_within(
+        &mut self,
+        dur: Duration,
+        what: &str,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> (Value, Vec<Value>) {
+        let deadline = Instant::now() + dur;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_json_frame(left).await {
+                Ok(f) if pred(&f) => return (f, skipped),
+                Ok(f) => skipped.push(f),
+                Err(e) => panic!("waiting for {what}: {e}; frames seen meanwhile: {skipped:?}"),
+            }
+        }
+    }
+
+    async fn recv_matching(
+        &mut self,
+        what: &str,
+        pred: impl FnMut(&Value) -> bool,
+    ) -> (Value, Vec<Value>) {
+        self.recv_matching_within(TIMEOUT, what, pred).await
+    }
+
+    /// Waits for the next `event` on `ns` (skipping others) and returns its `data`.
+    async fn recv_event(&mut self, ns: &str, event: &str) -> Value {
+        let (f, _) = self
+            .recv_matching(&format!("{event} on {ns}"), |f| {
+                f["ns"] == ns && f["event"] == event
+            })
+            .await;
+        f["data"].clone()
+    }
+}
+
+impl JsonFrames for Client {
+    async fn next_json_frame(&mut self, dur: Duration) -> Result<Value, String> {
+        self.next_frame_within(dur).await
+    }
+}
+
+impl JsonFrames for RawClient {
+    async fn next_json_frame(&mut self, dur: Duration) -> Result<Value, String> {
+        self.next_json(dur).await
     }
 }
