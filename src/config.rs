@@ -318,6 +318,11 @@ impl Config {
         Duration::from_millis(self.heartbeat_interval_ms)
     }
 
+    /// The per-connection message limit.
+    pub fn rate_limit(&self) -> crate::rate_limit::RateLimit {
+        crate::rate_limit::RateLimit::new(self.rate_limit_max_messages, self.rate_limit_window_ms)
+    }
+
     pub fn close_timeout(&self) -> Duration {
         Duration::from_millis(self.close_timeout_ms)
     }

@@ -1,15 +1,34 @@
 //! A token bucket per connection: `RATE_LIMIT_MAX_MESSAGES` per `RATE_LIMIT_WINDOW_MS`,
 //! refilled continuously, so a client may burst up to the limit and then sustain the
-//! average rate. Owned by the connection's reader; no sharing, no atomics.
+//! average rate. The limit is configuration ([`RateLimit`]); a connection owns only its
+//! bucket's state ([`RateLimiter`], 24 bytes, in every connection's task): no sharing,
+//! no atomics.
 
-pub struct RateLimiter {
+/// The limit: a bucket of `capacity` tokens refilled at `per_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
     capacity: f64,
-    tokens: f64,
     per_ms: f64,
+    close_after: u32,
+}
+
+impl RateLimit {
+    pub fn new(max_messages: u32, window_ms: u64) -> RateLimit {
+        let capacity = f64::from(max_messages.max(1));
+        RateLimit {
+            capacity,
+            per_ms: capacity / window_ms.max(1) as f64,
+            close_after: max_messages.max(1),
+        }
+    }
+}
+
+/// One connection's bucket.
+pub struct RateLimiter {
+    tokens: f64,
     last_ms: u64,
     /// Messages refused since the last accepted one.
     refused: u32,
-    close_after: u32,
 }
 
 /// What the limiter says about one message.
@@ -26,33 +45,30 @@ pub enum Verdict {
 }
 
 impl RateLimiter {
-    pub fn new(max_messages: u32, window_ms: u64, now_ms: u64) -> RateLimiter {
-        let capacity = f64::from(max_messages.max(1));
+    /// A full bucket.
+    pub fn new(limit: &RateLimit, now_ms: u64) -> RateLimiter {
         RateLimiter {
-            capacity,
-            tokens: capacity,
-            per_ms: capacity / window_ms.max(1) as f64,
+            tokens: limit.capacity,
             last_ms: now_ms,
             refused: 0,
-            close_after: max_messages.max(1),
         }
     }
 
-    pub fn check(&mut self, now_ms: u64) -> Verdict {
+    pub fn check(&mut self, limit: &RateLimit, now_ms: u64) -> Verdict {
         let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
         self.last_ms = now_ms;
-        self.tokens = (self.tokens + elapsed * self.per_ms).min(self.capacity);
+        self.tokens = (self.tokens + elapsed * limit.per_ms).min(limit.capacity);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             self.refused = 0;
             return Verdict::Allow;
         }
         self.refused += 1;
-        if self.refused > self.close_after {
+        if self.refused > limit.close_after {
             return Verdict::Close;
         }
         Verdict::Refuse {
-            retry_after_ms: ((1.0 - self.tokens) / self.per_ms).ceil().max(1.0) as u64,
+            retry_after_ms: ((1.0 - self.tokens) / limit.per_ms).ceil().max(1.0) as u64,
         }
     }
 }
@@ -63,25 +79,27 @@ mod tests {
 
     #[test]
     fn allows_a_burst_then_refuses_then_closes() {
-        let mut rl = RateLimiter::new(3, 60_000, 0);
+        let limit = RateLimit::new(3, 60_000);
+        let mut rl = RateLimiter::new(&limit, 0);
         for _ in 0..3 {
-            assert_eq!(rl.check(0), Verdict::Allow);
+            assert_eq!(rl.check(&limit, 0), Verdict::Allow);
         }
-        match rl.check(0) {
+        match rl.check(&limit, 0) {
             Verdict::Refuse { retry_after_ms } => assert_eq!(retry_after_ms, 20_000),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(rl.check(0), Verdict::Refuse { .. }));
-        assert!(matches!(rl.check(0), Verdict::Refuse { .. }));
-        assert_eq!(rl.check(0), Verdict::Close);
+        assert!(matches!(rl.check(&limit, 0), Verdict::Refuse { .. }));
+        assert!(matches!(rl.check(&limit, 0), Verdict::Refuse { .. }));
+        assert_eq!(rl.check(&limit, 0), Verdict::Close);
     }
 
     #[test]
     fn refills_over_the_window() {
-        let mut rl = RateLimiter::new(2, 1000, 0);
-        assert_eq!(rl.check(0), Verdict::Allow);
-        assert_eq!(rl.check(0), Verdict::Allow);
-        assert!(matches!(rl.check(0), Verdict::Refuse { .. }));
-        assert_eq!(rl.check(500), Verdict::Allow);
+        let limit = RateLimit::new(2, 1000);
+        let mut rl = RateLimiter::new(&limit, 0);
+        assert_eq!(rl.check(&limit, 0), Verdict::Allow);
+        assert_eq!(rl.check(&limit, 0), Verdict::Allow);
+        assert!(matches!(rl.check(&limit, 0), Verdict::Refuse { .. }));
+        assert_eq!(rl.check(&limit, 500), Verdict::Allow);
     }
 }

@@ -73,7 +73,7 @@ impl Session {
         id: u64,
         outbox: Outbox,
         remote: SocketAddr,
-        principal: Principal,
+        principal: impl Into<Arc<Principal>>,
         now_ms: u64,
     ) -> Session {
         Session {
@@ -81,7 +81,7 @@ impl Session {
             outbox,
             remote,
             connected_ms: now_ms,
-            principal: ArcSwap::from_pointee(principal),
+            principal: ArcSwap::new(principal.into()),
             subs: Mutex::new(Vec::new()),
             last_seen_ms: AtomicU64::new(now_ms),
         }

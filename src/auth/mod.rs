@@ -76,6 +76,18 @@ impl Principal {
         }
     }
 
+    /// [`Principal::open`], shared: every open-mode connection of the default tenant
+    /// holds the same one instead of three allocations of its own.
+    pub fn open_shared(tenant: Option<&str>) -> Arc<Principal> {
+        static DEFAULT: std::sync::OnceLock<Arc<Principal>> = std::sync::OnceLock::new();
+        match tenant {
+            Some(t) if !t.is_empty() && t != DEFAULT_TENANT => Arc::new(Principal::open(Some(t))),
+            _ => DEFAULT
+                .get_or_init(|| Arc::new(Principal::open(None)))
+                .clone(),
+        }
+    }
+
     /// May this principal subscribe to (or query) namespace `ns`?
     pub fn may_read(&self, ns: Namespace) -> Result<(), Refusal> {
         let allowed = match ns {

@@ -1,5 +1,5 @@
 //! A connection's outgoing queue and close state, shared by the broadcaster (which
-//! pushes) and the connection's writer (which drains).
+//! pushes) and the connection's task (which drains).
 //!
 //! The queue is a `VecDeque` behind a `parking_lot::Mutex`, bounded by
 //! `QUEUE_MAX_FRAMES`: `push` never waits for the writer, so the broadcaster never
@@ -10,15 +10,16 @@
 //! `VecDeque` owns no memory. A `SegQueue` keeps a 31-slot block (about 1.3 KB) for the
 //! life of every connection that ever received a frame, and its two cache-padded ends
 //! cost 256 bytes more: measured, that was most of an idle connection's memory.
-//! Architecture Invariant: nothing here does I/O or awaits; waking the writer is a
-//! `Notify` permit.
+//! Architecture Invariant: nothing here does I/O or awaits; waking the connection's
+//! task is a flag and a stored waker.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::task::Context;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::config::SlowConsumerPolicy;
 use crate::fanout::change::Namespace;
@@ -39,7 +40,7 @@ pub mod state {
     pub const CLOSING: u8 = 1;
     /// The close frame is written; waiting for the client's close or the timeout.
     pub const CLOSE_SENT: u8 = 2;
-    /// The connection is over: reader and writer stop.
+    /// The connection is over: its task stops.
     pub const DONE: u8 = 3;
 }
 
@@ -60,8 +61,8 @@ pub enum Delivery {
 pub struct Outbox {
     queue: Mutex<VecDeque<Outgoing>>,
     /// The queue's length, readable without the lock (gauges, `/clients`).
-    len: AtomicUsize,
-    capacity: usize,
+    len: AtomicU32,
+    capacity: u32,
     policy: SlowConsumerPolicy,
     state: AtomicU8,
     close_code: AtomicU16,
@@ -75,18 +76,20 @@ pub struct Outbox {
     /// engine's publish lock, so relaxed ordering is enough: they exist to make "never
     /// the same seq twice on one namespace" hold when several subscriptions match.
     last_seq: [AtomicU64; 6],
-    /// Wakes the writer: a frame was queued, or the close state changed.
-    pub writer_wake: Notify,
-    /// Wakes the reader: the connection is over.
-    pub reader_wake: Notify,
+    /// The connection task's wake-up: a flag (a frame was queued, or the close state
+    /// changed) and the waker to call when it goes up. 25 bytes and no allocation,
+    /// where a `tokio::sync::Notify` is 32 bytes and its `Notified` future, held by an
+    /// idle connection for its whole life, about 60 more.
+    woken: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Outbox {
     pub fn new(capacity: usize, policy: SlowConsumerPolicy) -> Outbox {
         Outbox {
             queue: Mutex::new(VecDeque::new()),
-            len: AtomicUsize::new(0),
-            capacity,
+            len: AtomicU32::new(0),
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             policy,
             state: AtomicU8::new(state::OPEN),
             close_code: AtomicU16::new(0),
@@ -94,8 +97,8 @@ impl Outbox {
             peer_closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             last_seq: Default::default(),
-            writer_wake: Notify::new(),
-            reader_wake: Notify::new(),
+            woken: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -108,7 +111,22 @@ impl Outbox {
     }
 
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.len.load(Ordering::Relaxed) as usize
+    }
+
+    /// Wakes the connection's task. Raising an already raised flag costs one atomic
+    /// swap and wakes nobody: the task has not looked yet, and will see it.
+    pub fn wake(&self) {
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Takes the wake flag. While it is down, `cx`'s waker is called when it goes up.
+    pub fn take_wake(&self, cx: &Context<'_>) -> bool {
+        // Register before looking, so a wake between the two is not missed.
+        self.waker.register(cx.waker());
+        self.woken.swap(false, Ordering::AcqRel)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,7 +181,7 @@ impl Outbox {
         }
         let mut outcome = Delivery::Queued;
         let mut queue = self.queue.lock();
-        if queue.len() >= self.capacity {
+        if queue.len() >= self.capacity as usize {
             match self.policy {
                 SlowConsumerPolicy::Disconnect => {
                     drop(queue);
@@ -182,22 +200,22 @@ impl Outbox {
             }
         }
         queue.push_back(item);
-        self.len.store(queue.len(), Ordering::Relaxed);
+        self.len.store(queue.len() as u32, Ordering::Relaxed);
         drop(queue);
-        self.writer_wake.notify_one();
+        self.wake();
         outcome
     }
 
     /// Moves up to `max` queued frames into `out`. An emptied queue gives its memory
     /// back, so an idle connection holds none.
-    pub fn drain_into(&self, out: &mut Vec<Outgoing>, max: usize) {
+    pub fn drain_into(&self, out: &mut impl Extend<Outgoing>, max: usize) {
         let mut queue = self.queue.lock();
         let n = queue.len().min(max);
         out.extend(queue.drain(..n));
         if queue.is_empty() {
             *queue = VecDeque::new();
         }
-        self.len.store(queue.len(), Ordering::Relaxed);
+        self.len.store(queue.len() as u32, Ordering::Relaxed);
     }
 
     /// Discards everything queued.
@@ -229,7 +247,7 @@ impl Outbox {
         }
         self.close_code.store(code, Ordering::Release);
         self.close_flush.store(flush, Ordering::Release);
-        self.writer_wake.notify_one();
+        self.wake();
         true
     }
 
@@ -253,18 +271,17 @@ impl Outbox {
     /// The client sent its close frame, or its side of the socket ended.
     pub fn mark_peer_closed(&self) {
         self.peer_closed.store(true, Ordering::Release);
-        self.writer_wake.notify_one();
+        self.wake();
     }
 
     pub fn peer_closed(&self) -> bool {
         self.peer_closed.load(Ordering::Acquire)
     }
 
-    /// Ends the connection at once: both tasks stop.
+    /// Ends the connection at once: its task stops.
     pub fn finish(&self) {
         self.state.store(state::DONE, Ordering::Release);
-        self.writer_wake.notify_one();
-        self.reader_wake.notify_one();
+        self.wake();
     }
 }
 

@@ -1,9 +1,8 @@
-//! WebSocket connections: the upgrade, then one reader and one writer per connection.
+//! WebSocket connections: the upgrade, then one task per connection.
 //!
 //! The upgrade is answered by hyper; the socket is then taken back out of hyper
-//! (`Upgraded::downcast`) so the reader can wait for readability with no buffer and read
-//! only when bytes are there, and the writer can hand many frames to one vectored
-//! write. That is why the framing is ours ([`frame`]) and fastwebsockets is used for its
+//! (`Upgraded::downcast`) so the connection can wait for readability with no buffer and
+//! read only when bytes are there, and hand many frames to one vectored write. That is why the framing is ours ([`frame`]) and fastwebsockets is used for its
 //! unmasking only: its reader owns an 8 KiB buffer per connection for the connection's
 //! whole life, which an idle-heavy broadcast server can not afford.
 //!
@@ -11,6 +10,7 @@
 
 pub mod conn;
 pub mod frame;
+mod input;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -101,7 +101,7 @@ pub fn upgrade(
             "server is at capacity; try another node or later",
         );
     }
-    let principal = Principal::open(query_param(req.uri(), "tenant").as_deref());
+    let principal = Principal::open_shared(query_param(req.uri(), "tenant").as_deref());
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
@@ -119,10 +119,7 @@ pub fn upgrade(
                 // hyper's upgrade state, ends here instead of living (and holding about
                 // 900 bytes) as long as the connection.
                 let (stream, pre_read) = (parts.io.into_inner(), parts.read_buf);
-                let app = task_app.clone();
-                task_app
-                    .shutdown
-                    .spawn(conn::run(app, stream, pre_read, remote, principal, mode));
+                conn::start(&task_app, stream, pre_read, remote, principal, mode);
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }

@@ -1,164 +1,158 @@
-//! A connection's writer: drains everything queued and writes it with one vectored
-//! write, then waits for more.
+//! Output: frames move from the outbox to the socket in batches, many frames to one
+//! vectored write.
 //!
 //! A loopback `write` costs about the same CPU whatever its size up to a few KB, so the
 //! number of syscalls, not bytes, decides throughput: a subscriber that fell behind by
-//! fifty frames catches up in one `writev`. The writer is the only task that writes to
-//! the socket, which keeps frames whole: a close that arrives mid-write waits until the
-//! partly written frame is finished.
+//! fifty frames catches up in one `writev`. Nothing here waits: [`write`] writes what
+//! the socket takes and says whether anything is left, and the connection's task
+//! decides when to wait for writability.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use super::frame;
 use crate::app::App;
-use crate::fanout::outbox::{state, Outbox, Outgoing};
+use crate::fanout::outbox::{Outbox, Outgoing};
 use crate::metrics::LocalHistogram;
 use crate::protocol::native;
-use crate::session::Session;
 use crate::time;
 
 /// Frames taken from the queue per batch. 256 frames of a typical 200-300 byte change
 /// are 50-75 KB, about what a socket send buffer takes in one go; more would only make
 /// one batch's latency worse.
-const MAX_BATCH: usize = 256;
+pub const MAX_BATCH: usize = 256;
 /// Buffers per `writev` call (Linux allows 1024).
 const MAX_IOV: usize = 256;
 
 /// Frames on their way to the socket; the first may be partly written.
 #[derive(Default)]
-struct Pending {
+pub struct Pending {
     frames: VecDeque<Bytes>,
     front_started: bool,
 }
 
-enum Written {
-    All,
-    /// The connection is closing without flush, or over: stop writing data.
-    Interrupted,
-}
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
 
-pub async fn run(app: Arc<App>, stream: Arc<TcpStream>, session: Arc<Session>) {
-    let outbox = &session.outbox;
-    let mut pending = Pending::default();
-    loop {
-        let st = outbox.state();
-        if st == state::DONE {
-            return;
-        }
-        if st == state::OPEN || (st == state::CLOSING && outbox.close_flushes()) {
-            match drain(&app, outbox, &mut pending, &stream).await {
-                Some(true) => continue,
-                Some(false) => {}
-                None => {
-                    outbox.finish();
-                    return;
-                }
-            }
-        }
-        match outbox.state() {
-            state::OPEN => outbox.writer_wake.notified().await,
-            state::CLOSING => {
-                close(&app, outbox, &mut pending, &stream).await;
-                return;
-            }
-            _ => return,
-        }
+    pub fn push(&mut self, frame: Bytes) {
+        self.frames.push_back(frame);
+    }
+
+    /// Drops everything but the rest of a partly written frame, which must still go
+    /// out whole before anything else (a close frame) can follow it.
+    pub fn keep_partial_front(&mut self) {
+        self.frames.truncate(usize::from(self.front_started));
     }
 }
 
-/// Takes what is queued and writes it. Returns Some(true) when it wrote something (so
-/// the caller looks again), Some(false) when the queue was empty, None on a dead socket.
-async fn drain(
-    app: &App,
-    outbox: &Outbox,
-    pending: &mut Pending,
-    stream: &TcpStream,
-) -> Option<bool> {
+/// Moves up to [`MAX_BATCH`] queued frames into `pending` and counts them as sent.
+/// Returns false when nothing was queued.
+pub fn take(app: &App, outbox: &Outbox, pending: &mut Pending) -> bool {
     let dropped = outbox.take_dropped();
     if dropped > 0 {
         // Tell the client how much the drop-oldest policy took from it.
-        pending.frames.push_back(native::event_frame(
+        pending.push(native::event_frame(
             "/",
             "messages:dropped",
             &json!({ "dropped": dropped }),
         ));
     }
-    let mut batch: Vec<Outgoing> = Vec::new();
+    let mut batch = Batch {
+        frames: &mut pending.frames,
+        count: u64::from(dropped > 0),
+        bytes: 0,
+        now_us: time::now_us(),
+        latency: LocalHistogram::default(),
+        stamped: false,
+    };
     outbox.drain_into(&mut batch, MAX_BATCH);
-    if batch.is_empty() && pending.frames.is_empty() {
-        return Some(false);
+    if batch.count == 0 {
+        return false;
     }
-    let frames = batch.len() as u64 + u64::from(dropped > 0);
-    let mut bytes = 0u64;
-    let stamps: Vec<u64> = batch
-        .iter()
-        .map(|o| o.published_us)
-        .filter(|&us| us > 0)
-        .collect();
-    for item in batch {
-        bytes += item.frame.len() as u64;
-        pending.frames.push_back(item.frame);
+    let metrics = &app.metrics;
+    metrics.messages_sent.fetch_add(batch.count, Relaxed);
+    metrics.bytes_sent.fetch_add(batch.bytes, Relaxed);
+    if batch.stamped {
+        metrics.publish_to_write.add(&batch.latency);
     }
-    match write(stream, pending, Some(outbox)).await {
-        Ok(Written::All) => {
-            // Everything is written: give the buffer back, so an idle connection holds
-            // no memory for frames.
-            pending.frames = VecDeque::new();
-            let metrics = &app.metrics;
-            metrics.messages_sent.fetch_add(frames, Relaxed);
-            metrics.bytes_sent.fetch_add(bytes, Relaxed);
-            if !stamps.is_empty() {
-                let now = time::now_us();
-                let mut local = LocalHistogram::default();
-                for us in stamps {
-                    local.observe_us(now.saturating_sub(us));
-                }
-                metrics.publish_to_write.add(&local);
+    true
+}
+
+/// Frames taken from the outbox, with what the metrics need to know of them.
+struct Batch<'a> {
+    frames: &'a mut VecDeque<Bytes>,
+    count: u64,
+    bytes: u64,
+    now_us: u64,
+    /// Publish-to-write time of broadcast frames.
+    latency: LocalHistogram,
+    stamped: bool,
+}
+
+impl Extend<Outgoing> for Batch<'_> {
+    fn extend<I: IntoIterator<Item = Outgoing>>(&mut self, items: I) {
+        for item in items {
+            self.count += 1;
+            self.bytes += item.frame.len() as u64;
+            if item.published_us > 0 {
+                self.latency
+                    .observe_us(self.now_us.saturating_sub(item.published_us));
+                self.stamped = true;
             }
-            Some(true)
+            self.frames.push_back(item.frame);
         }
-        Ok(Written::Interrupted) => Some(false),
-        Err(_) => None,
     }
 }
 
-/// Sends the close frame (after the rest of a partly written frame), half-closes the
-/// socket, and waits for the client's close or the timeout.
-async fn close(app: &App, outbox: &Outbox, pending: &mut Pending, stream: &TcpStream) {
-    if !outbox.close_flushes() {
-        outbox.discard();
-        pending.frames.truncate(usize::from(pending.front_started));
+/// Writes pending frames, as many per call as fit one `writev`, until all are written
+/// (`Ok(true)`) or the socket takes no more (`Ok(false)`).
+pub fn write(stream: &TcpStream, pending: &mut Pending) -> std::io::Result<bool> {
+    while !pending.frames.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(pending.frames.iter()) {
+            *slot = IoSlice::new(frame);
+            count += 1;
+        }
+        match stream.try_write_vectored(&slices[..count]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => consume(pending, n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
     }
-    let code = outbox.close_code();
-    pending
-        .frames
-        .push_back(frame::close_frame(code, reason(code)));
-    let timeout = app.config.close_timeout();
-    if let Ok(Ok(Written::All)) = tokio::time::timeout(timeout, write(stream, pending, None)).await
-    {
-        app.metrics.messages_sent.fetch_add(1, Relaxed);
-        // FIN after the close frame: the client reads it even if unread input on our
-        // side would otherwise turn our close into a reset.
-        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
-        outbox.mark_close_sent();
-        let _ = tokio::time::timeout(timeout, async {
-            while !outbox.peer_closed() {
-                outbox.writer_wake.notified().await;
-            }
-        })
-        .await;
-    }
-    outbox.finish();
+    // Everything is written: give the buffer back, so an idle connection holds no
+    // memory for frames.
+    pending.frames = VecDeque::new();
+    Ok(true)
 }
 
-fn reason(code: u16) -> &'static str {
+/// Takes `n` written bytes off the front of `pending`.
+fn consume(pending: &mut Pending, mut n: usize) {
+    while n > 0 {
+        let Some(front) = pending.frames.front_mut() else {
+            return;
+        };
+        if n >= front.len() {
+            n -= front.len();
+            pending.frames.pop_front();
+            pending.front_started = false;
+        } else {
+            front.advance(n);
+            pending.front_started = true;
+            n = 0;
+        }
+    }
+}
+
+/// The reason text sent with a close code.
+pub fn reason(code: u16) -> &'static str {
     match code {
         1001 => "server shutting down",
         1002 => "protocol error",
@@ -170,58 +164,23 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-/// Writes every pending frame. With `outbox`, the write gives up (keeping any partly
-/// written frame) when the connection starts closing without flush.
-async fn write(
-    stream: &TcpStream,
-    pending: &mut Pending,
-    outbox: Option<&Outbox>,
-) -> std::io::Result<Written> {
-    while !pending.frames.is_empty() {
-        let slices: Vec<IoSlice<'_>> = pending
-            .frames
-            .iter()
-            .take(MAX_IOV)
-            .map(|b| IoSlice::new(b))
-            .collect();
-        match stream.try_write_vectored(&slices) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(mut n) => {
-                drop(slices);
-                while n > 0 {
-                    let Some(front) = pending.frames.front_mut() else {
-                        break;
-                    };
-                    if n >= front.len() {
-                        n -= front.len();
-                        pending.frames.pop_front();
-                        pending.front_started = false;
-                    } else {
-                        front.advance(n);
-                        pending.front_started = true;
-                        n = 0;
-                    }
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                drop(slices);
-                match outbox {
-                    Some(outbox) => {
-                        tokio::select! {
-                            ready = stream.writable() => ready?,
-                            _ = outbox.writer_wake.notified() => {
-                                let st = outbox.state();
-                                if st == state::DONE || (st == state::CLOSING && !outbox.close_flushes()) {
-                                    return Ok(Written::Interrupted);
-                                }
-                            }
-                        }
-                    }
-                    None => stream.writable().await?,
-                }
-            }
-            Err(e) => return Err(e),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consume_advances_through_whole_and_partial_frames() {
+        let mut pending = Pending::default();
+        for f in [&b"abc"[..], b"de", b"fgh"] {
+            pending.push(Bytes::from_static(f));
         }
+        consume(&mut pending, 4);
+        assert!(pending.front_started);
+        assert_eq!(&pending.frames[0][..], b"e");
+        pending.keep_partial_front();
+        assert_eq!(pending.frames.len(), 1);
+        consume(&mut pending, 1);
+        assert!(pending.is_empty());
+        assert!(!pending.front_started);
     }
-    Ok(Written::All)
 }

@@ -1,0 +1,188 @@
+//! Input: the client's frames, parsed from the connection's read buffer, and the
+//! requests they carry, handled inline. Replies go to the outbox like every other
+//! frame, so output keeps one order and one path to the socket.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::conn::Conn;
+use super::frame::{self, Frame, OpCode};
+use super::Mode;
+use crate::error::{close, ErrorCode, Refusal};
+use crate::namespace;
+use crate::protocol::native;
+use crate::rate_limit::Verdict;
+use crate::time;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Open,
+    /// A close is under way: frames are still parsed, to find the client's close, but
+    /// data is ignored.
+    Closing,
+    /// The byte stream is no longer trusted (a framing error): input is discarded
+    /// until the client closes.
+    Draining,
+}
+
+impl Conn {
+    /// Handles every complete frame in the read buffer. In the draining phase input is
+    /// discarded instead. The buffer's memory is given back once nothing partial is
+    /// left, so an idle connection holds no read buffer.
+    pub(super) fn handle_input(&mut self) {
+        let max = self.app.config.max_message_bytes;
+        while self.phase != Phase::Draining && !self.buf.is_empty() {
+            match frame::parse(&mut self.buf, max) {
+                Ok(Some(frame)) => {
+                    if self.on_frame(frame) {
+                        // The client closed: whatever follows its close frame is moot.
+                        self.buf.clear();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(connection = self.session.id, error = %e, "framing error");
+                    self.fail(e.close_code(), Phase::Draining);
+                }
+            }
+        }
+        if self.phase == Phase::Draining {
+            self.buf.clear();
+        }
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Closes the connection with `code` and stops handling data.
+    pub(super) fn fail(&mut self, code: u16, phase: Phase) {
+        self.outbox().close(code, false);
+        self.phase = phase;
+        self.message = None;
+    }
+
+    /// Handles one frame; returns true when the client closed.
+    fn on_frame(&mut self, frame: Frame) -> bool {
+        self.session.touch(time::now_ms());
+        match frame.opcode {
+            OpCode::Ping => {
+                if self.phase == Phase::Open {
+                    self.outbox()
+                        .send(frame::server_frame(OpCode::Pong, &frame.payload));
+                }
+            }
+            OpCode::Pong => {}
+            OpCode::Close => {
+                let code = match frame.payload.len() {
+                    0 => close::NORMAL,
+                    1 => close::PROTOCOL_ERROR,
+                    _ if std::str::from_utf8(&frame.payload[2..]).is_err() => {
+                        close::INVALID_PAYLOAD
+                    }
+                    _ => match frame::close_code(&frame.payload) {
+                        Some(c @ (1000..=1003 | 1007..=1011 | 3000..=4999)) => c,
+                        _ => close::PROTOCOL_ERROR,
+                    },
+                };
+                self.outbox().close(code, false);
+                self.outbox().mark_peer_closed();
+                return true;
+            }
+            _ if self.phase != Phase::Open => {}
+            OpCode::Text | OpCode::Binary => {
+                if self.message.is_some() {
+                    self.fail(close::PROTOCOL_ERROR, Phase::Closing);
+                } else if frame.fin {
+                    self.on_message(frame.opcode, frame.payload);
+                } else {
+                    self.message = Some(Box::new((frame.opcode, frame.payload)));
+                }
+            }
+            OpCode::Continuation => {
+                let max = self.app.config.max_message_bytes;
+                match self.message.as_deref_mut() {
+                    None => self.fail(close::PROTOCOL_ERROR, Phase::Closing),
+                    Some((_, so_far)) if so_far.len() + frame.payload.len() > max => {
+                        self.fail(close::TOO_BIG, Phase::Closing)
+                    }
+                    Some((_, so_far)) => {
+                        so_far.extend_from_slice(&frame.payload);
+                        if frame.fin {
+                            if let Some(message) = self.message.take() {
+                                let (opcode, payload) = *message;
+                                self.on_message(opcode, payload);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Handles one complete message.
+    fn on_message(&mut self, opcode: OpCode, payload: BytesMut) {
+        let metrics = &self.app.metrics;
+        metrics.messages_received.fetch_add(1, Relaxed);
+        if opcode == OpCode::Text && valid_utf8(&payload).is_err() {
+            self.fail(close::INVALID_PAYLOAD, Phase::Closing);
+            return;
+        }
+        if self.mode == Mode::Echo {
+            self.outbox().send(frame::server_frame(opcode, &payload));
+            return;
+        }
+        let started = Instant::now();
+        let parsed = match opcode {
+            OpCode::Text => native::parse_request(&payload),
+            _ => Err(native::BadRequest {
+                refusal: Refusal::new(
+                    ErrorCode::InvalidMessage,
+                    "binary frames are not accepted; send JSON text frames",
+                ),
+                ns: "/".into(),
+                event: None,
+                ack: None,
+            }),
+        };
+        // Every frame, good or bad, counts toward the rate limit.
+        let verdict = self
+            .limiter
+            .check(&self.app.config.rate_limit(), time::now_ms());
+        let refusal = match (&parsed, verdict) {
+            (_, Verdict::Close) => {
+                metrics.error(ErrorCode::RateLimited);
+                tracing::info!(target: "nilecast::security", connection = self.session.id, remote = %self.session.remote, "rate limit exceeded repeatedly; closing with 1008");
+                self.fail(close::POLICY, Phase::Closing);
+                return;
+            }
+            (_, Verdict::Refuse { retry_after_ms }) => {
+                let mut r = Refusal::new(ErrorCode::RateLimited, "too many messages; slow down");
+                r.retry_after_ms = Some(retry_after_ms);
+                Some(r)
+            }
+            (Err(bad), Verdict::Allow) => Some(bad.refusal.clone()),
+            (Ok(req), Verdict::Allow) => namespace::handle(&self.app, &self.session, req).err(),
+        };
+        if let Some(refusal) = refusal {
+            metrics.error(refusal.code);
+            let (ns, event, ack) = match &parsed {
+                Ok(req) => (req.ns.as_str(), Some(req.event.as_str()), req.ack),
+                Err(bad) => (bad.ns.as_str(), bad.event.as_deref(), bad.ack),
+            };
+            self.outbox()
+                .send(native::refusal_frame(ns, &refusal, event, ack));
+        }
+        metrics
+            .request_time_us
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        metrics.requests_handled.fetch_add(1, Relaxed);
+    }
+}
+
+/// UTF-8 validation of a text message.
+fn valid_utf8(bytes: &[u8]) -> Result<(), std::str::Utf8Error> {
+    std::str::from_utf8(bytes).map(|_| ())
+}
