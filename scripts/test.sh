@@ -26,6 +26,21 @@ if [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
+# The Autobahn|Testsuite fuzzing client (kosoku, from PyPI, pinned) in a virtualenv of
+# its own under target/, for tests/autobahn.rs.
+KOSOKU_VERSION=0.1.0
+if [ ! -x target/kosoku/bin/kosoku ] || ! target/kosoku/bin/pip show kosoku 2>/dev/null | grep -q "^Version: $KOSOKU_VERSION$"; then
+  step "installing kosoku $KOSOKU_VERSION (Autobahn test cases) into target/kosoku"
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+  fi
+  mkdir -p target
+  python3 -m venv target/kosoku
+  target/kosoku/bin/pip install --quiet --disable-pip-version-check "kosoku==$KOSOKU_VERSION"
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -19,6 +19,8 @@ use crate::error::close;
 use crate::fanout::Engine;
 use crate::metrics::{self, Gauges, Metrics};
 use crate::namespace::dashboard::Dashboards;
+use crate::protocol::native;
+use crate::security::{self, AddressLimits, Event};
 use crate::session::Session;
 use crate::shutdown::Shutdown;
 use crate::source::simulator;
@@ -35,6 +37,8 @@ pub struct App {
     pub dashboards: Dashboards,
     /// Open connections by id: `/clients`, the heartbeat and shutdown walk it.
     pub sessions: DashMap<u64, Arc<Session>>,
+    /// Connections and upgrades per client address.
+    pub addresses: AddressLimits,
     pub shutdown: Shutdown,
     next_session: AtomicU64,
 }
@@ -45,6 +49,8 @@ impl App {
         let store = Arc::new(MemoryStore::new());
         let alerts = Arc::new(Alerts::new(&config));
         let engine = Engine::new(&config, store.clone(), alerts.clone(), metrics.clone());
+        let addresses =
+            AddressLimits::new(config.max_connections_per_ip, config.upgrades_per_ip_per_s);
         Arc::new(App {
             config,
             metrics,
@@ -53,6 +59,7 @@ impl App {
             engine,
             dashboards: Dashboards::default(),
             sessions: DashMap::new(),
+            addresses,
             shutdown: Shutdown::new(),
             next_session: AtomicU64::new(1),
         })
@@ -150,11 +157,13 @@ async fn housekeeping(app: Arc<App>) {
             .rss_bytes
             .store(metrics::read_rss_bytes(), Relaxed);
         app.engine.trim();
+        let now = time::now_ms();
+        app.addresses.sweep(now);
+        close_expired(&app, now);
         if last_ping.elapsed() < interval {
             continue;
         }
         last_ping = tokio::time::Instant::now();
-        let now = time::now_ms();
         for session in app.sessions.iter() {
             if now.saturating_sub(session.last_seen_ms.load(Relaxed)) > deadline_ms {
                 app.metrics.heartbeat_timeouts.fetch_add(1, Relaxed);
@@ -167,5 +176,41 @@ async fn housekeeping(app: Arc<App>) {
                 session.outbox.send(ping.clone());
             }
         }
+    }
+}
+
+/// Closes connections whose token has expired (plus the configured leeway): an
+/// `auth:error {code: token_expired}`, then 1008. Checked every second.
+fn close_expired(app: &App, now_ms: u64) {
+    if app.config.verifier.is_none() {
+        return;
+    }
+    let leeway_ms = app.config.jwt_leeway_s.saturating_mul(1000);
+    for session in app.sessions.iter() {
+        let expired = session
+            .principal()
+            .expires_ms
+            .is_some_and(|exp| exp.saturating_add(leeway_ms) <= now_ms);
+        if !expired || !session.outbox.is_open() {
+            continue;
+        }
+        let refusal = crate::error::Refusal::new(
+            crate::error::ErrorCode::TokenExpired,
+            "token has expired; reconnect with a fresh one",
+        );
+        app.metrics.error(refusal.code);
+        session
+            .outbox
+            .send(native::event_frame("/", "auth:error", &refusal.to_json()));
+        security::record(
+            &app.metrics,
+            Event::TokenExpired,
+            session.remote,
+            &format!(
+                "connection {}: token expired; closing with 1008",
+                session.id
+            ),
+        );
+        session.outbox.close(close::POLICY, true);
     }
 }

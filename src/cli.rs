@@ -1,6 +1,6 @@
 //! The client subcommands that talk to a running server, replacing the seed's npm
 //! scripts: `health`, `metrics`, `clients` and `check`. Each exits non-zero when the
-//! server is down or unhealthy.
+//! server is down or unhealthy. And `token`, which mints an HS256 token for development.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,59 @@ pub struct Target {
     /// The server's base URL.
     #[arg(long, env = "NILECAST_URL", default_value = "http://127.0.0.1:4001")]
     pub url: String,
+    /// A token to present when the server has auth on (`check` needs role admin).
+    #[arg(long, env = "NILECAST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// The HS256 secret the server has.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The user (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// The tenant (`tenant_id`).
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// Roles, comma-separated: customer, staff, admin, publisher.
+    #[arg(long, value_delimiter = ',', default_value = "staff")]
+    pub roles: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_s: u64,
+    /// `iss`, when the server requires one.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// `aud`, when the server requires one.
+    #[arg(long)]
+    pub audience: Option<String>,
+}
+
+/// `nilecast token`: an HS256 token for development and scripts.
+pub fn token(args: &TokenArgs) -> anyhow::Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + args.ttl_s;
+    let mut claims = json!({
+        "sub": args.sub,
+        "tenant_id": args.tenant,
+        "roles": args.roles,
+        "exp": exp,
+    });
+    if let Some(iss) = &args.issuer {
+        claims["iss"] = json!(iss);
+    }
+    if let Some(aud) = &args.audience {
+        claims["aud"] = json!(aud);
+    }
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(args.secret.as_bytes()),
+    )?)
 }
 
 impl Target {
@@ -41,8 +94,13 @@ async fn request(
     let exchange = async {
         let mut stream = TcpStream::connect(&host).await?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = target
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).await?;
@@ -96,7 +154,10 @@ pub async fn check(target: &Target) -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut ws, _) = tokio::time::timeout(
         STEP_TIMEOUT,
-        tokio_tungstenite::connect_async(format!("ws://{host}/ws")),
+        tokio_tungstenite::connect_async(match &target.token {
+            Some(t) => format!("ws://{host}/ws?token={t}"),
+            None => format!("ws://{host}/ws"),
+        }),
     )
     .await
     .map_err(|_| anyhow::anyhow!("WebSocket connect timed out"))??;

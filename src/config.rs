@@ -258,6 +258,123 @@ pub struct Config {
     #[arg(long = "echo-endpoint", env = "NILECAST_ECHO_ENDPOINT", value_name = "NILECAST_ECHO_ENDPOINT", action = ArgAction::Set, default_value_t = false)]
     pub echo_endpoint: bool,
 
+    /// Shared secret for HS256 tokens (at least 32 bytes). Setting it or
+    /// JWT_PUBLIC_KEY turns authentication on.
+    #[arg(
+        long = "jwt-secret",
+        env = "JWT_SECRET",
+        value_name = "JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// Public key for RS256 or ES256 tokens: PEM text (`\n` escapes allowed) or the
+    /// path of a PEM file.
+    #[arg(
+        long = "jwt-public-key",
+        env = "JWT_PUBLIC_KEY",
+        value_name = "JWT_PUBLIC_KEY"
+    )]
+    pub jwt_public_key: Option<String>,
+
+    /// Accepted token algorithms, comma-separated (HS256, RS256, ES256). Default: HS256
+    /// with JWT_SECRET, and RS256 or ES256 (by the key's type) with JWT_PUBLIC_KEY. A
+    /// token's own `alg` header never widens this.
+    #[arg(
+        long = "jwt-algorithms",
+        env = "JWT_ALGORITHMS",
+        value_name = "JWT_ALGORITHMS",
+        value_delimiter = ','
+    )]
+    pub jwt_algorithms: Vec<String>,
+
+    /// Clock skew allowed when checking `exp` and `nbf`, in seconds.
+    #[arg(
+        long = "jwt-leeway-s",
+        env = "JWT_LEEWAY_S",
+        value_name = "JWT_LEEWAY_S",
+        default_value_t = 5
+    )]
+    pub jwt_leeway_s: u64,
+
+    /// When set, tokens must carry this `iss` claim.
+    #[arg(long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, tokens must carry this `aud` claim.
+    #[arg(
+        long = "jwt-audience",
+        env = "JWT_AUDIENCE",
+        value_name = "JWT_AUDIENCE"
+    )]
+    pub jwt_audience: Option<String>,
+
+    /// Longest token accepted, in bytes.
+    #[arg(
+        long = "jwt-max-bytes",
+        env = "JWT_MAX_BYTES",
+        value_name = "JWT_MAX_BYTES",
+        default_value_t = 4096
+    )]
+    pub jwt_max_bytes: usize,
+
+    /// A connection still sending once it has sent this many times its rate limit
+    /// within the window is closed with 1008.
+    #[arg(
+        long = "rate-limit-close-multiple",
+        env = "RATE_LIMIT_CLOSE_MULTIPLE",
+        value_name = "RATE_LIMIT_CLOSE_MULTIPLE",
+        default_value_t = 2
+    )]
+    pub rate_limit_close_multiple: u32,
+
+    /// Connections one client address may hold at once; 0 for no limit.
+    #[arg(
+        long = "max-connections-per-ip",
+        env = "MAX_CONNECTIONS_PER_IP",
+        value_name = "MAX_CONNECTIONS_PER_IP",
+        default_value_t = 1000
+    )]
+    pub max_connections_per_ip: u32,
+
+    /// WebSocket upgrades per second from one client address (a burst of one second's
+    /// worth is allowed); 0 for no limit.
+    #[arg(
+        long = "upgrades-per-ip-per-s",
+        env = "UPGRADES_PER_IP_PER_S",
+        value_name = "UPGRADES_PER_IP_PER_S",
+        default_value_t = 100
+    )]
+    pub upgrades_per_ip_per_s: u32,
+
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR blocks,
+    /// comma-separated), e.g. the nginx in front. From anyone else the header is
+    /// ignored.
+    #[arg(
+        long = "trusted-proxies",
+        env = "TRUSTED_PROXIES",
+        value_name = "TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Largest HTTP request head (request line and headers), in bytes; at least 8192.
+    #[arg(
+        long = "max-header-bytes",
+        env = "MAX_HEADER_BYTES",
+        value_name = "MAX_HEADER_BYTES",
+        default_value_t = 16 * 1024
+    )]
+    pub max_header_bytes: usize,
+
+    /// The token verifier built from the JWT settings by `validate` (None: auth off).
+    #[arg(skip)]
+    pub verifier: Option<std::sync::Arc<crate::auth::jwt::Verifier>>,
+
+    /// Parsed `TRUSTED_PROXIES`.
+    #[arg(skip)]
+    pub trusted: Vec<crate::security::IpRange>,
+
     /// `production` turns off the `/test` page. `NODE_ENV` is read too, for the seed's
     /// deployments.
     #[arg(
@@ -307,6 +424,22 @@ impl Config {
         if self.cors_origin.iter().any(|o| o.trim().is_empty()) {
             return Err("CORS_ORIGIN has an empty entry".into());
         }
+        if self.rate_limit_close_multiple < 1 {
+            return Err("RATE_LIMIT_CLOSE_MULTIPLE must be at least 1".into());
+        }
+        if self.max_header_bytes < 8192 {
+            return Err("MAX_HEADER_BYTES must be at least 8192".into());
+        }
+        self.trusted = self
+            .trusted_proxies
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| crate::security::IpRange::parse(p))
+            .collect::<Result<_, _>>()?;
+        self.verifier = crate::auth::jwt::Verifier::from_config(self)?.map(std::sync::Arc::new);
+        if self.is_production() && self.verifier.is_none() {
+            return Err("production mode (NILECAST_ENV or NODE_ENV is production) needs JWT_SECRET or JWT_PUBLIC_KEY: refusing to run without authentication".into());
+        }
         Ok(())
     }
 
@@ -320,14 +453,20 @@ impl Config {
 
     /// The per-connection message limit.
     pub fn rate_limit(&self) -> crate::rate_limit::RateLimit {
-        crate::rate_limit::RateLimit::new(self.rate_limit_max_messages, self.rate_limit_window_ms)
+        crate::rate_limit::RateLimit::new(
+            self.rate_limit_max_messages,
+            self.rate_limit_window_ms,
+            self.rate_limit_close_multiple,
+        )
     }
 
     pub fn close_timeout(&self) -> Duration {
         Duration::from_millis(self.close_timeout_ms)
     }
 
-    /// A configuration for tests and benches: the defaults, port 0, simulator off.
+    /// A configuration for tests and benches: the defaults, port 0, simulator off, and
+    /// no per-address limits (load tests open thousands of connections from one
+    /// loopback address).
     pub fn for_tests() -> Config {
         use clap::Parser;
         #[derive(Parser)]
@@ -338,6 +477,8 @@ impl Config {
         let mut config = Wrapper::parse_from(["nilecast"]).config;
         config.port = 0;
         config.simulate_rate = 0.0;
+        config.max_connections_per_ip = 0;
+        config.upgrades_per_ip_per_s = 0;
         config
     }
 }

@@ -1,5 +1,5 @@
 //! The `nilecast` command: `serve` (the default) runs the server; `health`, `metrics`,
-//! `clients` and `check` talk to a running one.
+//! `clients` and `check` talk to a running one; `token` mints a development token.
 
 use std::process::ExitCode;
 
@@ -36,6 +36,8 @@ enum Command {
     Clients(Target),
     /// Connect, subscribe, publish a probe change and report the round trip.
     Check(Target),
+    /// Print an HS256 token signed with JWT_SECRET (development and scripts).
+    Token(cli::TokenArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,16 @@ fn main() -> ExitCode {
         Command::Metrics(t) => client(cli::show(&t, "/metrics")),
         Command::Clients(t) => client(cli::show(&t, "/clients")),
         Command::Check(t) => client(cli::check(&t)),
+        Command::Token(args) => match cli::token(&args) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -114,10 +126,23 @@ fn serve(mut config: Config) -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    tracing::warn!(
-        target: "nilecast::security",
-        "auth is OFF: no JWT_SECRET or JWT_PUBLIC_KEY is configured, so every client is an anonymous admin (development only)"
-    );
+    match &config.verifier {
+        None => tracing::warn!(
+            target: "nilecast::security",
+            "auth is OFF: no JWT_SECRET or JWT_PUBLIC_KEY is configured, so every client is an anonymous admin (development only)"
+        ),
+        Some(verifier) => tracing::info!(
+            target: "nilecast::security",
+            algorithms = ?verifier.algorithms(),
+            "auth is on: clients need a valid token"
+        ),
+    }
+    if config.cors_origin.iter().any(|o| o == "*") && config.is_production() {
+        tracing::warn!(
+            target: "nilecast::security",
+            "CORS_ORIGIN is *: any web page may open connections to this server; list your sites' origins"
+        );
+    }
     // Signal handlers go in before the readiness line: a SIGTERM that arrives right
     // after it must shut down gracefully, not kill the process.
     let signals = Signals::install()?;

@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::error::ErrorCode;
+use crate::security::Event;
 
 /// Upper bounds of the latency buckets, in microseconds: 100 us to 5 s, roughly
 /// 1-2.5-5 steps, which is what a Prometheus user expects to see for a latency.
@@ -110,6 +111,8 @@ pub struct Metrics {
     pub requests_handled: AtomicU64,
     pub rss_bytes: AtomicU64,
     pub errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// Security events by kind ([`crate::security::Event`]).
+    pub security: [AtomicU64; Event::ALL.len()],
     pub publish_to_write: Histogram,
 }
 
@@ -136,6 +139,7 @@ impl Metrics {
             requests_handled: AtomicU64::new(0),
             rss_bytes: AtomicU64::new(0),
             errors: Default::default(),
+            security: Default::default(),
             publish_to_write: Histogram::default(),
         }
     }
@@ -157,6 +161,20 @@ impl Metrics {
             );
         }
         Value::Object(map)
+    }
+
+    fn security_json(&self) -> Value {
+        Value::Object(
+            Event::ALL
+                .iter()
+                .map(|e| {
+                    (
+                        e.as_str().to_string(),
+                        self.security[e.index()].load(Relaxed).into(),
+                    )
+                })
+                .collect(),
+        )
     }
 
     fn total_errors(&self) -> u64 {
@@ -203,6 +221,7 @@ impl Metrics {
                 },
                 "errors": self.errors_json(),
             },
+            "security": self.security_json(),
             "changes": {
                 "published": self.changes_published.load(Relaxed),
                 "lastSeq": gauges.last_seq,
@@ -347,6 +366,15 @@ impl Metrics {
                 "nilecast_errors_total{{code=\"{}\"}} {}",
                 code.as_str(),
                 self.errors[code.index()].load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP nilecast_security_events_total Security events (refused tokens, cross-tenant attempts, rate-limit closes, origin refusals, address limits), by kind.\n# TYPE nilecast_security_events_total counter");
+        for event in Event::ALL {
+            let _ = writeln!(
+                out,
+                "nilecast_security_events_total{{kind=\"{}\"}} {}",
+                event.as_str(),
+                self.security[event.index()].load(Relaxed)
             );
         }
         let _ = writeln!(out, "# HELP nilecast_uptime_seconds Seconds since start.\n# TYPE nilecast_uptime_seconds gauge\nnilecast_uptime_seconds {:.3}", self.started.elapsed().as_secs_f64());

@@ -13,12 +13,15 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    pub fn new(max_messages: u32, window_ms: u64) -> RateLimit {
-        let capacity = f64::from(max_messages.max(1));
+    /// `max_messages` per `window_ms`; a client refused `close_multiple - 1` times the
+    /// limit in a row (so sending `close_multiple` times it) is to be closed.
+    pub fn new(max_messages: u32, window_ms: u64, close_multiple: u32) -> RateLimit {
+        let max = max_messages.max(1);
+        let capacity = f64::from(max);
         RateLimit {
             capacity,
             per_ms: capacity / window_ms.max(1) as f64,
-            close_after: max_messages.max(1),
+            close_after: max.saturating_mul(close_multiple.max(1) - 1),
         }
     }
 }
@@ -39,7 +42,7 @@ pub enum Verdict {
     Refuse {
         retry_after_ms: u64,
     },
-    /// The client went on past the limit by as many messages again as the limit allows:
+    /// The client went on past the limit up to `RATE_LIMIT_CLOSE_MULTIPLE` times it:
     /// close it with 1008.
     Close,
 }
@@ -79,7 +82,7 @@ mod tests {
 
     #[test]
     fn allows_a_burst_then_refuses_then_closes() {
-        let limit = RateLimit::new(3, 60_000);
+        let limit = RateLimit::new(3, 60_000, 2);
         let mut rl = RateLimiter::new(&limit, 0);
         for _ in 0..3 {
             assert_eq!(rl.check(&limit, 0), Verdict::Allow);
@@ -95,7 +98,7 @@ mod tests {
 
     #[test]
     fn refills_over_the_window() {
-        let limit = RateLimit::new(2, 1000);
+        let limit = RateLimit::new(2, 1000, 2);
         let mut rl = RateLimiter::new(&limit, 0);
         assert_eq!(rl.check(&limit, 0), Verdict::Allow);
         assert_eq!(rl.check(&limit, 0), Verdict::Allow);

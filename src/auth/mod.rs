@@ -1,11 +1,15 @@
 //! Who a connection or request is, and the one place that decides what it may do.
 //!
-//! Until JWT verification lands, the server runs open (PROTOCOL.md section 5): every
-//! principal is an anonymous admin of its tenant. The decisions below are still made
-//! here, by role, so that adding verified tokens changes who the principal is and not
-//! where the rules live.
+//! With a JWT key configured, a principal comes from a verified token ([`jwt`]); a
+//! client without one is [`Principal::anonymous`] and may do nothing but log in.
+//! Without a key the server runs open (PROTOCOL.md section 5): every principal is an
+//! anonymous admin of its tenant. Either way the decisions are made here, by role.
+
+pub mod jwt;
 
 use std::sync::Arc;
+
+use hyper::header::{HeaderMap, AUTHORIZATION};
 
 use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
@@ -26,6 +30,17 @@ impl Roles {
 
     pub fn union(self, other: Roles) -> Roles {
         Roles(self.0 | other.0)
+    }
+
+    /// A role named in a token's `roles` claim; unknown names grant nothing.
+    pub fn parse(name: &str) -> Option<Roles> {
+        match name {
+            "customer" => Some(Roles::CUSTOMER),
+            "staff" => Some(Roles::STAFF),
+            "admin" => Some(Roles::ADMIN),
+            "publisher" => Some(Roles::PUBLISHER),
+            _ => None,
+        }
     }
 
     pub fn is_staff(self) -> bool {
@@ -76,6 +91,36 @@ impl Principal {
         }
     }
 
+    /// A client that has shown no valid token while auth is on: it may log in and
+    /// nothing else.
+    pub fn anonymous() -> Arc<Principal> {
+        static ANONYMOUS: std::sync::OnceLock<Arc<Principal>> = std::sync::OnceLock::new();
+        ANONYMOUS
+            .get_or_init(|| {
+                Arc::new(Principal {
+                    user_id: Arc::from("anonymous"),
+                    tenant: Arc::from(""),
+                    roles: Roles::default(),
+                    authenticated: false,
+                    expires_ms: None,
+                })
+            })
+            .clone()
+    }
+
+    /// The refusal for a principal lacking a role: `unauthorized` when it has shown no
+    /// token at all (auth on), else `forbidden`.
+    fn lacks(&self, message: &'static str) -> Refusal {
+        if !self.authenticated && self.roles == Roles::default() {
+            Refusal::new(
+                ErrorCode::Unauthorized,
+                "authentication required: send a token (?token=, Authorization: Bearer, or auth:login)",
+            )
+        } else {
+            Refusal::new(ErrorCode::Forbidden, message)
+        }
+    }
+
     /// [`Principal::open`], shared: every open-mode connection of the default tenant
     /// holds the same one instead of three allocations of its own.
     pub fn open_shared(tenant: Option<&str>) -> Arc<Principal> {
@@ -100,10 +145,7 @@ impl Principal {
         if allowed {
             Ok(())
         } else {
-            Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "this role may not read this namespace",
-            ))
+            Err(self.lacks("this role may not read this namespace"))
         }
     }
 
@@ -112,10 +154,7 @@ impl Principal {
         if self.roles.is_staff() {
             Ok(())
         } else {
-            Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "staff or admin role required",
-            ))
+            Err(self.lacks("staff or admin role required"))
         }
     }
 
@@ -124,10 +163,7 @@ impl Principal {
         if self.roles.contains(Roles::PUBLISHER) || self.roles.contains(Roles::ADMIN) {
             Ok(())
         } else {
-            Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "publisher or admin role required",
-            ))
+            Err(self.lacks("publisher or admin role required"))
         }
     }
 
@@ -136,4 +172,19 @@ impl Principal {
     pub fn own_user_only(&self) -> Option<&str> {
         (!self.roles.is_staff()).then_some(&*self.user_id)
     }
+}
+
+/// The token a request carries: `Authorization: Bearer`, else `?token=`.
+pub fn request_token(headers: &HeaderMap, query_token: Option<String>) -> Option<String> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        })
+        .or(query_token)
+        .filter(|t| !t.is_empty())
 }

@@ -20,11 +20,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::App;
-use crate::error::Refusal;
-
-/// Largest HTTP request head hyper buffers. 16 KiB fits any real browser's headers
-/// with a long JWT; hyper's own default is much larger.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
+use crate::auth::{self, Principal};
+use crate::error::{ErrorCode, Refusal};
+use crate::security::{self, Event};
 
 /// Accepts connections until shutdown.
 pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
@@ -60,7 +58,7 @@ async fn serve(app: Arc<App>, stream: TcpStream, remote: SocketAddr) {
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(app.config.handshake_timeout_ms))
-        .max_buf_size(MAX_HEAD_BYTES.max(8192));
+        .max_buf_size(app.config.max_header_bytes);
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -76,6 +74,49 @@ async fn serve(app: Arc<App>, stream: TcpStream, remote: SocketAddr) {
             let _ = conn.await;
         }
     }
+}
+
+/// Who a request (an upgrade, or an API call) acts as. With auth on: the principal of
+/// its token (`Authorization: Bearer` or `?token=`), or the anonymous principal when it
+/// carries none; a bad token is refused, and so is a `?tenant=` naming another tenant
+/// than the token's. With auth off: the open-mode principal of `?tenant=`.
+pub fn identify<B>(
+    app: &App,
+    req: &hyper::Request<B>,
+    remote: SocketAddr,
+) -> Result<Arc<Principal>, Refusal> {
+    let tenant = query_param(req.uri(), "tenant");
+    let Some(verifier) = &app.config.verifier else {
+        return Ok(Principal::open_shared(tenant.as_deref()));
+    };
+    let Some(token) = auth::request_token(req.headers(), query_param(req.uri(), "token")) else {
+        return Ok(Principal::anonymous());
+    };
+    let principal = verifier.verify(&token).map_err(|fault| {
+        security::record(
+            &app.metrics,
+            Event::TokenRefused,
+            remote,
+            &format!("token refused: {}", fault.as_str()),
+        );
+        fault.refusal()
+    })?;
+    if let Some(asked) = tenant.filter(|t| !t.is_empty() && *t != *principal.tenant) {
+        security::record(
+            &app.metrics,
+            Event::CrossTenant,
+            remote,
+            &format!(
+                "user {} of tenant {} asked for tenant {asked}",
+                principal.user_id, principal.tenant
+            ),
+        );
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "the token is for another tenant",
+        ));
+    }
+    Ok(Arc::new(principal))
 }
 
 /// A JSON response.

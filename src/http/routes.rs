@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::{Change, DataType, Namespace};
+use crate::security::{self, Event};
 use crate::time;
 use crate::ws::{self, Mode};
 
@@ -119,8 +120,22 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
         }
         return response;
     }
-    let principal = Principal::open(query_param(req.uri(), "tenant").as_deref());
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let needs_principal = matches!(
+        segments.as_slice(),
+        ["clients"] | ["alerts", ..] | ["changes", _] | ["publish"]
+    );
+    let principal = if needs_principal {
+        match super::identify(app, &req, remote) {
+            Ok(p) => p,
+            Err(refusal) => {
+                app.metrics.error(refusal.code);
+                return error_response(&refusal);
+            }
+        }
+    } else {
+        Principal::anonymous()
+    };
     match segments.as_slice() {
         [] => json_response(StatusCode::OK, &info(app)),
         ["health"] => health(app),
@@ -134,7 +149,7 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
         ),
         ["alerts", id, "acknowledge"] => acknowledge(app, &principal, id),
         ["changes", data_type] => changes(app, &principal, data_type, &req),
-        ["publish"] => publish(app, &principal, req).await,
+        ["publish"] => publish(app, &principal, req, remote).await,
         ["test"] if !app.config.is_production() => {
             let mut response = Response::new(Full::new(Bytes::from_static(TEST_PAGE.as_bytes())));
             response.headers_mut().insert(
@@ -409,8 +424,14 @@ pub fn parse_change(value: Value, principal: &Principal) -> Result<Change, Strin
     })
 }
 
-async fn publish(app: &App, principal: &Principal, req: Request<Incoming>) -> Resp {
+async fn publish(
+    app: &App,
+    principal: &Principal,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Resp {
     if let Err(r) = principal.may_publish() {
+        app.metrics.error(r.code);
         return error_response(&r);
     }
     let body = match read_body(app, req).await {
@@ -430,6 +451,23 @@ async fn publish(app: &App, principal: &Principal, req: Request<Incoming>) -> Re
     let mut changes = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         match parse_change(item, principal) {
+            // A verified publisher publishes into its own tenant only.
+            Ok(change) if principal.authenticated && change.tenant != principal.tenant => {
+                security::record(
+                    &app.metrics,
+                    Event::CrossTenant,
+                    remote,
+                    &format!(
+                        "publisher {} of tenant {} tried to publish to tenant {}",
+                        principal.user_id, principal.tenant, change.tenant
+                    ),
+                );
+                app.metrics.error(ErrorCode::Forbidden);
+                return error_response(&Refusal::new(
+                    ErrorCode::Forbidden,
+                    "a token may publish only to its own tenant; nothing was published",
+                ));
+            }
             Ok(change) => changes.push(change),
             Err(message) if single => return invalid(message),
             Err(message) => {

@@ -21,6 +21,7 @@ use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
 use crate::fanout::{subscription_name, Subscribed};
 use crate::protocol::native::{self, Request};
+use crate::security::{self, Event};
 use crate::session::Session;
 use crate::time;
 use filter::Filter;
@@ -84,6 +85,7 @@ pub fn handle(app: &Arc<App>, session: &Arc<Session>, req: &Request) -> Result<(
         ack: req.ack,
     };
     let data = &req.data;
+    refuse_other_tenant(&ctx, data)?;
     // `<prefix>:subscribe` and `<prefix>:unsubscribe` of the namespace the request is on.
     let action = req
         .event
@@ -121,11 +123,80 @@ fn unknown_event(event: &str) -> Refusal {
     }
 }
 
-/// `auth:login`. The server runs open until JWT verification is configured: the
-/// connection becomes an authenticated anonymous admin of its tenant.
-fn login(ctx: &Ctx, _data: &Map<String, Value>) -> Result<(), Refusal> {
-    let mut principal = (*ctx.principal).clone();
-    principal.authenticated = true;
+/// The refusal message of a cross-tenant request (recorded as such, not again as a
+/// plain `forbidden`).
+pub const OTHER_TENANT: &str = "a connection sees only its own tenant";
+
+/// A request naming a tenant (`tenantId`, `tenant_id` or `tenant` in its data) other
+/// than the connection's is refused and recorded: filters never cross tenants, and a
+/// client that tries is worth an operator's attention.
+fn refuse_other_tenant(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
+    let named = ["tenantId", "tenant_id", "tenant"]
+        .iter()
+        .filter_map(|k| data.get(*k).and_then(Value::as_str))
+        .find(|t| *t != &*ctx.principal.tenant);
+    if let Some(other) = named {
+        security::record(
+            &ctx.app.metrics,
+            Event::CrossTenant,
+            ctx.session.remote,
+            &format!(
+                "connection {} of tenant {} asked for tenant {other}",
+                ctx.session.id, ctx.principal.tenant
+            ),
+        );
+        return Err(Refusal::new(ErrorCode::Forbidden, OTHER_TENANT));
+    }
+    Ok(())
+}
+
+/// `auth:login {token}`. With auth on, the token is verified and the connection
+/// becomes its principal; a connection that changes user, tenant or roles loses the
+/// subscriptions it made as the previous one. A refused token gets `auth:error` (the
+/// ack reply when the request carried `ack`). With auth off the connection becomes an
+/// authenticated anonymous admin of its tenant.
+fn login(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
+    let principal = match &ctx.app.config.verifier {
+        None => {
+            let mut principal = (*ctx.principal).clone();
+            principal.authenticated = true;
+            principal
+        }
+        Some(verifier) => {
+            let token = data.get("token").and_then(Value::as_str).unwrap_or("");
+            match verifier.verify(token) {
+                Ok(p) => p,
+                Err(fault) => {
+                    security::record(
+                        &ctx.app.metrics,
+                        Event::TokenRefused,
+                        ctx.session.remote,
+                        &format!("auth:login token refused: {}", fault.as_str()),
+                    );
+                    let refusal = fault.refusal();
+                    ctx.app.metrics.error(refusal.code);
+                    ctx.reply(
+                        "auth:error",
+                        &match ctx.ack {
+                            Some(_) => json!({ "error": refusal.to_json() }),
+                            None => refusal.to_json(),
+                        },
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    };
+    // A refreshed token for the same identity keeps the subscriptions; anything else
+    // (another user, tenant or set of roles) starts over.
+    let before = &ctx.principal;
+    if before.user_id != principal.user_id
+        || before.tenant != principal.tenant
+        || before.roles != principal.roles
+    {
+        ctx.app.engine.drop_session(ctx.session);
+        ctx.app.dashboards.remove_session(ctx.session.id);
+    }
     ctx.session.principal.store(Arc::new(principal.clone()));
     ctx.reply(
         "auth:success",

@@ -136,6 +136,7 @@ impl Conn {
             self.serve().await;
             let app = &self.app;
             app.sessions.remove(&self.session.id);
+            app.addresses.release(self.session.remote.ip());
             app.engine.drop_session(&self.session);
             app.dashboards.remove_session(self.session.id);
             tracing::debug!(connection = self.session.id, "connection closed");

@@ -14,6 +14,7 @@ use crate::error::{close, ErrorCode, Refusal};
 use crate::namespace;
 use crate::protocol::native;
 use crate::rate_limit::Verdict;
+use crate::security::{self, Event};
 use crate::time;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +57,10 @@ impl Conn {
         }
     }
 
-    /// Closes the connection with `code` and stops handling data.
+    /// Closes the connection with `code` and stops handling data. What was queued
+    /// before (replies to the client's earlier, valid messages) still goes out first.
     pub(super) fn fail(&mut self, code: u16, phase: Phase) {
-        self.outbox().close(code, false);
+        self.outbox().close(code, true);
         self.phase = phase;
         self.message = None;
     }
@@ -96,6 +98,8 @@ impl Conn {
                     self.fail(close::PROTOCOL_ERROR, Phase::Closing);
                 } else if frame.fin {
                     self.on_message(frame.opcode, frame.payload);
+                } else if frame.opcode == OpCode::Text && !utf8_so_far(&frame.payload, false) {
+                    self.fail(close::INVALID_PAYLOAD, Phase::Closing);
                 } else {
                     self.message = Some(Box::new((frame.opcode, frame.payload)));
                 }
@@ -107,8 +111,19 @@ impl Conn {
                     Some((_, so_far)) if so_far.len() + frame.payload.len() > max => {
                         self.fail(close::TOO_BIG, Phase::Closing)
                     }
-                    Some((_, so_far)) => {
+                    Some((opcode, so_far)) => {
+                        let checked = so_far.len();
                         so_far.extend_from_slice(&frame.payload);
+                        // Fail fast on invalid UTF-8 in a fragment, rather than at the
+                        // end of a long message (from the last whole character on).
+                        let from = checked.saturating_sub(3);
+                        if *opcode == OpCode::Text
+                            && !frame.fin
+                            && !utf8_so_far(&so_far[from..], true)
+                        {
+                            self.fail(close::INVALID_PAYLOAD, Phase::Closing);
+                            return false;
+                        }
                         if frame.fin {
                             if let Some(message) = self.message.take() {
                                 let (opcode, payload) = *message;
@@ -154,7 +169,15 @@ impl Conn {
         let refusal = match (&parsed, verdict) {
             (_, Verdict::Close) => {
                 metrics.error(ErrorCode::RateLimited);
-                tracing::info!(target: "nilecast::security", connection = self.session.id, remote = %self.session.remote, "rate limit exceeded repeatedly; closing with 1008");
+                security::record(
+                    metrics,
+                    Event::RateLimitClose,
+                    self.session.remote,
+                    &format!(
+                        "connection {} kept sending past its rate limit; closing with 1008",
+                        self.session.id
+                    ),
+                );
                 self.fail(close::POLICY, Phase::Closing);
                 return;
             }
@@ -168,6 +191,14 @@ impl Conn {
         };
         if let Some(refusal) = refusal {
             metrics.error(refusal.code);
+            if refusal.code == ErrorCode::Forbidden && refusal.message != namespace::OTHER_TENANT {
+                security::record(
+                    metrics,
+                    Event::Forbidden,
+                    self.session.remote,
+                    &format!("connection {}: {}", self.session.id, refusal.message),
+                );
+            }
             let (ns, event, ack) = match &parsed {
                 Ok(req) => (req.ns.as_str(), Some(req.event.as_str()), req.ack),
                 Err(bad) => (bad.ns.as_str(), bad.event.as_deref(), bad.ack),
@@ -182,7 +213,53 @@ impl Conn {
     }
 }
 
+/// Could `bytes` begin a valid UTF-8 text? True when it is valid, or valid up to a
+/// character cut off at its end. With `resume`, `bytes` starts up to 3 bytes before the
+/// end of text already checked, possibly inside a character: leading continuation
+/// bytes are skipped.
+fn utf8_so_far(bytes: &[u8], resume: bool) -> bool {
+    let start = if resume {
+        bytes
+            .iter()
+            .take(3)
+            .take_while(|&&b| b & 0xC0 == 0x80)
+            .count()
+    } else {
+        0
+    };
+    match std::str::from_utf8(&bytes[start..]) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    }
+}
+
 /// UTF-8 validation of a text message.
 fn valid_utf8(bytes: &[u8]) -> Result<(), std::str::Utf8Error> {
     std::str::from_utf8(bytes).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utf8_so_far;
+
+    #[test]
+    fn utf8_prefixes_are_checked_across_fragments() {
+        let euro = "€".as_bytes(); // three bytes
+        assert!(
+            utf8_so_far(&euro[..2], false),
+            "a cut-off character is fine"
+        );
+        assert!(
+            !utf8_so_far(&[0x80], false),
+            "a stray continuation byte is not"
+        );
+        assert!(!utf8_so_far(&[b'a', 0xFF], false));
+        // Resuming inside the euro sign, then a bad byte.
+        let mut text = b"ab".to_vec();
+        text.extend_from_slice(euro);
+        assert!(utf8_so_far(&text[3..], true));
+        text.push(0xC0);
+        text.push(b'x');
+        assert!(!utf8_so_far(&text[2..], true));
+    }
 }

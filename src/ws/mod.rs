@@ -21,8 +21,8 @@ use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
-    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
-    UPGRADE,
+    HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -30,9 +30,10 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use crate::app::App;
-use crate::auth::Principal;
 use crate::error::{ErrorCode, Refusal};
-use crate::http::{error_response, query_param};
+use crate::http::error_response;
+use crate::security::{self, Event};
+use crate::time;
 
 /// What a connection speaks after the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,26 @@ pub fn upgrade(
     if app.shutdown.is_triggered() {
         return refuse(ErrorCode::Unavailable, "server is shutting down");
     }
+    let remote = security::client_addr(remote, req.headers(), &app.config.trusted);
+    let origin = req.headers().get(ORIGIN).map(HeaderValue::as_bytes);
+    if !security::origin_allowed(origin, &app.config.cors_origin) {
+        let shown = String::from_utf8_lossy(origin.unwrap_or_default()).into_owned();
+        security::record(
+            &app.metrics,
+            Event::OriginRefused,
+            remote,
+            &format!("upgrade from origin {shown} refused: not in CORS_ORIGIN"),
+        );
+        app.metrics.error(ErrorCode::Forbidden);
+        return refuse(ErrorCode::Forbidden, "this origin may not connect");
+    }
+    let principal = match crate::http::identify(app, &req, remote) {
+        Ok(p) => p,
+        Err(refusal) => {
+            app.metrics.error(refusal.code);
+            return error_response(&refusal);
+        }
+    };
     if app.sessions.len() >= app.config.max_connections || app.over_memory() {
         app.metrics.connections_refused.fetch_add(1, Relaxed);
         return refuse(
@@ -101,7 +122,16 @@ pub fn upgrade(
             "server is at capacity; try another node or later",
         );
     }
-    let principal = Principal::open_shared(query_param(req.uri(), "tenant").as_deref());
+    if let Err(event) = app.addresses.admit(remote.ip(), time::now_ms()) {
+        app.metrics.connections_refused.fetch_add(1, Relaxed);
+        app.metrics.error(ErrorCode::RateLimited);
+        let message = match event {
+            Event::AddressConnections => "too many connections from this address",
+            _ => "connecting too fast from this address; slow down",
+        };
+        security::record(&app.metrics, event, remote, message);
+        return refuse(ErrorCode::RateLimited, message);
+    }
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
@@ -110,6 +140,7 @@ pub fn upgrade(
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
+                task_app.addresses.release(remote.ip());
                 return;
             }
         };
@@ -121,7 +152,10 @@ pub fn upgrade(
                 let (stream, pre_read) = (parts.io.into_inner(), parts.read_buf);
                 conn::start(&task_app, stream, pre_read, remote, principal, mode);
             }
-            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+            Err(_) => {
+                tracing::error!("upgraded connection is not a TCP stream");
+                task_app.addresses.release(remote.ip());
+            }
         }
     });
 

@@ -60,6 +60,16 @@ const SCRUBBED_ENV: &[&str] = &[
     "JWT_SECRET",
     "JWT_PUBLIC_KEY",
     "JWT_LEEWAY_SECONDS",
+    "JWT_LEEWAY_S",
+    "JWT_ALGORITHMS",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "JWT_MAX_BYTES",
+    "RATE_LIMIT_CLOSE_MULTIPLE",
+    "MAX_CONNECTIONS_PER_IP",
+    "UPGRADES_PER_IP_PER_S",
+    "TRUSTED_PROXIES",
+    "MAX_HEADER_BYTES",
     "REDIS_URL",
     "DATABASE_URL",
     "NILEDB_CONNECTION_STRING",
@@ -485,6 +495,17 @@ pub async fn http_request(
     path: &str,
     body: Option<&[u8]>,
 ) -> HttpResponse {
+    http_request_with(port, method, path, &[], body).await
+}
+
+/// [`http_request`] with extra request headers.
+pub async fn http_request_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpResponse {
     let fut = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port))
             .await
@@ -492,6 +513,9 @@ pub async fn http_request(
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nAccept: */*\r\n"
         );
+        for (name, value) in headers {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
         if let Some(b) = body {
             req.push_str("Content-Type: application/json\r\n");
             req.push_str(&format!("Content-Length: {}\r\n", b.len()));
@@ -595,6 +619,61 @@ pub async fn http_get(port: u16, path: &str) -> HttpResponse {
 
 pub async fn http_post_json(port: u16, path: &str, body: &Value) -> HttpResponse {
     http_request(port, "POST", path, Some(body.to_string().as_bytes())).await
+}
+
+/// A WebSocket upgrade request to `path` with extra `headers`, answered in full: the
+/// response's status, headers and body (for refusals), connection closed after.
+pub async fn upgrade_response(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut all = vec![
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    all.extend_from_slice(headers);
+    // `Connection: close` from http_request_with is replaced: an upgrade needs
+    // `Connection: Upgrade`.
+    let fut = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect for upgrade");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: Upgrade\r\n");
+        for (name, value) in &all {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .expect("send upgrade");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16384];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_string();
+                if head.starts_with("HTTP/1.1 101") {
+                    break;
+                }
+                let len = head
+                    .split("\r\n")
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if raw.len() >= end + 4 + len {
+                    break;
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        parse_http_response(&raw, "GET", path)
+    };
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("upgrade {path}: no response within {TIMEOUT:?}"))
 }
 
 /// GET that must answer 200 with a JSON body.

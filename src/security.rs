@@ -1,0 +1,290 @@
+//! What a hostile client meets at the door: security events (logged under their own
+//! tracing target and counted), the client's address behind trusted proxies, the
+//! `Origin` check, and per-address limits on connections and upgrades.
+//!
+//! Architecture Invariant: every refusal made here for a security reason goes through
+//! [`record`], so an operator sees it in `nilecast::security` logs and in metrics.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+
+use dashmap::DashMap;
+use hyper::header::HeaderMap;
+
+use crate::metrics::Metrics;
+
+/// Kinds of security event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A token failed verification (any reason, expiry included).
+    TokenRefused,
+    /// A client asked for another tenant's data.
+    CrossTenant,
+    /// A role asked for what it may not have.
+    Forbidden,
+    /// A connection went on past its rate limit and was closed with 1008.
+    RateLimitClose,
+    /// A WebSocket upgrade from an `Origin` not in `CORS_ORIGIN`.
+    OriginRefused,
+    /// An address already holds `MAX_CONNECTIONS_PER_IP` connections.
+    AddressConnections,
+    /// An address opened connections faster than `UPGRADES_PER_IP_PER_S`.
+    AddressUpgradeRate,
+    /// A connection's token expired while it was open.
+    TokenExpired,
+}
+
+impl Event {
+    pub const ALL: [Event; 8] = [
+        Event::TokenRefused,
+        Event::CrossTenant,
+        Event::Forbidden,
+        Event::RateLimitClose,
+        Event::OriginRefused,
+        Event::AddressConnections,
+        Event::AddressUpgradeRate,
+        Event::TokenExpired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::TokenRefused => "token_refused",
+            Event::CrossTenant => "cross_tenant",
+            Event::Forbidden => "forbidden",
+            Event::RateLimitClose => "rate_limit_close",
+            Event::OriginRefused => "origin_refused",
+            Event::AddressConnections => "address_connections",
+            Event::AddressUpgradeRate => "address_upgrade_rate",
+            Event::TokenExpired => "token_expired",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Logs a security event under `nilecast::security` and counts it.
+pub fn record(metrics: &Metrics, event: Event, remote: SocketAddr, detail: &str) {
+    metrics.security[event.index()].fetch_add(1, Relaxed);
+    tracing::warn!(target: "nilecast::security", event = event.as_str(), remote = %remote, "{detail}");
+}
+
+/// An address range of `TRUSTED_PROXIES`: one address, or a CIDR block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    base: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    pub fn parse(s: &str) -> Result<IpRange, String> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let base: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("TRUSTED_PROXIES: {s} is not an address or CIDR block"))?;
+        let max = if base.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("TRUSTED_PROXIES: bad prefix length in {s}"))?,
+        };
+        Ok(IpRange { base, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.base, ip) {
+            (IpAddr::V4(b), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(b) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(b), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(b) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy, in which case
+/// the nearest address in `X-Forwarded-For` that is not itself a trusted proxy. A
+/// header from an untrusted peer is ignored: anyone can write one.
+pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpRange]) -> SocketAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|r| r.contains(ip));
+    if !is_trusted(peer.ip()) {
+        return peer;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip) => continue,
+            Ok(ip) => return SocketAddr::new(ip, peer.port()),
+            // A garbled entry: trust nothing further left of it.
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
+/// Is a browser `Origin` allowed by `CORS_ORIGIN`? No `Origin` header (a non-browser
+/// client) is allowed: the check exists to stop other sites' pages from opening
+/// connections with a visitor's cookies (cross-site WebSocket hijacking).
+pub fn origin_allowed(origin: Option<&[u8]>, allowed: &[String]) -> bool {
+    match origin {
+        None => true,
+        Some(origin) => allowed
+            .iter()
+            .any(|a| a == "*" || a.as_bytes().eq_ignore_ascii_case(origin)),
+    }
+}
+
+/// Per-address limits: connections held at once, and upgrades per second (a token
+/// bucket that allows a burst of one second's worth).
+pub struct AddressLimits {
+    doors: DashMap<IpAddr, Door>,
+    max_connections: u32,
+    upgrades_per_s: f64,
+}
+
+struct Door {
+    open: u32,
+    tokens: f64,
+    last_ms: u64,
+}
+
+impl AddressLimits {
+    /// `0` turns a limit off.
+    pub fn new(max_connections: u32, upgrades_per_s: u32) -> AddressLimits {
+        AddressLimits {
+            doors: DashMap::new(),
+            max_connections,
+            upgrades_per_s: f64::from(upgrades_per_s),
+        }
+    }
+
+    /// Lets a new connection from `ip` in, counting it as open until [`release`], or
+    /// says which limit it hit.
+    ///
+    /// [`release`]: AddressLimits::release
+    pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<(), Event> {
+        let mut door = self.doors.entry(ip).or_insert_with(|| Door {
+            open: 0,
+            tokens: self.upgrades_per_s,
+            last_ms: now_ms,
+        });
+        if self.max_connections > 0 && door.open >= self.max_connections {
+            return Err(Event::AddressConnections);
+        }
+        if self.upgrades_per_s > 0.0 {
+            let elapsed_s = now_ms.saturating_sub(door.last_ms) as f64 / 1000.0;
+            door.last_ms = now_ms;
+            door.tokens = (door.tokens + elapsed_s * self.upgrades_per_s).min(self.upgrades_per_s);
+            if door.tokens < 1.0 {
+                return Err(Event::AddressUpgradeRate);
+            }
+            door.tokens -= 1.0;
+        }
+        door.open += 1;
+        Ok(())
+    }
+
+    /// A connection admitted from `ip` has ended.
+    pub fn release(&self, ip: IpAddr) {
+        if let Some(mut door) = self.doors.get_mut(&ip) {
+            door.open = door.open.saturating_sub(1);
+        }
+    }
+
+    /// Forgets addresses with nothing open whose bucket has refilled (housekeeping).
+    pub fn sweep(&self, now_ms: u64) {
+        let refill_ms = 1000;
+        self.doors
+            .retain(|_, door| door.open > 0 || now_ms.saturating_sub(door.last_ms) < refill_ms);
+    }
+
+    /// Connections open from `ip` (tests and `/clients`).
+    pub fn open_from(&self, ip: IpAddr) -> u32 {
+        self.doors.get(&ip).map_or(0, |d| d.open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn ranges_match_addresses_and_blocks() {
+        let r = IpRange::parse("10.0.0.0/8").unwrap();
+        assert!(r.contains("10.1.2.3".parse().unwrap()));
+        assert!(!r.contains("11.0.0.1".parse().unwrap()));
+        assert!(r.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let one = IpRange::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(IpRange::parse("::1/129").is_err());
+        assert!(IpRange::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+        let peer: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 203.0.113.9, 10.0.0.7"),
+        );
+        let trusted = [IpRange::parse("10.0.0.0/8").unwrap()];
+        assert_eq!(
+            client_addr(peer, &headers, &trusted).ip(),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_addr(peer, &headers, &[]), peer);
+    }
+
+    #[test]
+    fn origins_are_checked_against_the_list() {
+        let list = vec!["https://shop.example".to_string()];
+        assert!(origin_allowed(None, &list));
+        assert!(origin_allowed(Some(b"https://shop.example"), &list));
+        assert!(!origin_allowed(Some(b"https://evil.example"), &list));
+        assert!(origin_allowed(Some(b"https://evil.example"), &["*".into()]));
+    }
+
+    #[test]
+    fn an_address_is_held_to_its_connection_and_upgrade_limits() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let limits = AddressLimits::new(2, 3);
+        assert_eq!(limits.admit(ip, 0), Ok(()));
+        assert_eq!(limits.admit(ip, 0), Ok(()));
+        assert_eq!(limits.admit(ip, 0), Err(Event::AddressConnections));
+        limits.release(ip);
+        assert_eq!(limits.admit(ip, 0), Ok(()));
+        limits.release(ip);
+        // Three upgrades used in the same instant: the bucket is empty.
+        assert_eq!(limits.admit(ip, 0), Err(Event::AddressUpgradeRate));
+        assert_eq!(limits.admit(ip, 1000), Ok(()));
+    }
+}
