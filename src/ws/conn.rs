@@ -1,25 +1,27 @@
 //! One WebSocket connection: one task from the upgrade to the end, which reads the
 //! client's frames and writes everything queued for it.
 //!
-//! One task rather than a reader and a writer: an idle connection is one small future
-//! waiting on three things at once, polled by hand ([`Conn::wait`]): the socket
-//! readable, the socket writable (only while output is pending), and the outbox's wake
-//! flag. Waiting that way holds no waiter nodes, no timers and no buffers; the larger
-//! state of a close handshake (its timeouts) is boxed and exists only while closing.
-//! Measured with `nilecast-loadgen run idle`, this halved the server memory of an idle
-//! subscribed connection (see README, Performance).
+//! The connection is its own future ([`Conn`] implements `Future`), polled by the task
+//! it is spawned as. An idle connection is that struct and nothing more: waiting on the
+//! socket (readable; writable only while output is pending) and on the outbox's wake
+//! flag stores a waker in each, no waiter nodes, no timers, no buffers. An `async fn`
+//! would do the same work, but its state machine is larger than the struct, and every
+//! byte here is paid by every idle connection: written by hand, the task (tokio's task
+//! header and trailer included) fits 256 bytes. The close handshake, with its timers,
+//! lives in a box that exists only while closing.
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
 use tokio::net::TcpStream;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{Instant, Sleep};
 
 use super::frame::{self, OpCode};
 use super::input::Phase;
@@ -42,6 +44,9 @@ const READ_CHUNK: usize = 4096;
 /// Batches written per turn of the loop before the task lets others run.
 const BATCHES_PER_TURN: usize = 4;
 
+/// Turns of the loop in one poll before the task yields to others, however busy.
+const TURNS_PER_POLL: usize = 16;
+
 /// A connection's state, owned by its task.
 pub struct Conn {
     pub(super) app: Arc<App>,
@@ -55,13 +60,29 @@ pub struct Conn {
     pub(super) message: Option<Box<(OpCode, BytesMut)>>,
     pub(super) limiter: RateLimiter,
     pub(super) phase: Phase,
-    out: Pending,
+    /// Frames on their way out, allocated while a batch is being written and kept only
+    /// while the socket is full.
+    out: Option<Box<Pending>>,
+    /// The close handshake, once begun.
+    closing: Option<Box<Closing>>,
 }
 
-/// What [`Conn::wait`] found ready. Being woken or writable needs nothing beyond
-/// another turn of the loop; readable means a read.
-struct Ready {
-    readable: bool,
+/// The close handshake's state: the frames still to write (queued ones when the close
+/// flushes, then the close frame), then the wait for the client's close.
+struct Closing {
+    stage: Stage,
+    /// Whether frames still queued are written before the close frame.
+    flush: bool,
+    /// The current stage's deadline (`CLOSE_TIMEOUT_MS` each).
+    timer: Pin<Box<Sleep>>,
+}
+
+#[derive(PartialEq, Eq)]
+enum Stage {
+    /// Writing what is left and the close frame.
+    Sending { close_queued: bool },
+    /// Our close frame is out; reading until the client's close or end of stream.
+    AwaitingPeer,
 }
 
 /// Registers a connection that hyper has handed over and starts its task.
@@ -118,74 +139,68 @@ pub fn start(
         message: None,
         limiter: RateLimiter::new(&config.rate_limit(), now),
         phase: Phase::Open,
-        out: Pending::default(),
+        out: None,
+        closing: None,
     };
-    app.shutdown.spawn(conn.run());
+    app.shutdown.spawn(conn);
+}
+
+impl Future for Conn {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let conn = self.get_mut();
+        if conn.closing.is_some() {
+            return conn.poll_close(cx);
+        }
+        for _ in 0..TURNS_PER_POLL {
+            conn.handle_input();
+            match conn.outbox().state() {
+                state::OPEN => {
+                    if conn.flush().is_err() {
+                        conn.outbox().finish();
+                        return Poll::Ready(());
+                    }
+                }
+                state::CLOSING => {
+                    conn.begin_close();
+                    return conn.poll_close(cx);
+                }
+                _ => return Poll::Ready(()),
+            }
+            // Wait on every source at once; each poll leaves a waker registered, so a
+            // busy source cannot starve the others.
+            let woken = conn.session.outbox.take_wake(cx);
+            let writable = conn.out.is_some() && conn.stream.poll_write_ready(cx).is_ready();
+            let readable = conn.stream.poll_read_ready(cx).is_ready();
+            if readable && !conn.read() {
+                conn.peer_gone();
+            }
+            if !(woken || writable || readable) {
+                return Poll::Pending;
+            }
+        }
+        // Busy: let other tasks run, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Drop for Conn {
+    /// The connection is over, however it ended: it leaves every registry.
+    fn drop(&mut self) {
+        let app = &self.app;
+        app.sessions.remove(&self.session.id);
+        app.addresses.release(self.session.remote.ip());
+        app.engine.drop_session(&self.session);
+        app.dashboards.remove_session(self.session.id);
+        tracing::debug!(connection = self.session.id, "connection closed");
+    }
 }
 
 impl Conn {
     pub(super) fn outbox(&self) -> &Outbox {
         &self.session.outbox
-    }
-
-    /// The connection's task. Not an `async fn run(mut self)`: that would hold the
-    /// connection twice in the future, as the argument and as the `mut` binding.
-    #[allow(clippy::manual_async_fn)]
-    fn run(mut self) -> impl std::future::Future<Output = ()> {
-        async move {
-            self.serve().await;
-            let app = &self.app;
-            app.sessions.remove(&self.session.id);
-            app.addresses.release(self.session.remote.ip());
-            app.engine.drop_session(&self.session);
-            app.dashboards.remove_session(self.session.id);
-            tracing::debug!(connection = self.session.id, "connection closed");
-        }
-    }
-
-    /// The connection's loop: handle input, write output, wait for either.
-    async fn serve(&mut self) {
-        loop {
-            self.handle_input();
-            match self.outbox().state() {
-                state::OPEN => {
-                    if self.flush().is_err() {
-                        self.outbox().finish();
-                        return;
-                    }
-                }
-                state::CLOSING => {
-                    Box::pin(self.close()).await;
-                    return;
-                }
-                _ => return,
-            }
-            // Let other tasks run between turns however busy this connection is.
-            tokio::task::consume_budget().await;
-            let ready = self.wait().await;
-            if ready.readable && !self.read() {
-                self.peer_gone();
-            }
-        }
-    }
-
-    /// Waits until the outbox wakes the task, the socket is readable, or (with output
-    /// pending) writable.
-    async fn wait(&self) -> Ready {
-        let (stream, outbox, writing) = (&self.stream, self.outbox(), !self.out.is_empty());
-        poll_fn(|cx| {
-            // Every source is polled each time, so each keeps its waker registered and
-            // a busy one cannot starve the others.
-            let woken = outbox.take_wake(cx);
-            let writable = writing && stream.poll_write_ready(cx).is_ready();
-            let readable = stream.poll_read_ready(cx).is_ready();
-            if woken || writable || readable {
-                Poll::Ready(Ready { readable })
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
     }
 
     /// Reads what the socket has into the buffer. False at end of stream or on error.
@@ -207,14 +222,36 @@ impl Conn {
     }
 
     /// Moves queued frames to the socket until the queue is empty or the socket full,
-    /// at most [`BATCHES_PER_TURN`] batches. Err on a dead socket.
+    /// at most [`BATCHES_PER_TURN`] batches. What the socket did not take stays in
+    /// `out`. Err on a dead socket.
     fn flush(&mut self) -> std::io::Result<()> {
+        match self.out.take() {
+            Some(mut out) => {
+                let result = self.write_batches(&mut out);
+                if !out.is_empty() {
+                    self.out = Some(out);
+                }
+                result
+            }
+            // The usual case: nothing left over, so the batch lives on the stack and is
+            // boxed only if the socket does not take all of it.
+            None => {
+                let mut out = Pending::default();
+                let result = self.write_batches(&mut out);
+                if !out.is_empty() {
+                    self.out = Some(Box::new(out));
+                }
+                result
+            }
+        }
+    }
+
+    fn write_batches(&mut self, out: &mut Pending) -> std::io::Result<()> {
         for _ in 0..BATCHES_PER_TURN {
-            if self.out.is_empty() && !writer::take(&self.app, &self.session.outbox, &mut self.out)
-            {
+            if out.is_empty() && !writer::take(&self.app, &self.session.outbox, out) {
                 return Ok(());
             }
-            if !writer::write(&self.stream, &mut self.out)? {
+            if !writer::write(&self.stream, out)? {
                 return Ok(());
             }
         }
@@ -223,59 +260,104 @@ impl Conn {
         Ok(())
     }
 
-    /// The close handshake: the queue flushed (when the close asked for it) or
-    /// discarded, the close frame, a half-close, then the client's close or the
-    /// timeout.
-    async fn close(&mut self) {
+    /// Starts the close handshake: the queue is flushed (when the close asked for it)
+    /// or discarded, keeping only the rest of a partly written frame.
+    fn begin_close(&mut self) {
         if self.phase == Phase::Open {
             self.phase = Phase::Closing;
         }
-        let outbox = &self.session.outbox;
-        let flush = outbox.close_flushes();
+        let flush = self.outbox().close_flushes();
         if !flush {
-            outbox.discard();
-            self.out.keep_partial_front();
+            self.outbox().discard();
+            if let Some(out) = self.out.as_mut() {
+                out.keep_partial_front();
+            }
         }
-        let code = outbox.close_code();
-        let timeout = self.app.config.close_timeout();
-        let sent = timeout_at(Instant::now() + timeout, async {
-            if flush {
-                while writer::take(&self.app, outbox, &mut self.out) || !self.out.is_empty() {
-                    write_all(&self.stream, &mut self.out).await?;
+        self.closing = Some(Box::new(Closing {
+            stage: Stage::Sending {
+                close_queued: false,
+            },
+            flush,
+            timer: Box::pin(tokio::time::sleep(self.app.config.close_timeout())),
+        }));
+    }
+
+    /// The close handshake: what is left and the close frame, a half-close, then the
+    /// client's close or the timeout. Ready when the connection is over.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(mut closing) = self.closing.take() else {
+            return Poll::Ready(());
+        };
+        let done = self.step_close(&mut closing, cx);
+        if done.is_ready() {
+            self.outbox().finish();
+        } else {
+            self.closing = Some(closing);
+        }
+        done
+    }
+
+    fn step_close(&mut self, closing: &mut Closing, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match closing.stage {
+                Stage::Sending { close_queued } => {
+                    let out = self.out.get_or_insert_with(Box::default);
+                    if out.is_empty() {
+                        if closing.flush && writer::take(&self.app, &self.session.outbox, out) {
+                            // More queued frames to write before the close frame.
+                        } else if !close_queued {
+                            let code = self.session.outbox.close_code();
+                            out.push(frame::close_frame(code, writer::reason(code)));
+                            closing.stage = Stage::Sending { close_queued: true };
+                        } else {
+                            self.out = None;
+                            self.app.metrics.messages_sent.fetch_add(1, Relaxed);
+                            // FIN after the close frame: the client reads it even if
+                            // unread input on our side would otherwise turn our close
+                            // into a reset.
+                            let _ = socket2::SockRef::from(&self.stream)
+                                .shutdown(std::net::Shutdown::Write);
+                            self.outbox().mark_close_sent();
+                            closing.stage = Stage::AwaitingPeer;
+                            let deadline = Instant::now() + self.app.config.close_timeout();
+                            closing.timer.as_mut().reset(deadline);
+                        }
+                        continue;
+                    }
+                    match writer::write(&self.stream, out) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(_) => return Poll::Ready(()),
+                    }
+                    match self.stream.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(_)) => return Poll::Ready(()),
+                        Poll::Pending => {}
+                    }
+                }
+                Stage::AwaitingPeer => {
+                    if self.outbox().peer_closed() {
+                        return Poll::Ready(());
+                    }
+                    match self.stream.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            if self.read() {
+                                self.handle_input();
+                            } else {
+                                return Poll::Ready(());
+                            }
+                            continue;
+                        }
+                        Poll::Ready(Err(_)) => return Poll::Ready(()),
+                        Poll::Pending => {}
+                    }
                 }
             }
-            self.out
-                .push(frame::close_frame(code, writer::reason(code)));
-            write_all(&self.stream, &mut self.out).await
-        })
-        .await;
-        if let Ok(Ok(())) = sent {
-            self.app.metrics.messages_sent.fetch_add(1, Relaxed);
-            // FIN after the close frame: the client reads it even if unread input on
-            // our side would otherwise turn our close into a reset.
-            let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
-            self.outbox().mark_close_sent();
-            let _ = timeout_at(Instant::now() + timeout, self.await_peer_close()).await;
-        }
-        self.outbox().finish();
-    }
-
-    /// Reads until the client's close frame or the end of its stream.
-    async fn await_peer_close(&mut self) {
-        while !self.outbox().peer_closed() {
-            if self.stream.readable().await.is_err() || !self.read() {
-                self.outbox().mark_peer_closed();
-                return;
-            }
-            self.handle_input();
+            // Waiting on the socket: the stage's deadline bounds the wait.
+            return match closing.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(()),
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
-}
-
-/// Writes every pending frame, waiting for writability as needed.
-async fn write_all(stream: &TcpStream, out: &mut Pending) -> std::io::Result<()> {
-    while !writer::write(stream, out)? {
-        stream.writable().await?;
-    }
-    Ok(())
 }
