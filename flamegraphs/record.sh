@@ -15,7 +15,7 @@ cargo build --release --locked -p nilecast -p nilecast-loadgen 2>&1 | tail -1
 ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
-SIMULATE_RATE=0 WEBSOCKET_PORT=4100 RUST_LOG=warn taskset -c 0 target/release/nilecast > "$work/server.log" 2>&1 &
+MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 SIMULATE_RATE=0 WEBSOCKET_PORT=4100 RUST_LOG=warn taskset -c 0 target/release/nilecast > "$work/server.log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 until grep -q listening "$work/server.log"; do sleep 0.1; done

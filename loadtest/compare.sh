@@ -50,7 +50,7 @@ start_server() {
   local name=$1 log="$LOGDIR/$1.log"
   case $name in
     nilecast)
-      SIMULATE_RATE=0 WEBSOCKET_PORT=4100 RUST_LOG=warn taskset -c "$SERVER_CORE" target/release/nilecast > "$log" 2>&1 &
+      MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 SIMULATE_RATE=0 WEBSOCKET_PORT=4100 RUST_LOG=warn taskset -c "$SERVER_CORE" target/release/nilecast > "$log" 2>&1 &
       PORT=4100; PROTOCOL=native ;;
     socketio-node)
       PORT=4101 taskset -c "$SERVER_CORE" node loadtest/peers/socketio-node/server.js > "$log" 2>&1 &
