@@ -7,24 +7,28 @@
 //! The data flow, left to right:
 //!
 //! ```text
-//! source/ ──► fanout::Engine::publish ──► fanout/index ──► fanout/outbox ──► ws/writer ──► socket
-//!             (seq, encode once, store,    (tenant-keyed,    (bounded, never       (drain, one
-//!              alerts, replay ring)         copy-on-write)    awaited, slow-        writev)
+//! source/ ──► fanout::Engine::publish ──► fanout/index ──► fanout/outbox ──► ws/conn ──► socket
+//!             (seq, encode once, store,    (tenant-keyed,    (bounded, never     (drain, one
+//!              alerts, replay ring)         copy-on-write)    awaited, slow-      writev)
 //!                                                             consumer policy)
-//! socket ──► ws/conn (reader) ──► protocol/native ──► namespace/ ──► engine / store / reply
+//! socket ──► ws/conn (input) ──► protocol/native ──► namespace/ ──► engine / store / reply
 //! ```
 //!
 //! - [`app`]: the shared parts (one `Arc<App>`), start and stop order.
 //! - [`config`]: every setting, its variable, default and validation.
 //! - [`shutdown`]: cancel signal, task tracking, deadline.
 //! - [`error`]: wire error codes and close codes, mapped to HTTP statuses in one place.
-//! - [`http`]: accept loop and the HTTP API; [`ws`]: upgrade, reader, writer, framing.
+//! - [`http`]: accept loop and the HTTP API; [`ws`]: upgrade, the connection (one
+//!   hand-written future per connection: input, output), framing.
 //! - [`protocol`]: the native codec, pure.
 //! - [`fanout`]: the engine: change records, index, outboxes, replay ring.
 //! - [`namespace`]: request handling per namespace, filters, dashboards, queries.
 //! - [`source`]: producers of changes (the simulator); [`store`]: query state.
-//! - [`auth`]: principals and the one place that decides what they may do.
-//! - [`alerts`], [`metrics`], [`rate_limit`], [`session`], [`time`], [`cli`].
+//! - [`auth`]: principals, JWT verification, and the one place that decides what they
+//!   may do; [`security`]: security events, client addresses, origin and per-address
+//!   limits.
+//! - [`alerts`], [`metrics`], [`rate_limit`], [`session`], [`time`], [`cli`],
+//!   [`fuzzing`] (entry points shared by the fuzz targets and the corpus test).
 //!
 //! # Invariants
 //!

@@ -144,6 +144,7 @@ async fn security_count(port: u16, kind: &str) -> u64 {
 async fn bad_tokens_are_refused_at_upgrade() {
     let (server, mut bystander) = hs_server(&[]).await;
     let port = server.port;
+    assert_eq!(get_json(port, "/").await["auth"], "jwt");
     let expired =
         json!({"sub": "u", "tenant_id": "t-a", "roles": ["staff"], "exp": unix_now() - 120});
     let cases: Vec<(&str, String, &str)> = vec![

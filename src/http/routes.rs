@@ -197,7 +197,7 @@ fn info(app: &App) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime": app.metrics.uptime_ms(),
         "startedAt": time::iso8601(app.metrics.started_ms),
-        "auth": "open",
+        "auth": if app.config.verifier.is_some() { "jwt" } else { "open" },
         "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
         "protocols": { "native": ["/ws", "/"] },
         "endpoints": [
