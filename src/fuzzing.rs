@@ -7,7 +7,7 @@
 use bytes::BytesMut;
 
 use crate::namespace::filter::{self, Filter};
-use crate::protocol::native;
+use crate::protocol::{native, socketio};
 use crate::ws::frame;
 
 /// The limit the frame target parses with (the server's default `MAX_MESSAGE_BYTES`).
@@ -48,6 +48,33 @@ pub fn ws_frames(data: &[u8]) {
                 Ok(None) => break,
                 // The connection would be closed here; nothing more is parsed.
                 Err(_) => return,
+            }
+        }
+    }
+}
+
+/// A Socket.IO client frame through the Engine.IO and Socket.IO packet decoder; what
+/// decodes must encode back to something that decodes the same way.
+pub fn socketio_packet(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(socketio::EnginePacket::Message(packet)) = socketio::decode(text) {
+        if let (socketio::PacketType::Event, Some(serde_json::Value::Array(items))) =
+            (packet.kind, &packet.data)
+        {
+            if let (Some(serde_json::Value::String(name)), Some(arg)) =
+                (items.first(), items.get(1))
+            {
+                if !name.contains(['"', '\\']) && name.chars().all(|c| !c.is_control()) {
+                    let arg = serde_json::to_vec(arg).unwrap_or_default();
+                    let again = socketio::event(&packet.ns, name, &arg);
+                    let again = String::from_utf8(again).unwrap_or_default();
+                    assert!(
+                        socketio::decode(&again).is_ok(),
+                        "re-encoded packet does not decode: {again}"
+                    );
+                }
             }
         }
     }

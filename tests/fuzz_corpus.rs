@@ -29,3 +29,8 @@ fn native_message_corpus_replays() {
 fn ws_frame_corpus_replays() {
     replay("ws_frame", nilecast::fuzzing::ws_frames);
 }
+
+#[test]
+fn socketio_packet_corpus_replays() {
+    replay("socketio_packet", nilecast::fuzzing::socketio_packet);
+}

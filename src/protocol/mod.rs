@@ -3,3 +3,4 @@
 //! Architecture Invariant: `protocol/` does no I/O and knows no connection.
 
 pub mod native;
+pub mod socketio;
