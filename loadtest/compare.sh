@@ -117,7 +117,7 @@ done
   echo
   echo "Scenarios:"
   echo
-  echo "- max-fanout: $FANOUT_CONNS connections on one product; the change rate rises by 1.2x (from 50/s) every ${STEP} s until p99 passes 250 ms or anything is missing. Figures are from the last good step."
+  echo "- max-fanout: $FANOUT_CONNS connections on one product; the change rate rises by 1.2x (from 50/s) every ${STEP} s until p99 passes 250 ms or anything is missing (a step over 250 ms is run once more before it counts). Figures are from the last good step."
   echo "- broadcast: $FANOUT_CONNS connections on one product at ${BROADCAST_RATE:-100} changes/s (half of nilecast's max-fanout rate), ${DURATION} s."
   echo "- sharded: $SHARDED_CONNS connections over $SHARDED_KEYS products, $SHARDED_RATE changes/s on random products, ${DURATION} s."
   echo "- idle: $IDLE_CONNS subscribed connections, no traffic: server RSS growth per connection."

@@ -201,7 +201,10 @@ pub async fn idle(p: &Params) -> anyhow::Result<Run> {
 }
 
 /// `max-fanout`: all connections on one key; the rate rises step by step until p99
-/// passes 250 ms or anything is missing.
+/// passes 250 ms or anything is missing. A step over the latency limit is run once
+/// more before it counts: on a shared machine one scheduling hiccup can push a single
+/// step's p99 past the limit, and the figure should not hinge on it. Missing or
+/// duplicate deliveries stop the run at once.
 pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
     let fleet = Fleet::open(&p.target, p.connections, |_| 0, OPEN_TIMEOUT).await;
     let sampler = Sampler::start(p.server_pid);
@@ -212,6 +215,7 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
     let mut total = Delivery::default();
     let mut total_published = 0usize;
     let mut total_secs = 0.0;
+    let mut retried = false;
     while rate <= p.max_rate {
         // CPU shares per step show which side was saturated: the server, or the load
         // generator (which must not be the limit).
@@ -226,14 +230,22 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
         let server_share = (stats::sample(p.server_pid).cpu_s - server_before.cpu_s) / wall;
         let loadgen_share = (stats::sample(None).cpu_s - me_before.cpu_s) / wall;
         let per_s = delivery.delivered as f64 / secs;
-        let good = delivery.missing == 0 && delivery.duplicates == 0 && latency.p99_ms <= 250.0;
+        let complete = delivery.missing == 0 && delivery.duplicates == 0;
+        let good = complete && latency.p99_ms <= 250.0;
+        let retry = complete && !good && !retried;
         eprintln!(
             "  rate {rate:.0}/s: {per_s:.0} deliveries/s, p99 {:.1} ms, missing {}, CPU server {:.0}% loadgen {:.0}%, {}",
             latency.p99_ms,
             delivery.missing,
             server_share * 100.0,
             loadgen_share * 100.0,
-            if good { "ok" } else { "stop" }
+            if good {
+                "ok"
+            } else if retry {
+                "over the limit: repeating the step"
+            } else {
+                "stop"
+            }
         );
         steps.push(serde_json::json!({
             "rate": rate, "deliveries_per_s": per_s, "p99_ms": latency.p99_ms, "missing": delivery.missing,
@@ -242,9 +254,14 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
         total_published += published.len();
         total_secs += secs;
         total.delivered += delivery.delivered;
-        if !good || fleet.failed() > 0 {
+        if fleet.failed() > 0 || (!good && !retry) {
             break;
         }
+        if retry {
+            retried = true;
+            continue;
+        }
+        retried = false;
         if latency.p99_ms < 50.0 {
             best_under_50 = Some(per_s);
         }
