@@ -574,3 +574,61 @@ async fn production_mode_refuses_to_start_without_a_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET must be at least 32 bytes"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let path = format!("/ws?token={}", token("u-1", "t-a", &["staff"]));
+    // Not trusted: X-Forwarded-For is ignored, so both upgrades come from 127.0.0.1.
+    let plain = spawn_server(&[("JWT_SECRET", SECRET), ("MAX_CONNECTIONS_PER_IP", "1")]);
+    let _held = RawClient::connect(plain.port, &path).await;
+    let r = upgrade_response(plain.port, &path, &[("X-Forwarded-For", "198.51.100.2")]).await;
+    r.assert_error(429, "rate_limited");
+
+    // Trusted: each forwarded client has its own limit, and /clients shows its address.
+    let proxied = spawn_server(&[
+        ("JWT_SECRET", SECRET),
+        ("MAX_CONNECTIONS_PER_IP", "1"),
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+    ]);
+    let mut held = Vec::new();
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        let mut raw =
+            RawClient::connect_with_headers(proxied.port, &path, &[("X-Forwarded-For", client)])
+                .await;
+        raw.recv_event("/", "connection:established").await;
+        held.push(raw);
+    }
+    let r = upgrade_response(proxied.port, &path, &[("X-Forwarded-For", "198.51.100.1")]).await;
+    r.assert_error(429, "rate_limited");
+    let auth = bearer(&token("admin-1", "t-a", &["admin"]));
+    let clients = http_request_with(
+        proxied.port,
+        "GET",
+        "/clients",
+        &[("Authorization", &auth)],
+        None,
+    )
+    .await;
+    let listed: Vec<String> = clients.json()["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter_map(|c| c["remoteAddress"].as_str().map(str::to_string))
+        .collect();
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        assert!(
+            listed.iter().any(|a| a.starts_with(client)),
+            "{client} not in /clients: {listed:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_is_refused() {
+    let (server, mut bystander) = hs_server(&[("MAX_HEADER_BYTES", "8192")]).await;
+    let port = server.port;
+    let big = "x".repeat(10_000);
+    let r = http_request_with(port, "GET", "/health", &[("X-Padding", &big)], None).await;
+    assert_eq!(r.status, 431, "{}", r.text());
+    bystander.assert_receives(port).await;
+}

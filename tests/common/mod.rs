@@ -989,7 +989,25 @@ impl RawClient {
     }
 
     /// Connects; `rcvbuf` shrinks the kernel receive buffer (slow-consumer tests).
+    /// Connects with extra headers on the upgrade request.
+    pub async fn connect_with_headers(
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> RawClient {
+        Self::connect_full(port, path, None, headers).await
+    }
+
     pub async fn connect_with(port: u16, path: &str, rcvbuf: Option<u32>) -> RawClient {
+        Self::connect_full(port, path, rcvbuf, &[]).await
+    }
+
+    async fn connect_full(
+        port: u16,
+        path: &str,
+        rcvbuf: Option<u32>,
+        headers: &[(&str, &str)],
+    ) -> RawClient {
         let fut = async {
             let socket = TcpSocket::new_v4().expect("socket");
             if let Some(size) = rcvbuf {
@@ -1006,7 +1024,7 @@ impl RawClient {
                 pings: 0,
                 next_ack: 1,
             };
-            c.handshake(port, path).await;
+            c.handshake(port, path, headers).await;
             c
         };
         tokio::time::timeout(TIMEOUT, fut)
@@ -1014,11 +1032,15 @@ impl RawClient {
             .expect("raw websocket connect timed out")
     }
 
-    async fn handshake(&mut self, port: u16, path: &str) {
+    async fn handshake(&mut self, port: u16, path: &str, headers: &[(&str, &str)]) {
         let key_bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
         let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         );
         self.stream
             .write_all(req.as_bytes())
