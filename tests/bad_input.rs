@@ -336,6 +336,20 @@ async fn frame_over_max_message_bytes_closes_1009() {
     raw.send_frame(true, OP_CONT, c).await;
     assert_eq!(raw.expect_close(TIMEOUT).await, Some(1009));
     case.bystander_ok().await;
+
+    // Many small fragments: the total is capped, not each fragment, so the server
+    // closes once the message passes the limit however it is cut up.
+    let mut raw = RawClient::connect(port, "/ws").await;
+    raw.recv_event("/", "connection:established").await;
+    let piece = [b'x'; 64];
+    assert!(raw.send_frame(false, OP_TEXT, &piece).await);
+    for _ in 0..1000 {
+        if !raw.send_frame(false, OP_CONT, &piece).await {
+            break;
+        }
+    }
+    assert_eq!(raw.expect_close(TIMEOUT).await, Some(1009));
+    case.bystander_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
