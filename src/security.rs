@@ -237,29 +237,29 @@ mod tests {
 
     #[test]
     fn ranges_match_addresses_and_blocks() {
-        let r = IpRange::parse("10.0.0.0/8").unwrap();
-        assert!(r.contains("10.1.2.3".parse().unwrap()));
-        assert!(!r.contains("11.0.0.1".parse().unwrap()));
-        assert!(r.contains("::ffff:10.0.0.1".parse().unwrap()));
-        let one = IpRange::parse("127.0.0.1").unwrap();
-        assert!(one.contains("127.0.0.1".parse().unwrap()));
-        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let r = IpRange::parse("10.0.0.0/8").expect("test address");
+        assert!(r.contains("10.1.2.3".parse().expect("test address")));
+        assert!(!r.contains("11.0.0.1".parse().expect("test address")));
+        assert!(r.contains("::ffff:10.0.0.1".parse().expect("test address")));
+        let one = IpRange::parse("127.0.0.1").expect("test address");
+        assert!(one.contains("127.0.0.1".parse().expect("test address")));
+        assert!(!one.contains("127.0.0.2".parse().expect("test address")));
         assert!(IpRange::parse("::1/129").is_err());
         assert!(IpRange::parse("nonsense").is_err());
     }
 
     #[test]
     fn forwarded_for_counts_only_behind_a_trusted_proxy() {
-        let peer: SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let peer: SocketAddr = "10.0.0.5:4000".parse().expect("test address");
         let mut headers = HeaderMap::new();
         headers.insert(
             "x-forwarded-for",
             HeaderValue::from_static("1.1.1.1, 203.0.113.9, 10.0.0.7"),
         );
-        let trusted = [IpRange::parse("10.0.0.0/8").unwrap()];
+        let trusted = [IpRange::parse("10.0.0.0/8").expect("test address")];
         assert_eq!(
             client_addr(peer, &headers, &trusted).ip(),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
+            "203.0.113.9".parse::<IpAddr>().expect("test address")
         );
         assert_eq!(client_addr(peer, &headers, &[]), peer);
     }
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn an_address_is_held_to_its_connection_and_upgrade_limits() {
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().expect("test address");
         let limits = AddressLimits::new(2, 3);
         assert_eq!(limits.admit(ip, 0), Ok(()));
         assert_eq!(limits.admit(ip, 0), Ok(()));

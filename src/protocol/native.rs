@@ -108,7 +108,7 @@ pub fn parse_request(text: &[u8]) -> Result<Request, BadRequest> {
 
 /// True when brackets nest deeper than `max` outside strings. A byte scan, so a hostile
 /// frame is refused before the JSON parser recurses into it.
-fn too_deep(text: &[u8], max: usize) -> bool {
+pub(crate) fn too_deep(text: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;

@@ -19,7 +19,7 @@
 
 use serde_json::Value;
 
-use super::native::MAX_DEPTH;
+use super::native::{self, MAX_DEPTH};
 
 /// The longest namespace accepted.
 const MAX_NAMESPACE: usize = 128;
@@ -137,7 +137,7 @@ pub fn decode_packet(text: &str) -> Result<Packet, DecodeError> {
     let data = if payload.is_empty() {
         None
     } else {
-        if too_deep(payload.as_bytes()) {
+        if native::too_deep(payload.as_bytes(), MAX_DEPTH) {
             return Err(DecodeError::TooDeep);
         }
         Some(serde_json::from_str::<Value>(payload).map_err(|_| DecodeError::Json)?)
@@ -155,34 +155,6 @@ pub fn decode_packet(text: &str) -> Result<Packet, DecodeError> {
         return Err(DecodeError::Payload);
     }
     Ok(Packet { kind, ns, id, data })
-}
-
-/// True when brackets nest deeper than [`MAX_DEPTH`] outside strings.
-fn too_deep(text: &[u8]) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in text {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
 }
 
 /// The namespace prefix of a packet: nothing for `/`, else `/ns,`.
@@ -228,12 +200,15 @@ mod tests {
 
     #[test]
     fn decodes_the_packets_a_client_sends() {
-        assert_eq!(decode("2").unwrap(), EnginePacket::Ping(String::new()));
         assert_eq!(
-            decode("3probe").unwrap(),
+            decode("2").expect("test packet"),
+            EnginePacket::Ping(String::new())
+        );
+        assert_eq!(
+            decode("3probe").expect("test packet"),
             EnginePacket::Pong("probe".into())
         );
-        let connect = decode(r#"40/inventory,{"token":"t"}"#).unwrap();
+        let connect = decode(r#"40/inventory,{"token":"t"}"#).expect("test packet");
         assert_eq!(
             connect,
             EnginePacket::Message(Packet {
@@ -244,20 +219,21 @@ mod tests {
             })
         );
         let EnginePacket::Message(p) =
-            decode(r#"42/inventory,17["inventory:subscribe",{"productIds":["p-1"]}]"#).unwrap()
+            decode(r#"42/inventory,17["inventory:subscribe",{"productIds":["p-1"]}]"#)
+                .expect("test packet")
         else {
             panic!("not a message");
         };
         assert_eq!(p.kind, PacketType::Event);
         assert_eq!(p.ns, "/inventory");
         assert_eq!(p.id, Some(17));
-        assert_eq!(p.data.unwrap()[0], "inventory:subscribe");
-        let EnginePacket::Message(root) = decode(r#"42["ping"]"#).unwrap() else {
+        assert_eq!(p.data.expect("test packet")[0], "inventory:subscribe");
+        let EnginePacket::Message(root) = decode(r#"42["ping"]"#).expect("test packet") else {
             panic!("not a message");
         };
         assert_eq!((root.ns.as_str(), root.id), ("/", None));
         assert_eq!(
-            decode("41/orders,").unwrap(),
+            decode("41/orders,").expect("test packet"),
             EnginePacket::Message(Packet {
                 kind: PacketType::Disconnect,
                 ns: "/orders".into(),
@@ -304,10 +280,11 @@ mod tests {
         assert_eq!(event("/", "pong", b"{}"), br#"42["pong",{}]"#.to_vec());
         assert_eq!(ack("/orders", 5, b"{}"), br#"43/orders,5[{}]"#.to_vec());
         // What is encoded decodes (the server's packets follow the same grammar).
-        let text = String::from_utf8(event("/inventory", "x", br#"{"a":[1,2]}"#)).unwrap();
-        let EnginePacket::Message(p) = decode(&text).unwrap() else {
+        let text =
+            String::from_utf8(event("/inventory", "x", br#"{"a":[1,2]}"#)).expect("test packet");
+        let EnginePacket::Message(p) = decode(&text).expect("test packet") else {
             panic!("not a message");
         };
-        assert_eq!(p.data.unwrap(), json!(["x", {"a": [1, 2]}]));
+        assert_eq!(p.data.expect("test packet"), json!(["x", {"a": [1, 2]}]));
     }
 }
