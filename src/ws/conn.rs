@@ -44,8 +44,6 @@ const READ_CHUNK: usize = 4096;
 /// Batches written per turn of the loop before the task lets others run.
 const BATCHES_PER_TURN: usize = 4;
 
-/// Turns of the loop in one poll before the task yields to others, however busy.
-const TURNS_PER_POLL: usize = 16;
 
 /// A connection's state, owned by its task.
 pub struct Conn {
@@ -153,7 +151,11 @@ impl Future for Conn {
         if conn.closing.is_some() {
             return conn.poll_close(cx);
         }
-        for _ in 0..TURNS_PER_POLL {
+        loop {
+            // Each turn spends a unit of tokio's cooperative budget: a connection that
+            // stays busy yields to other tasks when it runs out, and is polled again.
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            coop.made_progress();
             conn.handle_input();
             match conn.outbox().state() {
                 state::OPEN => {
@@ -180,9 +182,6 @@ impl Future for Conn {
                 return Poll::Pending;
             }
         }
-        // Busy: let other tasks run, and come back.
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 
