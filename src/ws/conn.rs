@@ -44,7 +44,6 @@ const READ_CHUNK: usize = 4096;
 /// Batches written per turn of the loop before the task lets others run.
 const BATCHES_PER_TURN: usize = 4;
 
-
 /// A connection's state, owned by its task.
 pub struct Conn {
     pub(super) app: Arc<App>,
