@@ -115,6 +115,13 @@ impl Alerts {
         alert
     }
 
+    /// Numbers alerts from `first` on: with a database, alert ids must not repeat
+    /// across restarts (they are the alerts table's key).
+    pub fn number_from(&self, first: u64) {
+        let mut book = self.book.lock();
+        book.next_id = book.next_id.max(first);
+    }
+
     /// An inventory change at or below its threshold raises a stock alert, unless one is
     /// still unacknowledged for the same tenant, product and warehouse.
     pub fn on_inventory(&self, record: &Record) -> Option<Alert> {

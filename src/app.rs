@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::alerts::Alerts;
 use crate::config::Config;
+use crate::db::{self, Db, Detection};
 use crate::error::close;
 use crate::fanout::Engine;
 use crate::metrics::{self, Gauges, Metrics};
@@ -40,11 +41,17 @@ pub struct App {
     /// Connections and upgrades per client address.
     pub addresses: AddressLimits,
     pub shutdown: Shutdown,
+    /// PostgreSQL / Nile DB, when configured.
+    pub db: Option<Arc<Db>>,
     next_session: AtomicU64,
 }
 
 impl App {
     pub fn new(config: Config) -> Arc<App> {
+        App::with_db(config, None)
+    }
+
+    pub fn with_db(config: Config, db: Option<Arc<Db>>) -> Arc<App> {
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(MemoryStore::new());
         let alerts = Arc::new(Alerts::new(&config));
@@ -61,6 +68,7 @@ impl App {
             sessions: DashMap::new(),
             addresses,
             shutdown: Shutdown::new(),
+            db,
             next_session: AtomicU64::new(1),
         })
     }
@@ -121,20 +129,79 @@ impl Server {
 pub async fn start(config: Config) -> std::io::Result<Server> {
     let listener = TcpListener::bind((config.bind, config.port)).await?;
     let addr = listener.local_addr()?;
-    let app = App::new(config);
+    let db = if config.db.enabled() {
+        Some(Db::new(&config.db, config.slow_query_ms).map_err(std::io::Error::other)?)
+    } else {
+        None
+    };
+    let app = App::with_db(config, db);
     app.metrics
         .rss_bytes
         .store(metrics::read_rss_bytes(), Relaxed);
 
     let world = simulator::World::demo();
     world.seed(&app.store);
-    if app.config.simulate_rate > 0.0 {
-        app.shutdown.spawn(simulator::run(app.clone(), world));
+    match app.db.clone() {
+        Some(db) => {
+            let (alerts, raised) = tokio::sync::mpsc::unbounded_channel();
+            app.engine.set_alert_sink(alerts);
+            app.alerts.number_from(time::now_ms());
+            app.shutdown
+                .spawn(db::store::alert_writer(app.clone(), db.clone(), raised));
+            app.shutdown.spawn(start_database(app.clone(), db, world));
+        }
+        None if app.config.simulate_rate > 0.0 => {
+            app.shutdown.spawn(simulator::run(app.clone(), world));
+        }
+        None => {}
     }
     app.shutdown.spawn(housekeeping(app.clone()));
     app.shutdown
         .spawn(crate::http::accept_loop(app.clone(), listener));
     Ok(Server { addr, app })
+}
+
+/// With a database: applies the schema when asked (retrying while the database is
+/// unreachable: the server serves degraded meanwhile), seeds the demo tables when the
+/// simulator is on, then starts the feed, table-poll, retention and the simulator.
+async fn start_database(app: Arc<App>, db: Arc<Db>, world: simulator::World) {
+    let mut delay = Duration::from_millis(200);
+    let detection = db.config.detection;
+    loop {
+        let step = async {
+            if app.config.migrate {
+                let applied = db::schema::migrate(&db, detection == Detection::Notify).await?;
+                if !applied.is_empty() {
+                    tracing::info!(applied = ?applied, "database schema applied");
+                }
+            }
+            if app.config.simulate_rate > 0.0 && db::store::seed_demo(&db, &world).await? {
+                tracing::info!("demo tables seeded for tenant default");
+            }
+            Ok::<(), db::DbError>(())
+        };
+        match step.await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not ready; serving degraded and retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = app.shutdown.cancelled() => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    app.shutdown.spawn(db::feed::run(app.clone(), db.clone()));
+    app.shutdown
+        .spawn(db::feed::retention(app.clone(), db.clone()));
+    if detection == Detection::TablePoll {
+        app.shutdown
+            .spawn(db::table_poll::run(app.clone(), db.clone()));
+    }
+    if app.config.simulate_rate > 0.0 {
+        app.shutdown.spawn(simulator::run(app.clone(), world));
+    }
 }
 
 /// One ticker for all connections rather than a timer each (a timer per connection

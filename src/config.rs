@@ -367,6 +367,14 @@ pub struct Config {
     )]
     pub max_header_bytes: usize,
 
+    #[command(flatten)]
+    pub db: crate::db::DbConfig,
+
+    /// Apply the database schema (`nilecast migrate`) at start, retrying while the
+    /// database is unreachable.
+    #[arg(long = "migrate", env = "NILECAST_MIGRATE", value_name = "NILECAST_MIGRATE")]
+    pub migrate: bool,
+
     /// The token verifier built from the JWT settings by `validate` (None: auth off).
     #[arg(skip)]
     pub verifier: Option<std::sync::Arc<crate::auth::jwt::Verifier>>,
@@ -436,6 +444,7 @@ impl Config {
             .filter(|p| !p.trim().is_empty())
             .map(|p| crate::security::IpRange::parse(p))
             .collect::<Result<_, _>>()?;
+        self.db.validate()?;
         self.verifier = crate::auth::jwt::Verifier::from_config(self)?.map(std::sync::Arc::new);
         if self.is_production() && self.verifier.is_none() {
             return Err("production mode (NILECAST_ENV or NODE_ENV is production) needs JWT_SECRET or JWT_PUBLIC_KEY: refusing to run without authentication".into());

@@ -24,6 +24,8 @@
 //! - [`fanout`]: the engine: change records, index, outboxes, replay ring.
 //! - [`namespace`]: request handling per namespace, filters, dashboards, queries.
 //! - [`source`]: producers of changes (the simulator); [`store`]: query state.
+//! - [`db`]: PostgreSQL / Nile DB: schema, the change feed (change log in, engine
+//!   out), queries and writes, and the MySQL read fallback.
 //! - [`auth`]: principals, JWT verification, and the one place that decides what they
 //!   may do; [`security`]: security events, client addresses, origin and per-address
 //!   limits.
@@ -45,6 +47,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod fanout;
 pub mod fuzzing;

@@ -1,5 +1,6 @@
 //! The `nilecast` command: `serve` (the default) runs the server; `health`, `metrics`,
-//! `clients` and `check` talk to a running one; `token` mints a development token.
+//! `clients` and `check` talk to a running one; `token` mints a development token;
+//! `migrate` and `db-check` work on the database.
 
 use std::process::ExitCode;
 
@@ -38,6 +39,17 @@ enum Command {
     Check(Target),
     /// Print an HS256 token signed with JWT_SECRET (development and scripts).
     Token(cli::TokenArgs),
+    /// Apply the database schema (idempotent; triggers only for CHANGE_DETECTION=notify).
+    Migrate {
+        #[command(flatten)]
+        db: Box<nilecast::db::DbConfig>,
+    },
+    /// Check the database: connection, schema version, triggers, a round trip through
+    /// the change feed, the fallback.
+    DbCheck {
+        #[command(flatten)]
+        db: Box<nilecast::db::DbConfig>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +71,8 @@ fn main() -> ExitCode {
         Command::Metrics(t) => client(cli::show(&t, "/metrics")),
         Command::Clients(t) => client(cli::show(&t, "/clients")),
         Command::Check(t) => client(cli::check(&t)),
+        Command::Migrate { db } => client(nilecast::db::check::migrate(&db)),
+        Command::DbCheck { db } => client(nilecast::db::check::check(&db)),
         Command::Token(args) => match cli::token(&args) {
             Ok(token) => {
                 println!("{token}");

@@ -51,6 +51,41 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Howard Hinnant's `days_from_civil`: (year, month, day) to days since 1970-01-01.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Milliseconds since the epoch as (year, month, day, hour, minute, second, micros).
+pub fn civil(ms: u64) -> (i64, u32, u32, u32, u32, u32, u32) {
+    let secs = ms / 1000;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        ((rem % 3600) / 60) as u32,
+        (rem % 60) as u32,
+        (ms % 1000) as u32 * 1000,
+    )
+}
+
+/// (year, month, day, hour, minute, second, micros) in UTC to milliseconds since the
+/// epoch (0 for instants before it).
+pub fn from_civil(y: i64, m: u32, d: u32, h: u32, mi: u32, s: u32, us: u32) -> u64 {
+    let days = days_from_civil(y, m.max(1), d.max(1));
+    let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s);
+    (secs.max(0) as u64) * 1000 + u64::from(us / 1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +95,13 @@ mod tests {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(iso8601(1_795_680_000_000), "2026-11-26T08:00:00.000Z");
+    }
+
+    #[test]
+    fn civil_round_trips() {
+        for ms in [0, 951_782_400_123, 1_795_680_000_000, 4_102_444_799_999] {
+            let (y, m, d, h, mi, s, us) = civil(ms);
+            assert_eq!(from_civil(y, m, d, h, mi, s, us), ms);
+        }
     }
 }

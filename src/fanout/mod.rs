@@ -41,6 +41,24 @@ struct State {
     ring: Ring,
 }
 
+/// A change that already has its seq: a change-log row read by the database feed.
+pub struct Logged {
+    pub seq: u64,
+    pub change: Change,
+    /// When it was written to the change log.
+    pub timestamp_ms: u64,
+}
+
+/// Changes read from the change log for a `sinceSeq` replay that reaches below the
+/// retention ring: matching changes in `(since, through]`, oldest first.
+pub struct LogReplay {
+    pub records: Vec<Arc<Record>>,
+    pub through: u64,
+    /// Some of `(since, through]` is gone from the log too (retention, or more than
+    /// `REPLAY_MAX_DB_CHANGES`).
+    pub gap: bool,
+}
+
 /// What a subscribe produced, for its reply.
 #[derive(Debug, Clone, Copy)]
 pub struct Subscribed {
@@ -57,6 +75,9 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     default_threshold: f64,
     next_subscription: AtomicU64,
+    /// With a database, alerts raised under the publish lock go here (to be stored and
+    /// logged, so they get a change-log seq) instead of being published at once.
+    alert_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Alert>>,
 }
 
 /// The id clients see for subscription `id`.
@@ -91,7 +112,60 @@ impl Engine {
             metrics,
             default_threshold: config.low_stock_threshold,
             next_subscription: AtomicU64::new(1),
+            alert_sink: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends alerts raised from now on to `sink` rather than publishing them (the
+    /// database feed publishes them once they are in the change log).
+    pub fn set_alert_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<Alert>) {
+        let _ = self.alert_sink.set(sink);
+    }
+
+    /// Makes `seq` the last seq published: the database feed's start position. The
+    /// retention ring starts empty above it, so older replays read the change log.
+    pub fn set_floor(&self, seq: u64) {
+        let mut state = self.state.lock();
+        state.next_seq = seq + 1;
+        state.ring.reset(seq);
+    }
+
+    /// The highest seq a replay from the ring can not serve (evicted or before start).
+    pub fn ring_floor(&self) -> u64 {
+        self.state.lock().ring.evicted_up_to()
+    }
+
+    /// A record for a change that already has its seq (replay from the change log).
+    pub fn build_record(&self, logged: &Logged) -> Arc<Record> {
+        let change = &logged.change;
+        let mut keys = Keys::extract(change.data_type, &change.data);
+        self.complete_keys(&change.tenant, change.data_type, &mut keys);
+        Arc::new(Record::build(logged.seq, change, keys, logged.timestamp_ms))
+    }
+
+    /// Publishes change-log rows with their own seqs, in order. A seq at or below the
+    /// last published one is skipped (it was published already). Returns how many
+    /// were published.
+    pub fn publish_logged(&self, batch: &[Logged]) -> usize {
+        let mut state = self.state.lock();
+        let mut follow_ups = Vec::new();
+        let mut published = 0;
+        for logged in batch {
+            if logged.seq < state.next_seq {
+                self.metrics.duplicates_suppressed.fetch_add(1, Relaxed);
+                continue;
+            }
+            state.next_seq = logged.seq;
+            self.publish_locked(
+                &mut state,
+                &logged.change,
+                Some(logged.timestamp_ms),
+                &mut follow_ups,
+            );
+            published += 1;
+        }
+        self.publish_follow_ups(&mut state, follow_ups);
+        published
     }
 
     /// Publishes one change and returns its seq.
@@ -106,14 +180,37 @@ impl Engine {
         let mut follow_ups = Vec::new();
         let seqs: Vec<u64> = changes
             .iter()
-            .map(|c| self.publish_locked(&mut state, c, &mut follow_ups))
+            .map(|c| self.publish_locked(&mut state, c, None, &mut follow_ups))
             .collect();
+        self.publish_follow_ups(&mut state, follow_ups);
+        seqs
+    }
+
+    /// Publishes the notifications of raised alerts, or hands the alerts to the
+    /// database's sink.
+    fn publish_follow_ups(&self, state: &mut State, mut follow_ups: Vec<Alert>) {
+        if let Some(sink) = self.alert_sink.get() {
+            for alert in follow_ups {
+                let _ = sink.send(alert);
+            }
+            return;
+        }
         while !follow_ups.is_empty() {
-            for change in std::mem::take(&mut follow_ups) {
-                self.publish_locked(&mut state, &change, &mut follow_ups);
+            for alert in std::mem::take(&mut follow_ups) {
+                let change = Change {
+                    data_type: DataType::Notification,
+                    tenant: Arc::from(alert.tenant.as_str()),
+                    data: alert.notification_data(),
+                };
+                self.publish_locked(state, &change, None, &mut follow_ups);
             }
         }
-        seqs
+    }
+
+    /// Announces an alert raised outside the publish path (a slow query).
+    pub fn raise(&self, alert: Alert) {
+        let mut state = self.state.lock();
+        self.publish_follow_ups(&mut state, vec![alert]);
     }
 
     /// Publishes a notification announcing `alert` (used for acknowledgements too).
@@ -129,18 +226,21 @@ impl Engine {
         })
     }
 
+    /// Publishes one change with the seq `state.next_seq`. `timestamp_ms` is the
+    /// change-log time of a logged change (None: now).
     fn publish_locked(
         &self,
         state: &mut State,
         change: &Change,
-        follow_ups: &mut Vec<Change>,
+        timestamp_ms: Option<u64>,
+        follow_ups: &mut Vec<Alert>,
     ) -> u64 {
         let seq = state.next_seq;
         state.next_seq += 1;
         let now = time::now_ms();
         let mut keys = Keys::extract(change.data_type, &change.data);
         self.complete_keys(&change.tenant, change.data_type, &mut keys);
-        let mut record = Record::build(seq, change, keys, now);
+        let mut record = Record::build(seq, change, keys, timestamp_ms.unwrap_or(now));
 
         let mut raised: Option<Alert> = None;
         if change.data_type == DataType::Inventory {
@@ -160,11 +260,7 @@ impl Engine {
         }
         if let Some(alert) = raised {
             self.metrics.alerts_raised.fetch_add(1, Relaxed);
-            follow_ups.push(Change {
-                data_type: DataType::Notification,
-                tenant: change.tenant.clone(),
-                data: alert.notification_data(),
-            });
+            follow_ups.push(alert);
         }
         state.ring.push(record.clone(), now);
         self.route(&record);
@@ -255,6 +351,7 @@ impl Engine {
         session: &Arc<Session>,
         filter: Filter,
         since: Option<u64>,
+        from_log: Option<LogReplay>,
         initial: Option<Arc<Record>>,
         reply: impl FnOnce(Subscribed) -> Option<Bytes>,
     ) -> Subscribed {
@@ -274,14 +371,26 @@ impl Engine {
         let (replay, gap) = match since {
             Some(since) => {
                 let floor = since.max(outbox.last_seq(ns));
-                let (retained, gap) = state.ring.since(since);
-                (
+                // Changes read from the log come first; the ring serves what is above.
+                let (mut replay, log_gap, ring_since) = match from_log {
+                    Some(log) => {
+                        let records: Vec<Arc<Record>> = log
+                            .records
+                            .into_iter()
+                            .filter(|r| r.seq > floor && sub.matches(r))
+                            .collect();
+                        (records, log.gap, since.max(log.through))
+                    }
+                    None => (Vec::new(), false, since),
+                };
+                let floor = floor.max(ring_since);
+                let (retained, ring_gap) = state.ring.since(ring_since);
+                replay.extend(
                     retained
                         .filter(|r| r.seq > floor && sub.matches(r))
-                        .cloned()
-                        .collect(),
-                    gap,
-                )
+                        .cloned(),
+                );
+                (replay, log_gap || ring_gap)
             }
             None => (Vec::new(), false),
         };

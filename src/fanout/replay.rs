@@ -30,6 +30,17 @@ impl Ring {
         }
     }
 
+    /// Empties the ring and treats everything up to `seq` as gone (the database feed's
+    /// start position: older changes are replayed from the change log).
+    pub fn reset(&mut self, seq: u64) {
+        self.items.clear();
+        self.evicted_up_to = seq;
+    }
+
+    pub fn evicted_up_to(&self) -> u64 {
+        self.evicted_up_to
+    }
+
     pub fn push(&mut self, record: Arc<Record>, now_ms: u64) {
         self.items.push_back(record);
         while self.items.len() > self.max_changes {

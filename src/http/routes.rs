@@ -139,9 +139,25 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
     match segments.as_slice() {
         [] => json_response(StatusCode::OK, &info(app)),
         ["health"] => health(app),
-        ["metrics"] => json_response(StatusCode::OK, &app.metrics.to_json(&app.gauges())),
+        ["metrics"] => {
+            let mut body = app.metrics.to_json(&app.gauges());
+            if let Some(db) = &app.db {
+                body["niledb"] = db.metrics();
+            }
+            json_response(StatusCode::OK, &body)
+        }
         ["metrics", "prometheus"] => prometheus(app),
         ["clients"] => clients(app, &principal),
+        ["alerts"] if app.db.is_some() => {
+            let all = query_param(req.uri(), "all").as_deref() == Some("true");
+            db_alerts(app, &principal, all).await
+        }
+        ["alerts", id, "acknowledge"] if app.db.is_some() => {
+            db_acknowledge(app, &principal, id).await
+        }
+        ["changes", data_type] if app.db.is_some() => {
+            db_changes(app, &principal, data_type, &req).await
+        }
         ["alerts"] => alerts(
             app,
             &principal,
@@ -212,6 +228,11 @@ fn info(app: &App) -> Value {
 fn health(app: &App) -> Resp {
     let over_memory = app.over_memory();
     let shutting_down = app.shutdown.is_triggered();
+    let niledb = match &app.db {
+        Some(db) => db.health(),
+        None => json!({ "status": "disabled" }),
+    };
+    let db_degraded = niledb["status"] == "degraded";
     let ws_status = if shutting_down {
         "unhealthy"
     } else if over_memory {
@@ -219,8 +240,13 @@ fn health(app: &App) -> Resp {
     } else {
         "healthy"
     };
+    let overall = if ws_status == "healthy" && db_degraded {
+        "degraded"
+    } else {
+        ws_status
+    };
     let body = json!({
-        "status": ws_status,
+        "status": overall,
         "timestamp": time::iso8601(time::now_ms()),
         "uptime": app.metrics.uptime_ms(),
         "services": {
@@ -235,7 +261,7 @@ fn health(app: &App) -> Resp {
                     "overMemoryLimit": over_memory,
                 },
             },
-            "niledb": { "status": "disabled" },
+            "niledb": niledb,
             "redis": { "status": "disabled" },
         },
     });
@@ -248,9 +274,11 @@ fn health(app: &App) -> Resp {
 }
 
 fn prometheus(app: &App) -> Resp {
-    let mut response = Response::new(Full::new(Bytes::from(
-        app.metrics.to_prometheus(&app.gauges()),
-    )));
+    let mut text = app.metrics.to_prometheus(&app.gauges());
+    if let Some(db) = &app.db {
+        db.prometheus(&mut text);
+    }
+    let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -326,32 +354,45 @@ fn acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
     json_response(StatusCode::OK, &alert.to_json())
 }
 
-fn changes(app: &App, principal: &Principal, data_type: &str, req: &Request<Incoming>) -> Resp {
+/// `/changes/:dataType` parameters: the data type, `since` and `limit`.
+fn changes_params(
+    principal: &Principal,
+    data_type: &str,
+    req: &Request<Incoming>,
+) -> Result<(DataType, u64, usize), Resp> {
     if let Err(r) = principal.may_administer() {
-        return error_response(&r);
+        return Err(error_response(&r));
     }
     let Some(data_type) = DataType::parse(data_type) else {
-        return not_found("unknown data type");
+        return Err(not_found("unknown data type"));
     };
     let since = match query_param(req.uri(), "since").map(|s| s.parse::<u64>()) {
         None => 0,
         Some(Ok(s)) => s,
         Some(Err(_)) => {
-            return error_response(&Refusal::new(
+            return Err(error_response(&Refusal::new(
                 ErrorCode::InvalidMessage,
                 "since must be a non-negative integer",
-            ))
+            )))
         }
     };
     let limit = match query_param(req.uri(), "limit").map(|s| s.parse::<usize>()) {
         None => CHANGES_DEFAULT_LIMIT,
         Some(Ok(n)) if n > 0 => n.min(CHANGES_MAX_LIMIT),
         Some(_) => {
-            return error_response(&Refusal::new(
+            return Err(error_response(&Refusal::new(
                 ErrorCode::InvalidMessage,
                 "limit must be a positive integer",
-            ))
+            )))
         }
+    };
+    Ok((data_type, since, limit))
+}
+
+fn changes(app: &App, principal: &Principal, data_type: &str, req: &Request<Incoming>) -> Resp {
+    let (data_type, since, limit) = match changes_params(principal, data_type, req) {
+        Ok(p) => p,
+        Err(response) => return response,
     };
     let list: Vec<Value> = app
         .engine
@@ -363,6 +404,85 @@ fn changes(app: &App, principal: &Principal, data_type: &str, req: &Request<Inco
         StatusCode::OK,
         &json!({ "count": list.len(), "changes": list }),
     )
+}
+
+fn db_error(app: &App, e: &crate::db::DbError) -> Resp {
+    let refusal = crate::namespace::db_refusal(e);
+    app.metrics.error(refusal.code);
+    error_response(&refusal)
+}
+
+/// `/changes/:dataType` from the change log.
+async fn db_changes(
+    app: &App,
+    principal: &Principal,
+    data_type: &str,
+    req: &Request<Incoming>,
+) -> Resp {
+    let (data_type, since, limit) = match changes_params(principal, data_type, req) {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    let Some(db) = &app.db else {
+        return changes(app, principal, data_type.name(), req);
+    };
+    let query = crate::db::queries::changes(&principal.tenant, Some(data_type), since, limit);
+    match db.read(&query).await {
+        Ok(timed) => {
+            crate::namespace::note_slow(app, &principal.tenant, &timed);
+            let list: Vec<Value> = crate::db::queries::records(&app.engine, &timed.value)
+                .iter()
+                .map(|r| r.payload_json())
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({ "count": list.len(), "changes": list }),
+            )
+        }
+        Err(e) => db_error(app, &e),
+    }
+}
+
+/// `/alerts` from the alerts table.
+async fn db_alerts(app: &App, principal: &Principal, all: bool) -> Resp {
+    if let Err(r) = principal.may_administer() {
+        return error_response(&r);
+    }
+    let Some(db) = &app.db else {
+        return alerts(app, principal, all);
+    };
+    match db.read(&crate::db::queries::alerts(&principal.tenant, all)).await {
+        Ok(timed) => {
+            crate::namespace::note_slow(app, &principal.tenant, &timed);
+            let list: Vec<Value> = timed
+                .value
+                .into_iter()
+                .map(|mut r| crate::db::store::alert_json(&mut r, &principal.tenant))
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({ "count": list.len(), "alerts": list }),
+            )
+        }
+        Err(e) => db_error(app, &e),
+    }
+}
+
+/// Acknowledges an alert in the alerts table (and in the in-memory rules, so the same
+/// condition may raise a new alert).
+async fn db_acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
+    if let Err(r) = principal.may_administer() {
+        return error_response(&r);
+    }
+    let Some(db) = &app.db else {
+        return acknowledge(app, principal, id);
+    };
+    app.alerts.acknowledge(&principal.tenant, id);
+    match crate::db::store::acknowledge(db, &principal.tenant, id, &principal.user_id).await {
+        Ok(Some((alert, _))) => json_response(StatusCode::OK, &alert),
+        Ok(None) => not_found("no such alert"),
+        Err(e) => db_error(app, &e),
+    }
 }
 
 /// Reads a request body up to `MAX_BODY_BYTES`; a larger one is 413.
@@ -477,6 +597,12 @@ async fn publish(
     }
     let seqs = if changes.is_empty() {
         Vec::new()
+    } else if let Some(db) = &app.db {
+        // Into the change log: every node sees the same stream, with the log's seqs.
+        match crate::db::store::log_changes(db, &changes).await {
+            Ok(seqs) => seqs,
+            Err(e) => return db_error(app, &e),
+        }
     } else {
         app.engine.publish_all(changes)
     };

@@ -33,6 +33,77 @@ pub struct Ctx<'a> {
     pub principal: Arc<Principal>,
     pub ns: Namespace,
     pub ack: Option<u64>,
+    pub event: &'a str,
+}
+
+/// The owned half of a [`Ctx`], for a reply that comes after an await (a database
+/// query runs in a task of its own; the connection goes on meanwhile).
+#[derive(Clone)]
+pub struct Later {
+    pub app: Arc<App>,
+    pub session: Arc<Session>,
+    pub principal: Arc<Principal>,
+    pub ns: Namespace,
+    pub ack: Option<u64>,
+    pub event: Arc<str>,
+}
+
+impl Later {
+    pub fn reply_frame(&self, event: &str, data: &Value) -> Bytes {
+        match self.ack {
+            Some(ack) => native::ack_frame(self.ns.path(), ack, data),
+            None => native::event_frame(self.ns.path(), event, data),
+        }
+    }
+
+    pub fn reply(&self, event: &str, data: &Value) {
+        self.session.outbox.send(self.reply_frame(event, data));
+    }
+
+    /// Sends the error reply a refused request gets, and counts it.
+    pub fn refuse(&self, refusal: &Refusal) {
+        self.app.metrics.error(refusal.code);
+        self.session.outbox.send(native::refusal_frame(
+            self.ns.path(),
+            refusal,
+            Some(&self.event),
+            self.ack,
+        ));
+    }
+
+    pub fn db(&self) -> Result<&Arc<crate::db::Db>, Refusal> {
+        self.app
+            .db
+            .as_ref()
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no database configured"))
+    }
+
+    /// Raises a `slow_query` alert for a query over the threshold.
+    pub fn note<T>(&self, timed: crate::db::Timed<T>) -> T {
+        note_slow(&self.app, &self.principal.tenant, &timed);
+        timed.value
+    }
+}
+
+/// Raises a `slow_query` alert when `timed` took longer than `SLOW_QUERY_MS`.
+pub fn note_slow<T>(app: &App, tenant: &str, timed: &crate::db::Timed<T>) {
+    if timed.slow {
+        if let Some(alert) = app.alerts.on_query(tenant, timed.name, timed.millis) {
+            app.metrics
+                .alerts_raised
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            app.engine.raise(alert);
+        }
+    }
+}
+
+/// A database error as the refusal a client sees.
+pub fn db_refusal(e: &crate::db::DbError) -> Refusal {
+    if e.is_unavailable() {
+        Refusal::new(ErrorCode::Unavailable, "the database is unreachable; try again")
+    } else {
+        Refusal::new(ErrorCode::Internal, "the database query failed")
+    }
 }
 
 impl Ctx<'_> {
@@ -50,6 +121,38 @@ impl Ctx<'_> {
 
     fn config(&self) -> &crate::config::Config {
         &self.app.config
+    }
+
+    pub fn later(&self) -> Later {
+        Later {
+            app: self.app.clone(),
+            session: self.session.clone(),
+            principal: self.principal.clone(),
+            ns: self.ns,
+            ack: self.ack,
+            event: Arc::from(self.event),
+        }
+    }
+
+    /// Whether requests are answered from the database.
+    pub fn uses_db(&self) -> bool {
+        self.app.db.is_some()
+    }
+
+    /// Runs `job` in a task of its own (it queries the database); a refusal it returns
+    /// is sent as the request's error reply.
+    pub fn defer<F, Fut>(&self, job: F)
+    where
+        F: FnOnce(Later) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Refusal>> + Send + 'static,
+    {
+        let later = self.later();
+        let fut = job(later.clone());
+        tokio::spawn(async move {
+            if let Err(refusal) = fut.await {
+                later.refuse(&refusal);
+            }
+        });
     }
 }
 
@@ -83,6 +186,7 @@ pub fn handle(app: &Arc<App>, session: &Arc<Session>, req: &Request) -> Result<(
         principal: session.principal(),
         ns,
         ack: req.ack,
+        event: &req.event,
     };
     let data = &req.data;
     refuse_other_tenant(&ctx, data)?;
@@ -269,9 +373,39 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     check_capacity(ctx)?;
     let filters = filter.to_json();
     let event = format!("{}:subscribed", ctx.ns.prefix());
+    // A replay from below what the ring holds reads the change log first.
+    if let (Some(since), Some(_)) = (since, &ctx.app.db) {
+        let through = ctx.app.engine.ring_floor();
+        if since < through {
+            ctx.defer(move |later| async move {
+                let db = later.db()?;
+                let replay = crate::db::queries::replay(
+                    db,
+                    &later.app.engine,
+                    &later.principal.tenant,
+                    later.ns,
+                    since,
+                    through,
+                )
+                .await
+                .map_err(|e| db_refusal(&e))?;
+                let replay = later.note(replay);
+                later.app.engine.subscribe(
+                    &later.session,
+                    filter,
+                    Some(since),
+                    Some(replay),
+                    None,
+                    |outcome| Some(later.reply_frame(&event, &subscribed_json(outcome, &filters))),
+                );
+                Ok(())
+            });
+            return Ok(());
+        }
+    }
     ctx.app
         .engine
-        .subscribe(ctx.session, filter, since, None, |outcome| {
+        .subscribe(ctx.session, filter, since, None, None, |outcome| {
             Some(ctx.reply_frame(&event, &subscribed_json(outcome, &filters)))
         });
     Ok(())
@@ -331,9 +465,45 @@ fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
             )
         })?;
     let tenant = &ctx.principal.tenant;
+    if ctx.uses_db() {
+        ctx.defer(move |later| async move {
+            let db = later.db()?;
+            let tenant = &later.principal.tenant;
+            let refuse = |e: crate::db::DbError| db_refusal(&e);
+            let rows = db
+                .read(&crate::db::queries::latest_tracking(tenant, &order_id))
+                .await
+                .map_err(refuse)?;
+            let latest = crate::db::queries::records(&later.app.engine, &later.note(rows))
+                .pop();
+            let owner = db
+                .read(&crate::db::queries::order_customer(tenant, &order_id))
+                .await
+                .map_err(refuse)?;
+            let owner = later
+                .note(owner)
+                .first()
+                .and_then(|r| r.get("customerId"))
+                .and_then(Value::as_str)
+                .map(String::from);
+            follow_order(&later, order_id, latest, owner)
+        });
+        return Ok(());
+    }
     let latest = ctx.app.store.latest_tracking(tenant, &order_id);
+    let owner = ctx.app.store.order_customer(tenant, &order_id);
+    follow_order(&ctx.later(), order_id, latest, owner)
+}
+
+/// The rest of `orders:track`, once the latest tracking change and the order's owner
+/// are known.
+fn follow_order(
+    ctx: &Later,
+    order_id: Box<str>,
+    latest: Option<Arc<crate::fanout::change::Record>>,
+    owner: Option<String>,
+) -> Result<(), Refusal> {
     if let Some(user) = ctx.principal.own_user_only() {
-        let owner = ctx.app.store.order_customer(tenant, &order_id);
         if owner.as_deref().is_some_and(|o| o != user) {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
@@ -352,13 +522,19 @@ fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
         }
         return Ok(());
     }
-    check_capacity(ctx)?;
+    let max = ctx.app.config.max_subscriptions;
+    if ctx.session.subscription_count() >= max {
+        return Err(Refusal::new(
+            ErrorCode::TooManySubscriptions,
+            format!("at most {max} subscriptions per connection"),
+        ));
+    }
     let filter = Filter::track(order_id.clone(), ctx.principal.own_user_only());
     match ctx.ack {
         Some(_) => {
             ctx.app
                 .engine
-                .subscribe(ctx.session, filter, None, None, |_| {
+                .subscribe(&ctx.session, filter, None, None, None, |_| {
                     Some(ctx.reply_frame("orders:tracking", &reply))
                 });
         }
@@ -366,7 +542,7 @@ fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
             // Without ack the answer is the latest tracking change itself, if any.
             ctx.app
                 .engine
-                .subscribe(ctx.session, filter, None, latest, |_| None);
+                .subscribe(&ctx.session, filter, None, None, latest, |_| None);
         }
     }
     Ok(())

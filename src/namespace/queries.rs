@@ -94,11 +94,26 @@ pub fn inventory_current(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Ref
     };
     let config = ctx.config();
     let query = inventory_query(params, config.max_filter_values)?;
+    let limit = limit(params)?;
+    if ctx.uses_db() {
+        let default = config.low_stock_threshold;
+        ctx.defer(move |later| async move {
+            let db = later.db()?;
+            let q = crate::db::queries::inventory_rows(&later.principal.tenant, &query, default, limit);
+            let items = later.note(db.read(&q).await.map_err(|e| super::db_refusal(&e))?);
+            later.reply(
+                "inventory:current",
+                &json!({ "count": items.len(), "items": items, "timestamp": time::iso8601(time::now_ms()) }),
+            );
+            Ok(())
+        });
+        return Ok(());
+    }
     let items = ctx.app.store.inventory_current(
         &ctx.principal.tenant,
         &query,
         config.low_stock_threshold,
-        limit(params)?,
+        limit,
     );
     ctx.reply(
         "inventory:current",
@@ -135,12 +150,111 @@ pub fn data_request(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal>
             ))
         }
     };
+    if ctx.uses_db() && DB_TYPES.contains(&data_type) {
+        let data_type = data_type.to_string();
+        let params = params.clone();
+        // Checked here, before the task: a refused request is answered at once.
+        required(ctx, &data_type)?;
+        ctx.defer(move |later| async move {
+            let answer = answer_db(&later, &data_type, &params).await?;
+            later.reply(
+                "data:response",
+                &json!({ "dataType": data_type, "data": answer, "timestamp": time::iso8601(time::now_ms()) }),
+            );
+            Ok(())
+        });
+        return Ok(());
+    }
     let answer = answer(ctx, data_type, params)?;
     ctx.reply(
         "data:response",
         &json!({ "dataType": data_type, "data": answer, "timestamp": time::iso8601(time::now_ms()) }),
     );
     Ok(())
+}
+
+/// The `data:request` types answered from the database when one is configured (the
+/// others, and the dashboard's widgets, come from the in-memory state).
+const DB_TYPES: [&str; 7] = DATA_TYPES;
+
+/// The namespace whose read permission a data type needs.
+fn required(ctx: &Ctx, data_type: &str) -> Result<(), Refusal> {
+    let ns = match data_type {
+        "inventory_summary" | "low_stock_items" => Namespace::Inventory,
+        "customer_activity" => Namespace::Customer,
+        _ => Namespace::Dashboard,
+    };
+    ctx.principal.may_read(ns)
+}
+
+/// One `data:request` answer from the database.
+async fn answer_db(
+    later: &super::Later,
+    data_type: &str,
+    params: &Map<String, Value>,
+) -> Result<Value, Refusal> {
+    use crate::db::queries as q;
+    let db = later.db()?;
+    let app = &later.app;
+    let config = &app.config;
+    let tenant = &*later.principal.tenant;
+    let failed = |e: crate::db::DbError| super::db_refusal(&e);
+    let limit = limit(params)?;
+    Ok(match data_type {
+        "inventory_summary" => q::summary(
+            db,
+            tenant,
+            config.low_stock_threshold,
+            config.out_of_stock_threshold,
+        )
+        .await
+        .map_err(failed)?,
+        "low_stock_items" => {
+            let mut query = inventory_query(params, config.max_filter_values)?;
+            query.low_stock_only = true;
+            let rows = db
+                .read(&q::inventory_rows(tenant, &query, config.low_stock_threshold, limit))
+                .await
+                .map_err(failed)?;
+            Value::Array(later.note(rows).into_iter().map(Value::Object).collect())
+        }
+        "order_stats" => q::stats(db, tenant, app.alerts.orders_last_minute(tenant, time::now_ms()))
+            .await
+            .map_err(failed)?,
+        "recent_orders" => {
+            let rows = db.read(&q::recent_orders(tenant, limit)).await.map_err(failed)?;
+            Value::Array(later.note(rows).into_iter().map(Value::Object).collect())
+        }
+        "customer_activity" => q::activity(db, tenant, limit).await.map_err(failed)?,
+        "alerts" => {
+            let all = params.get("all").and_then(Value::as_bool).unwrap_or(false);
+            let rows = db.read(&q::alerts(tenant, all)).await.map_err(failed)?;
+            Value::Array(
+                later
+                    .note(rows)
+                    .iter_mut()
+                    .map(|r| crate::db::store::alert_json(r, tenant))
+                    .collect(),
+            )
+        }
+        "recent_changes" => {
+            let kind = match params.get("dataType").and_then(Value::as_str) {
+                Some(name) => Some(crate::fanout::change::DataType::parse(name).ok_or_else(|| {
+                    Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters")
+                })?),
+                None => None,
+            };
+            let since = params.get("since").and_then(Value::as_u64).unwrap_or(0);
+            let rows = db.read(&q::changes(tenant, kind, since, limit)).await.map_err(failed)?;
+            Value::Array(
+                q::records(&app.engine, &later.note(rows))
+                    .iter()
+                    .map(|r| r.payload_json())
+                    .collect(),
+            )
+        }
+        _ => return Err(Refusal::new(ErrorCode::NotFound, "unknown dataType")),
+    })
 }
 
 /// Computes one `data:request` answer (also used by the dashboard's widgets).

@@ -171,6 +171,29 @@ impl World {
     }
 
     /// The next simulated change (sometimes two: shipping also starts tracking).
+    /// The world's starting rows for a database: products, (product, warehouse,
+    /// quantity), and open orders as (id, customer, status, total).
+    #[allow(clippy::type_complexity)]
+    pub fn rows(
+        &self,
+    ) -> (
+        Vec<Product>,
+        Vec<(String, String, f64)>,
+        Vec<(String, String, String, f64)>,
+    ) {
+        let inventory = self
+            .stock
+            .iter()
+            .map(|(&(p, w), &q)| (self.products[p].id.clone(), WAREHOUSES[w].to_string(), q as f64))
+            .collect();
+        let orders = self
+            .orders
+            .iter()
+            .map(|o| (o.id.clone(), o.customer.clone(), STATUSES[o.status].to_string(), o.total))
+            .collect();
+        (self.products.clone(), inventory, orders)
+    }
+
     fn step(&mut self, out: &mut Vec<Change>) {
         let change = |data_type, data| Change {
             data_type,
@@ -310,8 +333,21 @@ pub async fn run(app: Arc<App>, mut world: World) {
             world.step(&mut batch);
             budget -= 1.0;
         }
-        if !batch.is_empty() {
-            app.engine.publish_all(std::mem::take(&mut batch));
+        if batch.is_empty() {
+            continue;
+        }
+        let changes = std::mem::take(&mut batch);
+        match &app.db {
+            // With a database the changes go into the demo tables; the feed brings them
+            // back through triggers, the change log or table-poll.
+            Some(db) => {
+                if let Err(e) = crate::db::store::write_demo(db, &changes).await {
+                    tracing::warn!(error = %e, changes = changes.len(), "simulator could not write to the database; these changes are dropped");
+                }
+            }
+            None => {
+                app.engine.publish_all(changes);
+            }
         }
     }
 }
