@@ -148,6 +148,9 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
             app.alerts.number_from(time::now_ms());
             app.shutdown
                 .spawn(db::store::alert_writer(app.clone(), db.clone(), raised));
+            let (slow, reported) = tokio::sync::mpsc::unbounded_channel();
+            db.set_slow_sink(slow);
+            app.shutdown.spawn(slow_query_alerts(app.clone(), reported));
             app.shutdown.spawn(start_database(app.clone(), db, world));
         }
         None if app.config.simulate_rate > 0.0 => {
@@ -201,6 +204,26 @@ async fn start_database(app: Arc<App>, db: Arc<Db>, world: simulator::World) {
     }
     if app.config.simulate_rate > 0.0 {
         app.shutdown.spawn(simulator::run(app.clone(), world));
+    }
+}
+
+/// Raises a `slow_query` alert for each slow query the database reports.
+async fn slow_query_alerts(
+    app: Arc<App>,
+    mut reported: tokio::sync::mpsc::UnboundedReceiver<db::SlowQuery>,
+) {
+    loop {
+        let slow = tokio::select! {
+            next = reported.recv() => match next {
+                Some(slow) => slow,
+                None => return,
+            },
+            _ = app.shutdown.cancelled() => return,
+        };
+        if let Some(alert) = app.alerts.on_query(&slow.tenant, slow.query, slow.millis) {
+            app.metrics.alerts_raised.fetch_add(1, Relaxed);
+            app.engine.raise(alert);
+        }
     }
 }
 

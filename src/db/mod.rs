@@ -112,6 +112,16 @@ pub struct Db {
     pub fallback: Option<fallback::Fallback>,
     pub stats: DbStats,
     slow_query_ms: u64,
+    /// Where slow queries are reported (tenant, query, ms): the app raises the alert.
+    slow_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<SlowQuery>>,
+}
+
+/// A query over `SLOW_QUERY_MS`.
+#[derive(Debug)]
+pub struct SlowQuery {
+    pub tenant: String,
+    pub query: &'static str,
+    pub millis: u64,
 }
 
 fn tls_connector() -> MakeRustlsConnect {
@@ -170,7 +180,13 @@ impl Db {
             fallback,
             stats: DbStats::default(),
             slow_query_ms,
+            slow_sink: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Reports slow queries to `sink` from now on.
+    pub fn set_slow_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<SlowQuery>) {
+        let _ = self.slow_sink.set(sink);
     }
 
     /// A pooled connection.
@@ -210,7 +226,7 @@ impl Db {
 
     /// Runs a read query of one tenant's data: on PostgreSQL, or on the fallback while
     /// PostgreSQL is unreachable. Counted in the metrics; a query slower than
-    /// `SLOW_QUERY_MS` is returned with its duration so the caller raises an alert.
+    /// `SLOW_QUERY_MS` is reported (a `slow_query` alert for the tenant).
     pub async fn read(&self, query: &sql::Query) -> Result<Timed<Rows>, DbError> {
         let started = Instant::now();
         let result = self.read_pg(query).await;
@@ -225,7 +241,7 @@ impl Db {
             },
             other => other,
         };
-        Ok(self.timed(query.name, started, result)?)
+        self.timed(query.name, Some(&query.tenant), started, result)
     }
 
     async fn read_pg(&self, query: &sql::Query) -> Result<Rows, DbError> {
@@ -253,10 +269,11 @@ impl Db {
         Ok(sql::pg_rows(&rows))
     }
 
-    /// Counts a finished query.
+    /// Counts a finished query, and reports it when slow.
     pub fn timed<T>(
         &self,
         name: &'static str,
+        tenant: Option<&str>,
         started: Instant,
         result: Result<T, DbError>,
     ) -> Result<Timed<T>, DbError> {
@@ -267,9 +284,16 @@ impl Db {
             .fetch_add(elapsed.as_micros() as u64, Relaxed);
         match result {
             Ok(value) => {
-                let slow = elapsed.as_millis() as u64 > self.slow_query_ms;
+                let slow = elapsed > Duration::from_millis(self.slow_query_ms);
                 if slow {
                     self.stats.slow_queries.fetch_add(1, Relaxed);
+                    if let (Some(sink), Some(tenant)) = (self.slow_sink.get(), tenant) {
+                        let _ = sink.send(SlowQuery {
+                            tenant: tenant.to_string(),
+                            query: name,
+                            millis: elapsed.as_millis() as u64,
+                        });
+                    }
                 }
                 Ok(Timed {
                     value,

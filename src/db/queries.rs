@@ -269,7 +269,7 @@ pub async fn replay(
         })
     }
     .await;
-    db.timed("replay", started, result)
+    db.timed("replay", Some(tenant), started, result)
 }
 
 /// `inventory_summary` from the tables.

@@ -187,24 +187,46 @@ struct Scanner {
     spec: TableSpec,
     sql: String,
     mapping: Option<Value>,
-    /// The newest `updated_at` seen.
+    /// The newest `updated_at` seen (stored in `nilecast_table_cursors`).
     newest: Option<SystemTime>,
+    /// Where this process started watching: no scan goes back further.
+    floor: SystemTime,
 }
 
 impl Scanner {
-    /// One pass: from `lookback` before the newest version seen, page to the end.
+    /// One pass: from `lookback` before the newest version seen, page to the end, then
+    /// store the newest version seen (so a restart goes on from there).
     async fn scan(&mut self, db: &Db, lookback: Duration) -> Result<u64, DbError> {
         let client = db.client().await?;
-        let newest = match self.newest {
-            Some(t) => t,
+        let from_time = match self.newest {
+            Some(t) => t.checked_sub(lookback).unwrap_or(t).max(self.floor),
             None => {
-                // First pass: start at the database's now (history is not news).
-                let now: SystemTime = client.query_one("SELECT now()", &[]).await?.get(0);
-                self.newest = Some(now);
-                now
+                // First pass: from the stored cursor (minus the lookback), or, with none
+                // stored or FEED_START=now, from the database's now: history is not news.
+                let stored: Option<SystemTime> = match db.config.feed_start {
+                    super::FeedStart::Stored => client
+                        .query_opt(
+                            "SELECT updated_at FROM nilecast_table_cursors WHERE table_name = $1",
+                            &[&self.spec.table],
+                        )
+                        .await?
+                        .map(|r| r.get(0)),
+                    super::FeedStart::Now => None,
+                };
+                let (newest, floor) = match stored {
+                    Some(t) => (t, t.checked_sub(lookback).unwrap_or(t)),
+                    None => {
+                        let now: SystemTime = client.query_one("SELECT now()", &[]).await?.get(0);
+                        (now, now)
+                    }
+                };
+                self.newest = Some(newest);
+                self.floor = floor;
+                floor
             }
         };
-        let mut from = (newest.checked_sub(lookback).unwrap_or(newest), String::new());
+        let before = self.newest;
+        let mut from = (from_time, String::new());
         let mut logged = 0u64;
         loop {
             let row = client
@@ -229,6 +251,16 @@ impl Scanner {
             }
             from = (version, key);
         }
+        if let (Some(newest), true) = (self.newest, self.newest != before) {
+            client
+                .execute(
+                    "INSERT INTO nilecast_table_cursors (table_name, updated_at)
+                     VALUES ($1, $2)
+                     ON CONFLICT (table_name) DO UPDATE SET updated_at = EXCLUDED.updated_at",
+                    &[&self.spec.table, &newest],
+                )
+                .await?;
+        }
         Ok(logged)
     }
 }
@@ -248,6 +280,7 @@ pub async fn run(app: Arc<App>, db: Arc<Db>) {
                 sql,
                 mapping,
                 newest: None,
+                floor: SystemTime::UNIX_EPOCH,
             })
         })
         .collect();

@@ -351,6 +351,41 @@ impl Engine {
         session: &Arc<Session>,
         filter: Filter,
         since: Option<u64>,
+        initial: Option<Arc<Record>>,
+        reply: impl FnOnce(Subscribed) -> Option<Bytes>,
+    ) -> Subscribed {
+        let state = self.state.lock();
+        self.subscribe_locked(&state, session, filter, since, None, initial, reply)
+    }
+
+    /// Like [`Engine::subscribe`] with `since`, for a replay that starts in the change
+    /// log: `log` holds the matching changes up to `log.through`. When the ring has
+    /// dropped changes above `log.through` since the log was read, nothing is
+    /// subscribed and `log` (with the filter) comes back, to be extended up to
+    /// [`Engine::ring_floor`].
+    pub fn subscribe_after_log(
+        &self,
+        session: &Arc<Session>,
+        filter: Filter,
+        since: u64,
+        log: LogReplay,
+        reply: impl FnOnce(Subscribed) -> Option<Bytes>,
+    ) -> Result<Subscribed, (LogReplay, Filter)> {
+        let state = self.state.lock();
+        // A log replay that is already short (a gap) is not worth extending.
+        if !log.gap && state.ring.evicted_up_to() > log.through {
+            return Err((log, filter));
+        }
+        Ok(self.subscribe_locked(&state, session, filter, Some(since), Some(log), None, reply))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe_locked(
+        &self,
+        state: &State,
+        session: &Arc<Session>,
+        filter: Filter,
+        since: Option<u64>,
         from_log: Option<LogReplay>,
         initial: Option<Arc<Record>>,
         reply: impl FnOnce(Subscribed) -> Option<Bytes>,
@@ -367,7 +402,6 @@ impl Engine {
         });
         let outbox = &session.outbox;
 
-        let state = self.state.lock();
         let (replay, gap) = match since {
             Some(since) => {
                 let floor = since.max(outbox.last_seq(ns));
@@ -415,7 +449,6 @@ impl Engine {
         for record in replay.iter().chain(initial.iter()) {
             outbox.deliver(ns, record.seq, &record.frame, None, 0);
         }
-        drop(state);
         outcome
     }
 

@@ -429,7 +429,6 @@ async fn db_changes(
     let query = crate::db::queries::changes(&principal.tenant, Some(data_type), since, limit);
     match db.read(&query).await {
         Ok(timed) => {
-            crate::namespace::note_slow(app, &principal.tenant, &timed);
             let list: Vec<Value> = crate::db::queries::records(&app.engine, &timed.value)
                 .iter()
                 .map(|r| r.payload_json())
@@ -453,7 +452,6 @@ async fn db_alerts(app: &App, principal: &Principal, all: bool) -> Resp {
     };
     match db.read(&crate::db::queries::alerts(&principal.tenant, all)).await {
         Ok(timed) => {
-            crate::namespace::note_slow(app, &principal.tenant, &timed);
             let list: Vec<Value> = timed
                 .value
                 .into_iter()

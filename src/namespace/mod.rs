@@ -19,7 +19,7 @@ use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
-use crate::fanout::{subscription_name, Subscribed};
+use crate::fanout::{subscription_name, LogReplay, Subscribed};
 use crate::protocol::native::{self, Request};
 use crate::security::{self, Event};
 use crate::session::Session;
@@ -76,24 +76,6 @@ impl Later {
             .db
             .as_ref()
             .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no database configured"))
-    }
-
-    /// Raises a `slow_query` alert for a query over the threshold.
-    pub fn note<T>(&self, timed: crate::db::Timed<T>) -> T {
-        note_slow(&self.app, &self.principal.tenant, &timed);
-        timed.value
-    }
-}
-
-/// Raises a `slow_query` alert when `timed` took longer than `SLOW_QUERY_MS`.
-pub fn note_slow<T>(app: &App, tenant: &str, timed: &crate::db::Timed<T>) {
-    if timed.slow {
-        if let Some(alert) = app.alerts.on_query(tenant, timed.name, timed.millis) {
-            app.metrics
-                .alerts_raised
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            app.engine.raise(alert);
-        }
     }
 }
 
@@ -379,33 +361,44 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
         if since < through {
             ctx.defer(move |later| async move {
                 let db = later.db()?;
-                let replay = crate::db::queries::replay(
-                    db,
-                    &later.app.engine,
-                    &later.principal.tenant,
-                    later.ns,
-                    since,
-                    through,
-                )
-                .await
-                .map_err(|e| db_refusal(&e))?;
-                let replay = later.note(replay);
-                later.app.engine.subscribe(
-                    &later.session,
-                    filter,
-                    Some(since),
-                    Some(replay),
-                    None,
-                    |outcome| Some(later.reply_frame(&event, &subscribed_json(outcome, &filters))),
-                );
-                Ok(())
+                let engine = &later.app.engine;
+                let tenant = &later.principal.tenant;
+                let (mut log, mut filter) = (None::<LogReplay>, filter);
+                // Read the log up to the ring's floor; if the ring moved on meanwhile,
+                // read the rest and try again.
+                for _ in 0..8 {
+                    let from = log.as_ref().map_or(since, |l| l.through);
+                    let through = engine.ring_floor();
+                    let more = crate::db::queries::replay(db, engine, tenant, later.ns, from, through)
+                        .await
+                        .map_err(|e| db_refusal(&e))?
+                        .value;
+                    let merged = match log.take() {
+                        None => more,
+                        Some(mut l) => {
+                            l.records.extend(more.records);
+                            l.through = more.through;
+                            l.gap |= more.gap;
+                            l
+                        }
+                    };
+                    let reply = |outcome| Some(later.reply_frame(&event, &subscribed_json(outcome, &filters)));
+                    match engine.subscribe_after_log(&later.session, filter, since, merged, reply) {
+                        Ok(_) => return Ok(()),
+                        Err((l, f)) => (log, filter) = (Some(l), f),
+                    }
+                }
+                Err(Refusal::new(
+                    ErrorCode::Unavailable,
+                    "changes arrive faster than the replay can read them; retry",
+                ))
             });
             return Ok(());
         }
     }
     ctx.app
         .engine
-        .subscribe(ctx.session, filter, since, None, None, |outcome| {
+        .subscribe(ctx.session, filter, since, None, |outcome| {
             Some(ctx.reply_frame(&event, &subscribed_json(outcome, &filters)))
         });
     Ok(())
@@ -474,14 +467,13 @@ fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
                 .read(&crate::db::queries::latest_tracking(tenant, &order_id))
                 .await
                 .map_err(refuse)?;
-            let latest = crate::db::queries::records(&later.app.engine, &later.note(rows))
+            let latest = crate::db::queries::records(&later.app.engine, &rows.value)
                 .pop();
             let owner = db
                 .read(&crate::db::queries::order_customer(tenant, &order_id))
                 .await
                 .map_err(refuse)?;
-            let owner = later
-                .note(owner)
+            let owner = owner.value
                 .first()
                 .and_then(|r| r.get("customerId"))
                 .and_then(Value::as_str)
@@ -534,7 +526,7 @@ fn follow_order(
         Some(_) => {
             ctx.app
                 .engine
-                .subscribe(&ctx.session, filter, None, None, None, |_| {
+                .subscribe(&ctx.session, filter, None, None, |_| {
                     Some(ctx.reply_frame("orders:tracking", &reply))
                 });
         }
@@ -542,7 +534,7 @@ fn follow_order(
             // Without ack the answer is the latest tracking change itself, if any.
             ctx.app
                 .engine
-                .subscribe(&ctx.session, filter, None, None, latest, |_| None);
+                .subscribe(&ctx.session, filter, None, latest, |_| None);
         }
     }
     Ok(())

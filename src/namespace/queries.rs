@@ -100,7 +100,7 @@ pub fn inventory_current(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Ref
         ctx.defer(move |later| async move {
             let db = later.db()?;
             let q = crate::db::queries::inventory_rows(&later.principal.tenant, &query, default, limit);
-            let items = later.note(db.read(&q).await.map_err(|e| super::db_refusal(&e))?);
+            let items = db.read(&q).await.map_err(|e| super::db_refusal(&e))?.value;
             later.reply(
                 "inventory:current",
                 &json!({ "count": items.len(), "items": items, "timestamp": time::iso8601(time::now_ms()) }),
@@ -216,22 +216,21 @@ async fn answer_db(
                 .read(&q::inventory_rows(tenant, &query, config.low_stock_threshold, limit))
                 .await
                 .map_err(failed)?;
-            Value::Array(later.note(rows).into_iter().map(Value::Object).collect())
+            Value::Array(rows.value.into_iter().map(Value::Object).collect())
         }
         "order_stats" => q::stats(db, tenant, app.alerts.orders_last_minute(tenant, time::now_ms()))
             .await
             .map_err(failed)?,
         "recent_orders" => {
             let rows = db.read(&q::recent_orders(tenant, limit)).await.map_err(failed)?;
-            Value::Array(later.note(rows).into_iter().map(Value::Object).collect())
+            Value::Array(rows.value.into_iter().map(Value::Object).collect())
         }
         "customer_activity" => q::activity(db, tenant, limit).await.map_err(failed)?,
         "alerts" => {
             let all = params.get("all").and_then(Value::as_bool).unwrap_or(false);
-            let rows = db.read(&q::alerts(tenant, all)).await.map_err(failed)?;
+            let mut rows = db.read(&q::alerts(tenant, all)).await.map_err(failed)?;
             Value::Array(
-                later
-                    .note(rows)
+                rows.value
                     .iter_mut()
                     .map(|r| crate::db::store::alert_json(r, tenant))
                     .collect(),
@@ -247,7 +246,7 @@ async fn answer_db(
             let since = params.get("since").and_then(Value::as_u64).unwrap_or(0);
             let rows = db.read(&q::changes(tenant, kind, since, limit)).await.map_err(failed)?;
             Value::Array(
-                q::records(&app.engine, &later.note(rows))
+                q::records(&app.engine, &rows.value)
                     .iter()
                     .map(|r| r.payload_json())
                     .collect(),

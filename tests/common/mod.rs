@@ -9,6 +9,8 @@
 //! Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -77,6 +79,26 @@ const SCRUBBED_ENV: &[&str] = &[
     "NILEDB_USER",
     "NILEDB_PASSWORD",
     "NILEDB_DATABASE",
+    "NILEDB_PORT",
+    "NILEDB_SSLMODE",
+    "NILECAST_MIGRATE",
+    "CHANGE_DETECTION",
+    "POLL_INTERVAL_MS",
+    "FEED_START",
+    "FEED_NAME",
+    "FEED_BATCH",
+    "TABLE_POLL_TABLES",
+    "TABLE_POLL_LOOKBACK_MS",
+    "CHANGE_LOG_RETENTION_HOURS",
+    "REPLAY_MAX_DB_CHANGES",
+    "NILE_TENANT_CONTEXT",
+    "DB_POOL_SIZE",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_NAME",
+    "SLOW_QUERY_MS",
 ];
 
 static SERVER_COUNTER: AtomicUsize = AtomicUsize::new(0);

@@ -33,11 +33,10 @@ CREATE TABLE IF NOT EXISTS nilecast_feed_state (
     at    timestamptz NOT NULL DEFAULT now()
 );
 
--- table-poll cursors: the last (updated_at, id) seen per watched table.
+-- table-poll cursors: the newest updated_at seen per watched table.
 CREATE TABLE IF NOT EXISTS nilecast_table_cursors (
     table_name text PRIMARY KEY,
-    updated_at timestamptz NOT NULL,
-    id         text NOT NULL
+    updated_at timestamptz NOT NULL
 );
 
 -- The demo schema: tenant_id on every table.
