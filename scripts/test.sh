@@ -41,6 +41,43 @@ if [ ! -x target/kosoku/bin/kosoku ] || ! target/kosoku/bin/pip show kosoku 2>/d
   target/kosoku/bin/pip install --quiet --disable-pip-version-check "kosoku==$KOSOKU_VERSION"
 fi
 
+# PostgreSQL (tests/database.rs) and MariaDB (tests/fallback.rs) on their standard
+# loopback ports, started when stopped and installed from Debian's packages when missing
+# (a fresh install gets trust / empty-password root access from 127.0.0.1 only).
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+wait_for() { # what, command...
+  local what=$1; shift
+  for _ in $(seq 1 60); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "error: $what did not come up" >&2; exit 1
+}
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    step "installing PostgreSQL (Debian package)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+    hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -1)
+    $SUDO sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+  fi
+  step "starting PostgreSQL"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  wait_for PostgreSQL pg_isready -q -h 127.0.0.1 -p 5432
+fi
+if ! mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; then
+  if ! command -v mariadbd >/dev/null 2>&1 && ! command -v mysqld >/dev/null 2>&1; then
+    step "installing MariaDB (Debian package)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mariadb-server >/dev/null
+  fi
+  step "starting MariaDB"
+  $SUDO /etc/init.d/mariadb start >/dev/null 2>&1 || ($SUDO mysqld_safe --bind-address=127.0.0.1 >/dev/null 2>&1 &)
+  wait_for MariaDB $SUDO mysqladmin ping --silent
+  # Root from 127.0.0.1 with an empty password, as the tests connect.
+  if ! mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; then
+    $SUDO mysql -u root -e "ALTER USER root@localhost IDENTIFIED VIA mysql_native_password USING PASSWORD(''); FLUSH PRIVILEGES;"
+  fi
+  wait_for "MariaDB on 127.0.0.1:3306" mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -372,7 +372,11 @@ pub struct Config {
 
     /// Apply the database schema (`nilecast migrate`) at start, retrying while the
     /// database is unreachable.
-    #[arg(long = "migrate", env = "NILECAST_MIGRATE", value_name = "NILECAST_MIGRATE")]
+    #[arg(
+        long = "migrate",
+        env = "NILECAST_MIGRATE",
+        value_name = "NILECAST_MIGRATE"
+    )]
     pub migrate: bool,
 
     /// The token verifier built from the JWT settings by `validate` (None: auth off).

@@ -76,7 +76,14 @@ const POLL_LOG_STOCK: &str = "INSERT INTO nilecast_changes (tenant_id, data_type
 /// Sets a stock level in its own transaction, as an application would in `mode`.
 /// Returns the change log's seq of the change when the mode tells it inside the
 /// transaction (notify: the trigger's row; poll: the application's row).
-async fn set_stock(pg: &mut Pg, mode: &str, tenant: &str, product: &str, warehouse: &str, quantity: f64) -> Option<u64> {
+async fn set_stock(
+    pg: &mut Pg,
+    mode: &str,
+    tenant: &str,
+    product: &str,
+    warehouse: &str,
+    quantity: f64,
+) -> Option<u64> {
     let tx = pg.transaction().await.expect("begin");
     tx.execute(
         "UPDATE inventory SET quantity = $4, updated_at = now()
@@ -121,7 +128,13 @@ async fn add_stock(pg: &mut Pg, mode: &str, tenant: &str, product: &str, quantit
 
 /// The change log's seq of the stock change of `product` at `warehouse` to `quantity`
 /// (table-poll logs it after the fact: waits for it).
-async fn logged_stock_seq(pg: &Pg, tenant: &str, product: &str, warehouse: &str, quantity: f64) -> u64 {
+async fn logged_stock_seq(
+    pg: &Pg,
+    tenant: &str,
+    product: &str,
+    warehouse: &str,
+    quantity: f64,
+) -> u64 {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let row = pg
@@ -256,14 +269,20 @@ async fn order_status_reaches_order_and_customer_subscribers(mode: &str) {
         .await;
 
     set_status(&mut pg, mode, tenant, "o1", "shipped").await;
-    let is_o1_shipped =
-        |f: &Value| f["event"] == "order:update" && f["data"]["data"]["orderId"] == "o1" && f["data"]["data"]["status"] == "shipped";
+    let is_o1_shipped = |f: &Value| {
+        f["event"] == "order:update"
+            && f["data"]["data"]["orderId"] == "o1"
+            && f["data"]["data"]["status"] == "shipped"
+    };
     for client in [&mut by_order, &mut by_customer] {
         let (frame, _) = client.recv_matching("o1 shipped", is_o1_shipped).await;
         assert_eq!(frame["ns"], "/orders", "{frame}");
         assert_eq!(frame["data"]["data"]["customerId"], "c1", "{frame}");
     }
-    let seq_o1 = *log_seqs(&pg, tenant, "orders").await.last().expect("o1 logged");
+    let seq_o1 = *log_seqs(&pg, tenant, "orders")
+        .await
+        .last()
+        .expect("o1 logged");
     // c2's change comes after o1's; c2's subscriber gets it and nothing of o1.
     set_status(&mut pg, mode, tenant, "o2", "confirmed").await;
     let (frame, skipped) = other
@@ -337,11 +356,27 @@ async fn large_transaction_arrives_complete_and_in_order(mode: &str) {
             continue;
         }
         seqs.push(frame["data"]["seq"].as_u64().expect("seq"));
-        products.insert(frame["data"]["data"]["productId"].as_str().unwrap_or("").to_string());
+        products.insert(
+            frame["data"]["data"]["productId"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
     }
-    assert_eq!(products.len(), BULK as usize, "every row's change arrived once");
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "changes arrived in seq order");
-    assert_eq!(seqs, log_seqs(&pg, tenant, "inventory").await, "exactly the logged seqs");
+    assert_eq!(
+        products.len(),
+        BULK as usize,
+        "every row's change arrived once"
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "changes arrived in seq order"
+    );
+    assert_eq!(
+        seqs,
+        log_seqs(&pg, tenant, "inventory").await,
+        "exactly the logged seqs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,7 +407,11 @@ async fn killed_connections_lose_nothing(mode: &str) {
     client.subscribe("/inventory", json!({})).await;
     let admin = pg::connect(&pg::admin_url()).await;
     // notify: the listener's backend; poll modes: the pool's (they read the log).
-    let victim = if mode == "notify" { "nilecast-listener" } else { "nilecast" };
+    let victim = if mode == "notify" {
+        "nilecast-listener"
+    } else {
+        "nilecast"
+    };
 
     // A writer commits a stream of changes, one new stock row per transaction (a new
     // row each time: table-poll sees row versions, and two updates of one row between
@@ -392,7 +431,9 @@ async fn killed_connections_lose_nothing(mode: &str) {
             let (admin, db) = (&admin, &db);
             async move {
                 !pg::backends(admin, &db.name, victim).await.is_empty()
-                    && pg::niledb_health(server.port).await["feed"]["lastSeq"].as_u64().unwrap_or(0)
+                    && pg::niledb_health(server.port).await["feed"]["lastSeq"]
+                        .as_u64()
+                        .unwrap_or(0)
                         > 0
             }
         })
@@ -421,13 +462,21 @@ async fn killed_connections_lose_nothing(mode: &str) {
     assert!(all_logged, "{} of {STREAM} writes logged", expected.len());
     assert_eq!(expected.len(), STREAM, "every write was logged once");
     let last = *expected.last().expect("changes");
-    let (_, skipped) = client.recv_seq("/inventory", "inventory:update", last).await;
+    let (_, skipped) = client
+        .recv_seq("/inventory", "inventory:update", last)
+        .await;
     let mut got = seqs_of(&skipped, "/inventory", "inventory:update");
     got.push(last);
-    assert_eq!(got, expected, "missing or duplicated changes across the kills");
+    assert_eq!(
+        got, expected,
+        "missing or duplicated changes across the kills"
+    );
     let health = pg::niledb_health(server.port).await;
     if mode == "notify" {
-        assert!(health["feed"]["reconnects"].as_u64() >= Some(1), "the listener reconnected: {health}");
+        assert!(
+            health["feed"]["reconnects"].as_u64() >= Some(1),
+            "the listener reconnected: {health}"
+        );
     }
 }
 
@@ -447,6 +496,74 @@ async fn table_poll_killed_connections_lose_nothing_duplicate_nothing() {
 }
 
 // ---------------------------------------------------------------------------
+// Concurrent writers: transactions interleave their seqs and commit out of order.
+// ---------------------------------------------------------------------------
+
+const WRITERS: usize = 8;
+const TXS_PER_WRITER: usize = 40;
+const ROWS_PER_TX: usize = 5;
+
+async fn concurrent_writers_lose_nothing(mode: &str) {
+    let tenant = "concurrent";
+    let (db, pg, server) = setup(mode, &[], &[]).await;
+    let mut client = client_of(&server, tenant).await;
+    client.subscribe("/inventory", json!({})).await;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let url = db.url.clone();
+        let mode = mode.to_string();
+        writers.push(tokio::spawn(async move {
+            let pg = pg::connect(&url).await;
+            for t in 0..TXS_PER_WRITER {
+                let products: Vec<String> =
+                    (0..ROWS_PER_TX).map(|r| format!("w{w}-t{t}-r{r}")).collect();
+                // One statement, several rows: the trigger's (or the application's)
+                // seqs interleave with the other writers' before any of them commits.
+                let sql = if mode == "poll" {
+                    "WITH stock AS (
+                         INSERT INTO inventory (tenant_id, product_id, warehouse_id, quantity)
+                         SELECT 'concurrent', p, 'w1', 100 FROM unnest($1::text[]) AS p
+                         RETURNING product_id)
+                     INSERT INTO nilecast_changes (tenant_id, data_type, entity_id, payload)
+                     SELECT 'concurrent', 'inventory', product_id,
+                            jsonb_build_object('productId', product_id, 'warehouseId', 'w1', 'quantity', 100)
+                     FROM stock"
+                } else {
+                    "INSERT INTO inventory (tenant_id, product_id, warehouse_id, quantity)
+                     SELECT 'concurrent', p, 'w1', 100 FROM unnest($1::text[]) AS p"
+                };
+                pg.execute(sql, &[&products]).await.expect("write");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let expected = log_seqs(&pg, tenant, "inventory").await;
+    assert_eq!(expected.len(), WRITERS * TXS_PER_WRITER * ROWS_PER_TX);
+    let last = *expected.last().expect("changes");
+    let got = client
+        .seqs_until("/inventory", "inventory:update", last)
+        .await;
+    assert_eq!(got, expected, "every interleaved change once, in seq order");
+    let health = pg::niledb_health(server.port).await;
+    assert_eq!(
+        health["feed"]["lastSeq"], last,
+        "nothing but these changes: {health}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_concurrent_writers_lose_nothing() {
+    concurrent_writers_lose_nothing("notify").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_concurrent_writers_lose_nothing() {
+    concurrent_writers_lose_nothing("poll").await;
+}
+
+// ---------------------------------------------------------------------------
 // Changes committed while the server was stopped reach a client resuming with sinceSeq.
 // ---------------------------------------------------------------------------
 
@@ -456,13 +573,21 @@ async fn changes_while_stopped_are_delivered_after_start(mode: &str) {
     let mut client = client_of(&server, tenant).await;
     client.subscribe("/inventory", json!({})).await;
     set_stock(&mut pg, mode, tenant, "p1", "w1", 1.0).await;
-    let seen = recv_stock(&mut client, "p1", 1.0).await["seq"].as_u64().expect("seq");
+    let seen = recv_stock(&mut client, "p1", 1.0).await["seq"]
+        .as_u64()
+        .expect("seq");
 
     server.sigterm();
     assert!(server.wait_exit(TIMEOUT).await.is_some(), "server stopped");
     drop(client);
     // Five rows changed once each (table-poll sees each row's latest version).
-    let rows = [("p1", "w2"), ("p2", "w2"), ("p3", "w2"), ("p2", "w1"), ("p3", "w1")];
+    let rows = [
+        ("p1", "w2"),
+        ("p2", "w2"),
+        ("p3", "w2"),
+        ("p2", "w1"),
+        ("p3", "w1"),
+    ];
     for (i, (product, warehouse)) in rows.iter().enumerate() {
         set_stock(&mut pg, mode, tenant, product, warehouse, 50.0 + i as f64).await;
     }
@@ -472,11 +597,24 @@ async fn changes_while_stopped_are_delivered_after_start(mode: &str) {
         .subscribe("/inventory", json!({"sinceSeq": seen}))
         .await;
     assert_eq!(reply["gap"], false, "{reply}");
-    let expected: Vec<u64> = log_seqs(&pg, tenant, "inventory").await.into_iter().filter(|s| *s > seen).collect();
-    assert_eq!(expected.len(), 5, "five changes logged while stopped: {expected:?}");
+    let expected: Vec<u64> = log_seqs(&pg, tenant, "inventory")
+        .await
+        .into_iter()
+        .filter(|s| *s > seen)
+        .collect();
+    assert_eq!(
+        expected.len(),
+        5,
+        "five changes logged while stopped: {expected:?}"
+    );
     let last = *expected.last().expect("changes");
-    let got = client.seqs_until("/inventory", "inventory:update", last).await;
-    assert_eq!(got, expected, "each change made while stopped, once, in order");
+    let got = client
+        .seqs_until("/inventory", "inventory:update", last)
+        .await;
+    assert_eq!(
+        got, expected,
+        "each change made while stopped, once, in order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,14 +653,21 @@ async fn late_commit_is_not_skipped(mode: &str) {
     .await
     .expect("A writes");
     if mode == "poll" {
-        a.execute(POLL_LOG_STOCK, &[&tenant, &"p1", &"w1"]).await.expect("A logs");
+        a.execute(POLL_LOG_STOCK, &[&tenant, &"p1", &"w1"])
+            .await
+            .expect("A logs");
     }
     let seq_a: i64 = a
-        .query_one("SELECT max(seq) FROM nilecast_changes WHERE xid = pg_current_xact_id()", &[])
+        .query_one(
+            "SELECT max(seq) FROM nilecast_changes WHERE xid = pg_current_xact_id()",
+            &[],
+        )
         .await
         .expect("A's seq")
         .get(0);
-    let seq_b = set_stock(&mut fast, mode, tenant, "p2", "w1", 22.0).await.expect("B's seq");
+    let seq_b = set_stock(&mut fast, mode, tenant, "p2", "w1", 22.0)
+        .await
+        .expect("B's seq");
     assert!(seq_b > seq_a as u64, "B's seq {seq_b} is above A's {seq_a}");
 
     // The feed has seen B's row and waits below A's hole.
@@ -537,8 +682,84 @@ async fn late_commit_is_not_skipped(mode: &str) {
         "the feed must not pass A's uncommitted seq: {health}"
     );
     a.commit().await.expect("commit A");
-    let got = client.seqs_until("/inventory", "inventory:update", seq_b).await;
+    let got = client
+        .seqs_until("/inventory", "inventory:update", seq_b)
+        .await;
     assert_eq!(got, vec![seq_a as u64, seq_b], "A then B, neither skipped");
+
+    // The lower seq held by the younger transaction: its id is at or above the
+    // snapshot's xmax once the older one commits, so the snapshot does not list it as
+    // running, and the feed must still wait for it.
+    let mut older = pg::connect(&_db.url).await;
+    let old = older.transaction().await.expect("begin the older");
+    old.query_one("SELECT pg_current_xact_id()", &[])
+        .await
+        .expect("older takes its id first");
+    let young = slow.transaction().await.expect("begin the younger");
+    young
+        .execute(
+            "UPDATE inventory SET quantity = 55 WHERE tenant_id = $1 AND product_id = 'p1' AND warehouse_id = 'w2'",
+            &[&tenant],
+        )
+        .await
+        .expect("younger writes");
+    if mode == "poll" {
+        young
+            .execute(POLL_LOG_STOCK, &[&tenant, &"p1", &"w2"])
+            .await
+            .expect("younger logs");
+    }
+    let seq_young: i64 = young
+        .query_one(
+            "SELECT max(seq) FROM nilecast_changes WHERE xid = pg_current_xact_id()",
+            &[],
+        )
+        .await
+        .expect("younger's seq")
+        .get(0);
+    old.execute(
+        "UPDATE inventory SET quantity = 66 WHERE tenant_id = $1 AND product_id = 'p3' AND warehouse_id = 'w2'",
+        &[&tenant],
+    )
+    .await
+    .expect("older writes");
+    if mode == "poll" {
+        old.execute(POLL_LOG_STOCK, &[&tenant, &"p3", &"w2"])
+            .await
+            .expect("older logs");
+    }
+    let seq_old: i64 = old
+        .query_one(
+            "SELECT max(seq) FROM nilecast_changes WHERE xid = pg_current_xact_id()",
+            &[],
+        )
+        .await
+        .expect("older's seq")
+        .get(0);
+    assert!(
+        seq_old > seq_young,
+        "the older transaction's seq {seq_old} is the higher"
+    );
+    old.commit().await.expect("commit the older");
+    let seen = wait_until(TIMEOUT, || async {
+        pg::niledb_health(server.port).await["feed"]["headSeq"].as_i64() >= Some(seq_old)
+    })
+    .await;
+    assert!(seen, "the feed read the older transaction's row");
+    let health = pg::niledb_health(server.port).await;
+    assert!(
+        health["feed"]["lastSeq"].as_i64() < Some(seq_young),
+        "the feed must wait for the younger transaction's seq: {health}"
+    );
+    young.commit().await.expect("commit the younger");
+    let got = client
+        .seqs_until("/inventory", "inventory:update", seq_old as u64)
+        .await;
+    assert_eq!(
+        got,
+        vec![seq_young as u64, seq_old as u64],
+        "younger's lower seq first"
+    );
 
     // A rolled-back seq leaves a hole that settles: later changes still flow.
     let c = slow.transaction().await.expect("begin C");
@@ -549,12 +770,22 @@ async fn late_commit_is_not_skipped(mode: &str) {
     .await
     .expect("C writes");
     if mode == "poll" {
-        c.execute(POLL_LOG_STOCK, &[&tenant, &"p3", &"w1"]).await.expect("C logs");
+        c.execute(POLL_LOG_STOCK, &[&tenant, &"p3", &"w1"])
+            .await
+            .expect("C logs");
     }
-    let seq_d = set_stock(&mut fast, mode, tenant, "p2", "w2", 44.0).await.expect("D's seq");
+    let seq_d = set_stock(&mut fast, mode, tenant, "p2", "w2", 44.0)
+        .await
+        .expect("D's seq");
     c.rollback().await.expect("roll back C");
-    let got = client.seqs_until("/inventory", "inventory:update", seq_d).await;
-    assert_eq!(got, vec![seq_d], "the rolled-back change never arrives; D does");
+    let got = client
+        .seqs_until("/inventory", "inventory:update", seq_d)
+        .await;
+    assert_eq!(
+        got,
+        vec![seq_d],
+        "the rolled-back change never arrives; D does"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,7 +841,11 @@ async fn replay_reads_the_change_log_beyond_the_ring() {
     }
     // POST /publish writes the change log; the feed publishes what it reads back.
     let seqs = publish(server.port, &Value::Array(changes)).await;
-    assert_eq!(seqs, log_seqs(&pg, tenant, "inventory").await, "publish returns the log's seqs");
+    assert_eq!(
+        seqs,
+        log_seqs(&pg, tenant, "inventory").await,
+        "publish returns the log's seqs"
+    );
     let last = *seqs.last().expect("seqs");
     let ok = wait_until(TIMEOUT, || async {
         pg::niledb_health(server.port).await["feed"]["lastSeq"].as_u64() >= Some(last)
@@ -624,8 +859,14 @@ async fn replay_reads_the_change_log_beyond_the_ring() {
         .await;
     assert_eq!(reply["gap"], false, "the log still has them: {reply}");
     assert_eq!(reply["replayed"], 35, "35 changes after the fifth: {reply}");
-    let got = client.seqs_until("/inventory", "inventory:update", last).await;
-    assert_eq!(got, seqs[5..].to_vec(), "replayed once each, in order, across log and ring");
+    let got = client
+        .seqs_until("/inventory", "inventory:update", last)
+        .await;
+    assert_eq!(
+        got,
+        seqs[5..].to_vec(),
+        "replayed once each, in order, across log and ring"
+    );
 
     // Another tenant's resume sees nothing of this one.
     let mut other = client_of(&server, "someone-else").await;
@@ -659,7 +900,11 @@ async fn authed(server: &TestServer, token: &str) -> Client {
 
 async fn data_request(client: &mut Client, data_type: &str, parameters: Value) -> Value {
     let reply = client
-        .request("/", "data:request", json!({"dataType": data_type, "parameters": parameters}))
+        .request(
+            "/",
+            "data:request",
+            json!({"dataType": data_type, "parameters": parameters}),
+        )
         .await;
     assert!(reply.get("error").is_none(), "{data_type}: {reply}");
     reply["data"].clone()
@@ -694,10 +939,13 @@ async fn every_query_is_tenant_scoped() {
     let alert_stored = wait_until(TIMEOUT, || {
         let pg = &pg;
         async move {
-            pg.query_one("SELECT count(*) FROM alerts WHERE tenant_id = 'tenant-b'", &[])
-                .await
-                .map(|r| r.get::<_, i64>(0) > 0)
-                .unwrap_or(false)
+            pg.query_one(
+                "SELECT count(*) FROM alerts WHERE tenant_id = 'tenant-b'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) > 0)
+            .unwrap_or(false)
         }
     })
     .await;
@@ -713,65 +961,134 @@ async fn every_query_is_tenant_scoped() {
     assert_eq!(low_b.as_array().map(Vec::len), Some(1), "{low_b}");
     assert_eq!(low_b[0]["productId"], "p1", "{low_b}");
     let alerts_b = data_request(&mut b, "alerts", json!({})).await;
-    assert!(alerts_b.as_array().is_some_and(|a| !a.is_empty()), "{alerts_b}");
+    assert!(
+        alerts_b.as_array().is_some_and(|a| !a.is_empty()),
+        "{alerts_b}"
+    );
     // ... and A sees none of B's.
     let low_a = data_request(&mut a, "low_stock_items", json!({})).await;
     assert_eq!(low_a, json!([]), "A must not see B's low stock");
     let summary_a = data_request(&mut a, "inventory_summary", json!({})).await;
-    assert_eq!(summary_a["stockRows"], 6, "A's six stock rows only: {summary_a}");
+    assert_eq!(
+        summary_a["stockRows"], 6,
+        "A's six stock rows only: {summary_a}"
+    );
     assert_eq!(summary_a["lowStockCount"], 0, "{summary_a}");
     assert_eq!(summary_a["totalProducts"], 3, "{summary_a}");
     let stats_a = data_request(&mut a, "order_stats", json!({})).await;
     assert_eq!(stats_a["totalOrders"], 2, "{stats_a}");
-    assert_eq!(stats_a["byStatus"], json!({"pending": 2}), "A's orders are all pending: {stats_a}");
+    assert_eq!(
+        stats_a["byStatus"],
+        json!({"pending": 2}),
+        "A's orders are all pending: {stats_a}"
+    );
     let orders_a = data_request(&mut a, "recent_orders", json!({})).await;
-    assert!(orders_a.as_array().is_some_and(|o| o.iter().all(|o| o["status"] == "pending")), "{orders_a}");
+    assert!(
+        orders_a
+            .as_array()
+            .is_some_and(|o| o.iter().all(|o| o["status"] == "pending")),
+        "{orders_a}"
+    );
     let activity_a = data_request(&mut a, "customer_activity", json!({})).await;
     assert_eq!(activity_a["recent"], json!([]), "{activity_a}");
     let alerts_a = data_request(&mut a, "alerts", json!({"all": true})).await;
     assert_eq!(alerts_a, json!([]), "A must not see B's alerts");
     let changes_a = data_request(&mut a, "recent_changes", json!({})).await;
     assert!(
-        changes_a.as_array().is_some_and(|c| c.iter().all(|c| c["tenantId"] == "tenant-a")),
+        changes_a
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| c["tenantId"] == "tenant-a")),
         "{changes_a}"
     );
     let current = a
-        .request("/inventory", "inventory:get-current", json!({"filters": {"productIds": ["p1"]}}))
+        .request(
+            "/inventory",
+            "inventory:get-current",
+            json!({"filters": {"productIds": ["p1"]}}),
+        )
         .await;
     assert_eq!(current["count"], 2, "A's p1 in two warehouses: {current}");
-    assert!(current["items"].as_array().is_some_and(|i| i.iter().all(|r| r["quantity"] == 100.0)), "{current}");
-    let tracked = a.request("/orders", "orders:track", json!({"orderId": "o1"})).await;
-    assert_eq!(tracked["tracking"], Value::Null, "B's tracking is not A's: {tracked}");
-    let tracked_b = b.request("/orders", "orders:track", json!({"orderId": "o1"})).await;
-    assert_eq!(tracked_b["tracking"]["data"]["location"], "Lyon", "{tracked_b}");
+    assert!(
+        current["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|r| r["quantity"] == 100.0)),
+        "{current}"
+    );
+    let tracked = a
+        .request("/orders", "orders:track", json!({"orderId": "o1"}))
+        .await;
+    assert_eq!(
+        tracked["tracking"],
+        Value::Null,
+        "B's tracking is not A's: {tracked}"
+    );
+    let tracked_b = b
+        .request("/orders", "orders:track", json!({"orderId": "o1"}))
+        .await;
+    assert_eq!(
+        tracked_b["tracking"]["data"]["location"], "Lyon",
+        "{tracked_b}"
+    );
 
     // HTTP: /changes and /alerts with A's token.
     let auth = format!("Bearer {token_a}");
     let headers = [("Authorization", auth.as_str())];
-    let changes = http_request_with(server.port, "GET", "/changes/inventory?limit=1000", &headers, None).await;
+    let changes = http_request_with(
+        server.port,
+        "GET",
+        "/changes/inventory?limit=1000",
+        &headers,
+        None,
+    )
+    .await;
     assert_eq!(changes.status, 200, "{}", changes.text());
     let changes = changes.json();
     assert!(changes["count"].as_u64() > Some(0), "{changes}");
-    assert!(changes["changes"].as_array().is_some_and(|c| c.iter().all(|c| c["tenantId"] == "tenant-a")), "{changes}");
+    assert!(
+        changes["changes"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| c["tenantId"] == "tenant-a")),
+        "{changes}"
+    );
     let alerts = http_request_with(server.port, "GET", "/alerts?all=true", &headers, None).await;
     assert_eq!(alerts.json()["count"], 0, "{}", alerts.text());
     // Acknowledging B's alert as A: not found, and B's alert stays unacknowledged.
     let b_alert = alerts_b[0]["id"].as_str().expect("alert id").to_string();
-    let ack = http_request_with(server.port, "POST", &format!("/alerts/{b_alert}/acknowledge"), &headers, None).await;
+    let ack = http_request_with(
+        server.port,
+        "POST",
+        &format!("/alerts/{b_alert}/acknowledge"),
+        &headers,
+        None,
+    )
+    .await;
     assert_eq!(ack.status, 404, "{}", ack.text());
     let still: Option<std::time::SystemTime> = pg
-        .query_one("SELECT acknowledged_at FROM alerts WHERE tenant_id = 'tenant-b' AND id = $1", &[&b_alert])
+        .query_one(
+            "SELECT acknowledged_at FROM alerts WHERE tenant_id = 'tenant-b' AND id = $1",
+            &[&b_alert],
+        )
         .await
         .expect("alert row")
         .get(0);
     assert!(still.is_none(), "B's alert was not acknowledged by A");
     // B acknowledges its own: persisted.
     let auth_b = format!("Bearer {token_b}");
-    let ack = http_request_with(server.port, "POST", &format!("/alerts/{b_alert}/acknowledge"), &[("Authorization", auth_b.as_str())], None).await;
+    let ack = http_request_with(
+        server.port,
+        "POST",
+        &format!("/alerts/{b_alert}/acknowledge"),
+        &[("Authorization", auth_b.as_str())],
+        None,
+    )
+    .await;
     assert_eq!(ack.status, 200, "{}", ack.text());
     assert_eq!(ack.json()["acknowledged"], true, "{}", ack.text());
     let acked: Option<std::time::SystemTime> = pg
-        .query_one("SELECT acknowledged_at FROM alerts WHERE tenant_id = 'tenant-b' AND id = $1", &[&b_alert])
+        .query_one(
+            "SELECT acknowledged_at FROM alerts WHERE tenant_id = 'tenant-b' AND id = $1",
+            &[&b_alert],
+        )
         .await
         .expect("alert row")
         .get(0);
@@ -789,12 +1106,24 @@ async fn db_check_reports_schema_triggers_and_round_trip() {
     assert!(!ok, "an empty database fails the check: {out}");
     assert!(out.contains("MISSING"), "{out}");
     let applied = db.migrate("notify");
-    assert!(applied.contains("core v1") && applied.contains("triggers v1"), "{applied}");
-    assert!(db.migrate("notify").contains("up to date"), "migrate is idempotent");
+    assert!(
+        applied.contains("core v1") && applied.contains("triggers v1"),
+        "{applied}"
+    );
+    assert!(
+        db.migrate("notify").contains("up to date"),
+        "migrate is idempotent"
+    );
     let (ok, out) = db.db_check("notify");
     assert!(ok, "{out}");
-    assert!(out.contains("round trip: change-log seq") && out.contains("notified"), "{out}");
-    assert!(out.contains("triggers: customer_activity, inventory, order_tracking, orders"), "{out}");
+    assert!(
+        out.contains("round trip: change-log seq") && out.contains("notified"),
+        "{out}"
+    );
+    assert!(
+        out.contains("triggers: customer_activity, inventory, order_tracking, orders"),
+        "{out}"
+    );
 
     // poll mode needs no triggers, and migrate installs none.
     let bare = TestDb::create().await;
@@ -849,7 +1178,9 @@ fn closed_port() -> u16 {
 
 /// Forwards `port` to PostgreSQL until dropped.
 async fn forward(port: u16) -> tokio::task::JoinHandle<()> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the forwarder");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the forwarder");
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -865,12 +1196,20 @@ async fn forward(port: u16) -> tokio::task::JoinHandle<()> {
 async fn starts_degraded_while_the_database_is_down_and_recovers() {
     let db = TestDb::create().await;
     let port = closed_port();
-    let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+    let url = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
     assert_ne!(url, db.url, "the test database is on 127.0.0.1:5432");
-    let server = spawn_server(&[("NILEDB_CONNECTION_STRING", &url), ("NILECAST_MIGRATE", "true")]);
+    let server = spawn_server(&[
+        ("NILEDB_CONNECTION_STRING", &url),
+        ("NILECAST_MIGRATE", "true"),
+    ]);
     let health = get_json(server.port, "/health").await;
     assert_eq!(health["status"], "degraded", "{health}");
-    assert_eq!(health["services"]["niledb"]["listenerConnected"], false, "{health}");
+    assert_eq!(
+        health["services"]["niledb"]["listenerConnected"], false,
+        "{health}"
+    );
     // A request that needs the database is refused with `unavailable`, not hung.
     let mut client = server.connect().await;
     let reply = client

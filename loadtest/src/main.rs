@@ -6,6 +6,7 @@
 //! (loopback in every documented command), and stops by itself.
 
 mod client;
+mod db;
 mod fleet;
 mod publisher;
 mod report;
@@ -47,6 +48,8 @@ enum Scenario {
     MaxFanout,
     ReconnectStorm,
     Connections,
+    /// Database commit to client (needs --database-url and a server on that database).
+    DbLatency,
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +96,22 @@ struct RunArgs {
     /// Runtime threads; 0 = one per available core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// `db-latency`: the PostgreSQL the server's change feed reads.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/nilecast_bench"
+    )]
+    database_url: String,
+    /// `db-latency`: writer connections sharing the rate.
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// `db-latency`: rows per committed transaction.
+    #[arg(long, default_value_t = 1)]
+    rows_per_commit: usize,
+    /// `db-latency`: through the trigger (notify mode) or straight into the change log
+    /// (poll mode).
+    #[arg(long, value_enum, default_value_t = db::Write::Trigger)]
+    write: db::Write,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,5 +164,14 @@ async fn run(a: RunArgs) -> anyhow::Result<scenarios::Run> {
         Scenario::MaxFanout => scenarios::max_fanout(&p).await,
         Scenario::ReconnectStorm => scenarios::reconnect_storm(&p).await,
         Scenario::Connections => scenarios::connections(&p).await,
+        Scenario::DbLatency => {
+            let d = db::DbParams {
+                url: a.database_url,
+                writers: a.writers,
+                rows_per_commit: a.rows_per_commit,
+                write: a.write,
+            };
+            db::db_latency(&p, &d).await
+        }
     }
 }

@@ -56,14 +56,14 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// How long opening a whole fleet may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
 
-struct Sampler {
+pub struct Sampler {
     server: stats::ProcSample,
     me: stats::ProcSample,
     pid: Option<u32>,
 }
 
 impl Sampler {
-    fn start(pid: Option<u32>) -> Sampler {
+    pub fn start(pid: Option<u32>) -> Sampler {
         Sampler {
             server: stats::sample(pid),
             me: stats::sample(None),
@@ -86,7 +86,7 @@ impl Sampler {
     }
 }
 
-fn base(p: &Params, scenario: &str, fleet: &Fleet) -> Run {
+pub fn base_run(p: &Params, scenario: &str, fleet: &Fleet) -> Run {
     Run {
         scenario: scenario.into(),
         server: p.server.clone(),
@@ -135,7 +135,7 @@ pub async fn broadcast(p: &Params) -> anyhow::Result<Run> {
     let sampler = Sampler::start(p.server_pid);
     let (published, delivery, latency, secs) =
         publish_and_check(p, &fleet, p.rate, p.duration, || 0).await?;
-    let mut run = base(p, "broadcast", &fleet);
+    let mut run = base_run(p, "broadcast", &fleet);
     run.keys = 1;
     finish_run(&mut run, &sampler, published.len(), delivery, latency, secs);
     fleet.close().await;
@@ -150,10 +150,22 @@ pub async fn sharded(p: &Params) -> anyhow::Result<Run> {
     let mut rng = fastrand::Rng::with_seed(7);
     let (published, delivery, latency, secs) =
         publish_and_check(p, &fleet, p.rate, p.duration, move || rng.usize(..keys)).await?;
-    let mut run = base(p, "sharded", &fleet);
+    let mut run = base_run(p, "sharded", &fleet);
     finish_run(&mut run, &sampler, published.len(), delivery, latency, secs);
     fleet.close().await;
     Ok(run)
+}
+
+/// [`finish_run`] for the database scenario.
+pub fn finish_db_run(
+    run: &mut Run,
+    sampler: &Sampler,
+    published: usize,
+    delivery: Delivery,
+    latency: Latency,
+    secs: f64,
+) {
+    finish_run(run, sampler, published, delivery, latency, secs);
 }
 
 fn finish_run(
@@ -185,7 +197,7 @@ pub async fn idle(p: &Params) -> anyhow::Result<Run> {
     // Let the server settle before reading its RSS: this is a measurement.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = stats::sample(p.server_pid);
-    let mut run = base(p, "idle", &fleet);
+    let mut run = base_run(p, "idle", &fleet);
     run.server_rss_kib = after.rss_kib;
     if p.server_pid.is_some() && fleet.subscribed() > 0 {
         run.rss_per_connection_bytes = Some(
@@ -268,7 +280,7 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
         best = Some((rate, per_s, delivery, latency));
         rate *= p.step_factor;
     }
-    let mut run = base(p, "max-fanout", &fleet);
+    let mut run = base_run(p, "max-fanout", &fleet);
     run.keys = 1;
     run.duration_s = total_secs;
     run.published = total_published as u64;
@@ -315,7 +327,7 @@ pub async fn reconnect_storm(p: &Params) -> anyhow::Result<Run> {
     let pairs: Vec<(usize, &stats::Receipts)> = receipts.iter().map(|(k, r)| (*k, r)).collect();
     let delivery = check_delivery(&published, &pairs);
     let latency = stats::latency(receipts.iter().map(|(_, r)| r));
-    let mut run = base(p, "reconnect-storm", &fleet);
+    let mut run = base_run(p, "reconnect-storm", &fleet);
     run.keys = 1;
     finish_run(
         &mut run,
@@ -355,7 +367,7 @@ pub async fn connections(p: &Params) -> anyhow::Result<Run> {
         .filter(|(c, _)| !c.is_finished())
         .map(|(_, (k, r))| (*k, r))
         .collect();
-    let mut run = base(p, "connections", &fleet);
+    let mut run = base_run(p, "connections", &fleet);
     run.keys = 1;
     run.published = 1;
     run.delivery = check_delivery(&published, &open);

@@ -18,14 +18,19 @@ fn open(config: &DbConfig) -> anyhow::Result<std::sync::Arc<Db>> {
 pub async fn migrate(config: &DbConfig) -> anyhow::Result<()> {
     let db = open(config)?;
     let triggers = config.detection == Detection::Notify;
-    let applied = schema::migrate(&db, triggers).await.context("migration failed")?;
+    let applied = schema::migrate(&db, triggers)
+        .await
+        .context("migration failed")?;
     if applied.is_empty() {
         println!("schema is up to date");
     } else {
         println!("applied: {}", applied.join(", "));
     }
     if !triggers {
-        println!("triggers not installed (CHANGE_DETECTION={})", config.detection.name());
+        println!(
+            "triggers not installed (CHANGE_DETECTION={})",
+            config.detection.name()
+        );
     }
     Ok(())
 }
@@ -38,7 +43,10 @@ pub async fn check(config: &DbConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let client = db.client().await.context("connection: FAILED")?;
     let version: String = client.query_one("SELECT version()", &[]).await?.get(0);
-    println!("connection: ok ({} ms) {version}", started.elapsed().as_millis());
+    println!(
+        "connection: ok ({} ms) {version}",
+        started.elapsed().as_millis()
+    );
     for (part, v) in schema::versions(&db).await? {
         let latest = schema::latest(&part);
         let wanted = part == "core" || config.detection == Detection::Notify;
@@ -55,7 +63,11 @@ pub async fn check(config: &DbConfig) -> anyhow::Result<()> {
     let triggered = schema::triggered_tables(&db).await?;
     println!(
         "triggers: {} ({})",
-        if triggered.is_empty() { "none".to_string() } else { triggered.join(", ") },
+        if triggered.is_empty() {
+            "none".to_string()
+        } else {
+            triggered.join(", ")
+        },
         config.detection.name()
     );
     if config.detection == Detection::Notify && triggered.is_empty() {
@@ -67,7 +79,7 @@ pub async fn check(config: &DbConfig) -> anyhow::Result<()> {
     let (listener, mut connection) = db.connect_dedicated_named("nilecast-check").await?;
     let (notified_tx, mut notified) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await.map(|m| m) {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             if let tokio_postgres::AsyncMessage::Notification(n) = message {
                 let _ = notified_tx.send(n.payload().to_string());
             }
@@ -86,15 +98,24 @@ pub async fn check(config: &DbConfig) -> anyhow::Result<()> {
             .unwrap_or_default(),
     };
     let seqs = super::store::log_changes(&db, std::slice::from_ref(&probe)).await?;
-    let seq = seqs.first().copied().context("round trip: no seq returned")?;
+    let seq = seqs
+        .first()
+        .copied()
+        .context("round trip: no seq returned")?;
     let found: i64 = client
-        .query_one("SELECT count(*) FROM nilecast_changes WHERE seq = $1", &[&(seq as i64)])
+        .query_one(
+            "SELECT count(*) FROM nilecast_changes WHERE seq = $1",
+            &[&(seq as i64)],
+        )
         .await?
         .get(0);
     if found != 1 {
         failed = true;
     }
-    print!("round trip: change-log seq {seq} written and read back in {} ms", started.elapsed().as_millis());
+    print!(
+        "round trip: change-log seq {seq} written and read back in {} ms",
+        started.elapsed().as_millis()
+    );
     if config.detection == Detection::Notify {
         match tokio::time::timeout(Duration::from_secs(5), notified.recv()).await {
             Ok(Some(_)) => print!(", notified in {} ms", started.elapsed().as_millis()),
@@ -110,11 +131,17 @@ pub async fn check(config: &DbConfig) -> anyhow::Result<()> {
         .await?
         .get(0);
     let positions = client
-        .query("SELECT name, seq FROM nilecast_feed_state ORDER BY name", &[])
+        .query(
+            "SELECT name, seq FROM nilecast_feed_state ORDER BY name",
+            &[],
+        )
         .await?;
     for row in positions {
         let (name, pos): (String, i64) = (row.get(0), row.get(1));
-        println!("feed {name}: at seq {pos}, {} behind the log's head {head}", (head - pos).max(0));
+        println!(
+            "feed {name}: at seq {pos}, {} behind the log's head {head}",
+            (head - pos).max(0)
+        );
     }
     if let Some(fallback) = &db.fallback {
         match fallback.ping().await {

@@ -134,7 +134,12 @@ pub struct DbConfig {
 
     /// Name under which the feed stores its position (one per deployment; nodes of one
     /// cluster share it).
-    #[arg(long = "feed-name", env = "FEED_NAME", value_name = "FEED_NAME", default_value = "default")]
+    #[arg(
+        long = "feed-name",
+        env = "FEED_NAME",
+        value_name = "FEED_NAME",
+        default_value = "default"
+    )]
     pub feed_name: String,
 
     /// Change-log rows read per batch.
@@ -188,7 +193,11 @@ pub struct DbConfig {
 
     /// Set `nile.tenant_id` for every query (Nile DB's tenant isolation). On by default
     /// for hosts under `thenile.dev`.
-    #[arg(long = "nile-tenant-context", env = "NILE_TENANT_CONTEXT", value_name = "NILE_TENANT_CONTEXT")]
+    #[arg(
+        long = "nile-tenant-context",
+        env = "NILE_TENANT_CONTEXT",
+        value_name = "NILE_TENANT_CONTEXT"
+    )]
     pub nile_tenant_context: Option<bool>,
 
     /// MySQL / MariaDB read fallback (the seed's main database): host.
@@ -232,15 +241,16 @@ impl DbConfig {
 
     /// Whether queries set `nile.tenant_id`.
     pub fn tenant_context(&self) -> bool {
-        self.nile_tenant_context.unwrap_or_else(|| self.is_nile_host())
+        self.nile_tenant_context
+            .unwrap_or_else(|| self.is_nile_host())
     }
 
     /// The tokio-postgres configuration and whether TLS is required.
     pub fn pg_config(&self) -> Result<(tokio_postgres::Config, Tls), String> {
         let mut config: tokio_postgres::Config = match &self.connection_string {
-            Some(s) => s
-                .parse()
-                .map_err(|e| format!("NILEDB_CONNECTION_STRING is not a valid connection string: {e}"))?,
+            Some(s) => s.parse().map_err(|e| {
+                format!("NILEDB_CONNECTION_STRING is not a valid connection string: {e}")
+            })?,
             None => {
                 let mut c = tokio_postgres::Config::new();
                 c.host(self.host.as_deref().unwrap_or("localhost"));
@@ -293,7 +303,11 @@ impl DbConfig {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
                 Tls::On
             }
-            other => return Err(format!("NILEDB_SSLMODE: unknown mode {other:?} (disable, prefer, require)")),
+            other => {
+                return Err(format!(
+                    "NILEDB_SSLMODE: unknown mode {other:?} (disable, prefer, require)"
+                ))
+            }
         };
         Ok((config, tls))
     }

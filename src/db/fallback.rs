@@ -1,9 +1,9 @@
 //! The MySQL / MariaDB read fallback (the seed's main database, `DB_HOST` ...). While
 //! PostgreSQL is unreachable, reads of the business tables (`products`, `inventory`,
-//! `orders`, `order_tracking`, `customer_activity`) run here instead, with the same SQL:
-//! the fallback database holds tables (or views) of the same names and columns as the
-//! demo schema (README, "MySQL fallback"). The change log, alerts and replay stay on
-//! PostgreSQL.
+//! `orders`, `customer_activity`) run here instead, with the same SQL: the fallback
+//! database holds tables (or views) of the same names and columns as the demo schema
+//! (`sql/mysql_fallback.sql`, README "MySQL / MariaDB fallback"). The change log,
+//! alerts, replay and `orders:track` stay on PostgreSQL.
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{consts::ColumnType, Opts, OptsBuilder, Pool, Row, Value as My};
@@ -87,8 +87,17 @@ fn row_json(row: Row) -> Map<String, Value> {
                 My::Bytes(b) => {
                     let text = String::from_utf8_lossy(&b).into_owned();
                     match c.column_type() {
+                        // SUM and friends are DECIMAL: a whole number stays an integer, as
+                        // PostgreSQL's bigint sums do.
                         ColumnType::MYSQL_TYPE_DECIMAL | ColumnType::MYSQL_TYPE_NEWDECIMAL => {
-                            text.parse::<f64>().map_or(Value::String(text), Value::from)
+                            match (text.parse::<i64>(), text.parse::<f64>()) {
+                                (Ok(i), _) => Value::from(i),
+                                (_, Ok(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                                    Value::from(f as i64)
+                                }
+                                (_, Ok(f)) => Value::from(f),
+                                _ => Value::String(text),
+                            }
                         }
                         _ => Value::String(text),
                     }

@@ -12,14 +12,19 @@
 //! # The horizon
 //!
 //! Seqs are taken before commit, so seq 11 can be visible while seq 10's transaction is
-//! still running. The reader never reads past such a hole until it is settled: when it
-//! meets one, it takes a snapshot (`pg_current_snapshot()`) and waits until every
-//! transaction that snapshot saw in progress has ended (`pg_xact_status`). A transaction
-//! holding the missing seq is among them: it got its transaction id before its seq (the
-//! trigger writes the user's row first; in direct INSERTs the `xid` column's default
-//! comes before `seq`'s) and its seq before seq 11 became visible. Once they have all
-//! ended, a new read sees every missing row that committed; what is still missing was
-//! rolled back and is skipped.
+//! still running. The reader never reads past such a hole until it is settled. Every
+//! read returns its rows together with the snapshot it was made with
+//! (`pg_current_snapshot()`, in the same statement). On meeting a hole, the reader notes
+//! the transactions that snapshot saw in progress; a transaction holding a missing seq
+//! is among them: it got its transaction id before its seq (the trigger writes the
+//! user's row first; in direct INSERTs the `xid` column's default comes before `seq`'s)
+//! and its seq before seq 11 became visible. A later read whose own snapshot shows all
+//! of them ended contains every missing row that committed; what is still missing then
+//! was rolled back and is skipped (`gapsSkipped` in the metrics).
+//!
+//! "Ended" is judged by the read's own snapshot, not by `pg_xact_status`: a transaction
+//! is marked committed in the commit log a moment before new snapshots see it, and a
+//! read in that moment would miss its rows.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -43,6 +48,27 @@ pub const LISTENER_NAME: &str = "nilecast-listener";
 /// back hole) when nothing is pending.
 const SAFETY_TICK: Duration = Duration::from_secs(1);
 
+/// One read: the rows after `$1` (at most `$2`), the snapshot they were read with, and
+/// the next transaction id at that moment (`age()` of a recent xid counts from it:
+/// transactions still running may have ids at or above the snapshot's xmax, and those
+/// are not in its list).
+const READ_SQL: &str = "
+    WITH snap AS (SELECT pg_current_snapshot() AS s),
+         base AS (
+             SELECT s, pg_snapshot_xmin(s)::text::numeric AS xmin64 FROM snap),
+         horizon AS (
+             SELECT s::text AS s,
+                    (xmin64 - (xmin64 % 4294967296) + greatest(xmin64 % 4294967296, 3)
+                     + age(greatest(xmin64 % 4294967296, 3)::text::xid))::text AS next
+             FROM base),
+         page AS (
+             SELECT seq, tenant_id, data_type, payload,
+                    (extract(epoch FROM committed_at) * 1000)::int8 AS ms
+             FROM nilecast_changes WHERE seq > $1 ORDER BY seq LIMIT $2)
+    SELECT page.seq, page.tenant_id, page.data_type, page.payload, page.ms,
+           horizon.s, horizon.next
+    FROM horizon LEFT JOIN page ON true ORDER BY page.seq";
+
 /// Where the reader is.
 pub struct Reader {
     name: String,
@@ -53,11 +79,25 @@ pub struct Reader {
     hole: Option<Hole>,
 }
 
-/// A hole before seq `before`, waiting for the transactions in progress when it was
-/// seen.
+/// A hole before seq `before`, waiting for the transactions that were running when it
+/// was seen: those the snapshot listed, and any with an id from its xmax up to the
+/// next id then.
 struct Hole {
     before: u64,
-    in_progress: Vec<String>,
+    in_progress: Vec<u64>,
+    xmax: u64,
+    next: u64,
+}
+
+impl Hole {
+    fn ended_in(&self, later: &Snapshot) -> bool {
+        self.in_progress.iter().all(|&x| later.ended(x))
+            && self.next <= later.xmax
+            && !later
+                .in_progress
+                .iter()
+                .any(|&x| x >= self.xmax && x < self.next)
+    }
 }
 
 /// Outcome of one read.
@@ -76,7 +116,10 @@ impl Reader {
         let name = db.config.feed_name.clone();
         let stored: Option<i64> = match db.config.feed_start {
             FeedStart::Stored => client
-                .query_opt("SELECT seq FROM nilecast_feed_state WHERE name = $1", &[&name])
+                .query_opt(
+                    "SELECT seq FROM nilecast_feed_state WHERE name = $1",
+                    &[&name],
+                )
                 .await?
                 .map(|r| r.get(0)),
             FeedStart::Now => None,
@@ -104,7 +147,11 @@ impl Reader {
         reader.store_position(db).await?;
         tracing::info!(
             seq = last,
-            from = if stored.is_some() { "stored position" } else { "the log's head" },
+            from = if stored.is_some() {
+                "stored position"
+            } else {
+                "the log's head"
+            },
             "change feed starts"
         );
         Ok(reader)
@@ -140,15 +187,23 @@ impl Reader {
     async fn read_all(&mut self, app: &App, db: &Db) -> Result<Caught, DbError> {
         loop {
             let client = db.client().await?;
+            // The rows and the snapshot they were read with, from one statement: the
+            // horizon is decided on exactly what this read could see.
             let rows = client
-                .query(
-                    "SELECT seq, tenant_id, data_type, payload,
-                            (extract(epoch FROM committed_at) * 1000)::int8
-                     FROM nilecast_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
-                    &[&(self.last as i64), &self.batch],
-                )
+                .query(READ_SQL, &[&(self.last as i64), &self.batch])
                 .await?;
-            let Some(last_row) = rows.last() else {
+            drop(client);
+            let snapshot = rows.first().and_then(|row| {
+                Snapshot::parse(
+                    row.try_get::<_, &str>(5).unwrap_or(""),
+                    row.try_get::<_, &str>(6).unwrap_or(""),
+                )
+            });
+            let rows: Vec<&tokio_postgres::Row> = rows
+                .iter()
+                .filter(|r| r.try_get::<_, Option<i64>>(0).ok().flatten().is_some())
+                .collect();
+            let (Some(last_row), Some(snapshot)) = (rows.last(), snapshot) else {
                 self.hole = None;
                 return Ok(Caught::Up);
             };
@@ -156,12 +211,15 @@ impl Reader {
             db.stats.log_head.fetch_max(head, Relaxed);
             let mut batch = Vec::with_capacity(rows.len());
             let mut next = self.last;
-            let mut blocked = None;
+            let mut blocked = false;
             for row in &rows {
                 let seq = row.get::<_, i64>(0) as u64;
-                if seq != next + 1 && seq > self.settled_through {
-                    blocked = Some(seq);
+                if seq != next + 1 && seq > self.settled_through && !self.settle(seq, &snapshot) {
+                    blocked = true;
                     break;
+                }
+                if seq > next + 1 {
+                    db.stats.gaps_skipped.fetch_add(seq - next - 1, Relaxed);
                 }
                 next = seq;
                 if let Some(logged) = to_logged(seq, row) {
@@ -172,15 +230,8 @@ impl Reader {
                 }
             }
             self.publish(app, db, &batch, next);
-            if let Some(before) = blocked {
-                if !self.hole_settled(&client, before).await? {
-                    return Ok(Caught::Waiting);
-                }
-                // Everything that could fill the hole has ended: read again; what is
-                // still missing below `before` was rolled back.
-                self.settled_through = before;
-                self.hole = None;
-                continue;
+            if blocked {
+                return Ok(Caught::Waiting);
             }
             if (rows.len() as i64) < self.batch {
                 return Ok(Caught::Up);
@@ -201,59 +252,78 @@ impl Reader {
             stats
                 .feed_last_change_ms
                 .store(newest.timestamp_ms, Relaxed);
-            stats.feed_lag_ms.store(
-                time::now_ms().saturating_sub(newest.timestamp_ms),
-                Relaxed,
-            );
+            stats
+                .feed_lag_ms
+                .store(time::now_ms().saturating_sub(newest.timestamp_ms), Relaxed);
         }
     }
 
-    /// Whether the hole before `before` is settled: every transaction in progress when
-    /// it was first seen has ended.
-    async fn hole_settled(
-        &mut self,
-        client: &tokio_postgres::Client,
-        before: u64,
-    ) -> Result<bool, DbError> {
-        if self.hole.as_ref().is_none_or(|h| h.before != before) {
-            let snapshot: String = client
-                .query_one("SELECT pg_current_snapshot()::text", &[])
-                .await?
-                .get(0);
-            self.hole = Some(Hole {
-                before,
-                in_progress: in_progress_of(&snapshot),
-            });
+    /// Meeting a hole before `before` in a read made with `snapshot`: whether every seq
+    /// below `before` is final in that read (true: the missing ones were rolled back).
+    /// When not, remembers the transactions to wait for.
+    fn settle(&mut self, before: u64, snapshot: &Snapshot) -> bool {
+        if let Some(hole) = &self.hole {
+            if hole.before >= before && hole.ended_in(snapshot) {
+                // Everything that was running when `hole.before` was first seen has
+                // ended as this read sees it: every seq below it that committed is in
+                // this read.
+                self.settled_through = self.settled_through.max(hole.before);
+                self.hole = None;
+                return before <= self.settled_through;
+            }
+            if hole.before >= before {
+                return false;
+            }
         }
-        let Some(hole) = &self.hole else {
-            return Ok(true);
-        };
-        if hole.in_progress.is_empty() {
-            return Ok(true);
-        }
-        let running: i64 = client
-            .query_one(
-                "SELECT count(*) FROM unnest($1::text[]) AS x
-                 WHERE pg_xact_status(x::xid8) = 'in progress'",
-                &[&hole.in_progress],
-            )
-            .await?
-            .get(0);
-        Ok(running == 0)
+        // A new hole: wait for what was running at this read.
+        self.hole = Some(Hole {
+            before,
+            in_progress: snapshot.in_progress.clone(),
+            xmax: snapshot.xmax,
+            next: snapshot.next,
+        });
+        false
     }
 }
 
-/// The transaction ids in progress in a `pg_current_snapshot()` text
-/// (`xmin:xmax:xip,xip,...`).
-pub fn in_progress_of(snapshot: &str) -> Vec<String> {
-    snapshot
-        .splitn(3, ':')
-        .nth(2)
-        .unwrap_or("")
-        .split(',')
-        .filter(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
-        .map(String::from)
-        .collect()
+/// A `pg_current_snapshot()` (`xmin:xmax:xip,xip,...`) and the next transaction id at
+/// the time: which transactions a read saw in progress. Transactions with ids from
+/// `xmax` up to `next` may be running too; the snapshot does not list them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    xmin: u64,
+    xmax: u64,
+    in_progress: Vec<u64>,
+    next: u64,
+}
+
+impl Snapshot {
+    pub fn parse(text: &str, next: &str) -> Option<Snapshot> {
+        let mut parts = text.splitn(3, ':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let in_progress = parts
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse())
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let next: u64 = next.parse().ok()?;
+        Some(Snapshot {
+            xmin,
+            xmax,
+            in_progress,
+            next: next.max(xmax),
+        })
+    }
+
+    /// Whether transaction `xid` (seen in progress by an earlier snapshot) had ended
+    /// for this one: committed and visible, or aborted.
+    pub fn ended(&self, xid: u64) -> bool {
+        xid < self.xmin || (xid < self.xmax && !self.in_progress.contains(&xid))
+    }
 }
 
 /// A change-log row (seq, tenant_id, data_type, payload, committed ms) as a change.
@@ -336,7 +406,9 @@ async fn follow(
     loop {
         let caught = reader.catch_up(app, db).await?;
         if lost.load(Relaxed) {
-            return Err(DbError::Unavailable("the listener's connection closed".into()));
+            return Err(DbError::Unavailable(
+                "the listener's connection closed".into(),
+            ));
         }
         let wait = match (mode, caught) {
             (Detection::Notify, Caught::Up) => SAFETY_TICK,
@@ -446,10 +518,75 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshot_in_progress_ids() {
-        assert_eq!(in_progress_of("10:20:12,15"), vec!["12", "15"]);
-        assert!(in_progress_of("10:10:").is_empty());
-        assert!(in_progress_of("garbage").is_empty());
+    fn snapshots_tell_which_transactions_ended() {
+        let s = Snapshot::parse("10:20:12,15", "22").expect("parses");
+        assert_eq!(s.in_progress, vec![12, 15]);
+        assert!(s.ended(9), "below xmin");
+        assert!(s.ended(11) && s.ended(13), "below xmax, not in progress");
+        assert!(!s.ended(12) && !s.ended(15), "in progress");
+        assert!(
+            !s.ended(20) && !s.ended(25),
+            "not yet started for this snapshot"
+        );
+        assert_eq!(
+            Snapshot::parse("10:10:", "10").map(|s| s.in_progress.len()),
+            Some(0)
+        );
+        assert!(Snapshot::parse("garbage", "1").is_none());
+        assert!(Snapshot::parse("10:10:", "x").is_none());
+    }
+
+    fn reader() -> Reader {
+        Reader {
+            name: "t".into(),
+            batch: 10,
+            last: 5,
+            settled_through: 5,
+            hole: None,
+        }
+    }
+
+    fn snap(text: &str, next: u64) -> Snapshot {
+        Snapshot::parse(text, &next.to_string()).expect("parses")
+    }
+
+    #[test]
+    fn a_hole_waits_for_what_was_running_when_it_was_seen() {
+        let mut r = reader();
+        // 103 and 107 listed; 110 and 111 running too (at or above xmax, unlisted).
+        let first = snap("100:110:103,107", 112);
+        assert!(!r.settle(8, &first), "seq 6 or 7 may belong to any of them");
+        // 103 ended, 107 still running: still waiting.
+        assert!(!r.settle(8, &snap("104:112:107,111", 113)));
+        // 103 and 107 ended but 111 (unlisted at first) still runs: still waiting.
+        assert!(!r.settle(8, &snap("111:113:111", 113)));
+        // A hole further down is covered by the same wait.
+        assert!(!r.settle(7, &snap("111:113:111", 113)));
+        // All ended: settled through 8, and the read that saw it may go on.
+        assert!(r.settle(8, &snap("112:115:112", 115)));
+        assert_eq!(r.settled_through, 8);
+        assert!(r.hole.is_none());
+    }
+
+    #[test]
+    fn a_hole_is_never_settled_by_the_read_that_found_it() {
+        let mut r = reader();
+        // Nothing listed, but 120 was assigned and may hold the missing seq.
+        assert!(!r.settle(9, &snap("120:120:", 121)));
+        assert!(!r.settle(9, &snap("120:121:120", 122)));
+        assert!(r.settle(9, &snap("121:122:121", 122)));
+        assert_eq!(r.settled_through, 9);
+    }
+
+    #[test]
+    fn a_new_hole_above_a_waiting_one_starts_its_own_wait() {
+        let mut r = reader();
+        assert!(!r.settle(8, &snap("100:110:103", 110)));
+        // The old hole filled (the reader moved past it); a new one at 20, with 109
+        // running now.
+        assert!(!r.settle(20, &snap("109:112:109", 112)));
+        assert_eq!(r.hole.as_ref().map(|h| h.before), Some(20));
+        assert!(r.settle(20, &snap("112:112:", 112)));
     }
 
     #[test]

@@ -248,11 +248,10 @@ impl Db {
         let mut client = self.client().await?;
         let text = query.pg_text();
         let params = query.pg_params();
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            params
-                .iter()
-                .map(|p| &**p as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| &**p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
         let rows = if self.config.tenant_context() {
             let tx = client.transaction().await?;
             tx.execute(
@@ -372,17 +371,60 @@ impl Db {
         use std::fmt::Write;
         let s = &self.stats;
         let lines: [(&str, &str, &str, f64); 8] = [
-            ("nilecast_db_queries_total", "counter", "Database queries run.", s.queries.load(Relaxed) as f64),
-            ("nilecast_db_query_errors_total", "counter", "Database queries that failed.", s.errors.load(Relaxed) as f64),
-            ("nilecast_db_query_seconds_total", "counter", "Time spent in database queries.", s.query_time_us.load(Relaxed) as f64 / 1e6),
-            ("nilecast_db_slow_queries_total", "counter", "Queries over SLOW_QUERY_MS.", s.slow_queries.load(Relaxed) as f64),
-            ("nilecast_db_fallback_queries_total", "counter", "Reads served by the MySQL fallback.", s.fallback_queries.load(Relaxed) as f64),
-            ("nilecast_feed_published_total", "counter", "Changes the database feed published.", s.feed_published.load(Relaxed) as f64),
-            ("nilecast_feed_lag_seconds", "gauge", "Change-log write to publish time of the last batch.", s.feed_lag_ms.load(Relaxed) as f64 / 1000.0),
-            ("nilecast_feed_connected", "gauge", "Whether the change feed is connected.", f64::from(u8::from(s.feed_connected.load(Relaxed)))),
+            (
+                "nilecast_db_queries_total",
+                "counter",
+                "Database queries run.",
+                s.queries.load(Relaxed) as f64,
+            ),
+            (
+                "nilecast_db_query_errors_total",
+                "counter",
+                "Database queries that failed.",
+                s.errors.load(Relaxed) as f64,
+            ),
+            (
+                "nilecast_db_query_seconds_total",
+                "counter",
+                "Time spent in database queries.",
+                s.query_time_us.load(Relaxed) as f64 / 1e6,
+            ),
+            (
+                "nilecast_db_slow_queries_total",
+                "counter",
+                "Queries over SLOW_QUERY_MS.",
+                s.slow_queries.load(Relaxed) as f64,
+            ),
+            (
+                "nilecast_db_fallback_queries_total",
+                "counter",
+                "Reads served by the MySQL fallback.",
+                s.fallback_queries.load(Relaxed) as f64,
+            ),
+            (
+                "nilecast_feed_published_total",
+                "counter",
+                "Changes the database feed published.",
+                s.feed_published.load(Relaxed) as f64,
+            ),
+            (
+                "nilecast_feed_lag_seconds",
+                "gauge",
+                "Change-log write to publish time of the last batch.",
+                s.feed_lag_ms.load(Relaxed) as f64 / 1000.0,
+            ),
+            (
+                "nilecast_feed_connected",
+                "gauge",
+                "Whether the change feed is connected.",
+                f64::from(u8::from(s.feed_connected.load(Relaxed))),
+            ),
         ];
         for (name, kind, help, value) in lines {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
     }
 }

@@ -15,7 +15,12 @@ use crate::fanout::{Engine, LogReplay, Logged};
 use crate::store::memory::InventoryQuery;
 
 /// Stock rows with their product's category, name, sku and threshold.
-pub fn inventory_rows(tenant: &str, q: &InventoryQuery, default_threshold: f64, limit: usize) -> Query {
+pub fn inventory_rows(
+    tenant: &str,
+    q: &InventoryQuery,
+    default_threshold: f64,
+    limit: usize,
+) -> Query {
     let mut query = Query::new(
         "inventory_current",
         tenant,
@@ -260,7 +265,11 @@ pub async fn replay(
         let mut through = through;
         if truncated {
             rows.truncate(max as usize);
-            through = rows.last().and_then(|r| r.get("seq")).and_then(Value::as_u64).unwrap_or(since);
+            through = rows
+                .last()
+                .and_then(|r| r.get("seq"))
+                .and_then(Value::as_u64)
+                .unwrap_or(since);
         }
         Ok(LogReplay {
             records: records(engine, &rows),
@@ -307,7 +316,10 @@ pub async fn stats(db: &Db, tenant: &str, orders_last_minute: u64) -> Result<Val
         let n = row.get("orders").and_then(Value::as_u64).unwrap_or(0);
         total += n;
         revenue += row.get("revenue").and_then(Value::as_f64).unwrap_or(0.0);
-        let status = row.get("status").and_then(Value::as_str).unwrap_or("unknown");
+        let status = row
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
         by_status.insert(status.to_string(), n);
     }
     Ok(json!({
@@ -326,8 +338,14 @@ pub async fn activity(db: &Db, tenant: &str, limit: usize) -> Result<Value, DbEr
     let customers = db.read(&activity_customers(tenant, since)).await?.value;
     let mut by_type = BTreeMap::new();
     for row in &counts {
-        let kind = row.get("activityType").and_then(Value::as_str).unwrap_or("unknown");
-        by_type.insert(kind.to_string(), row.get("events").and_then(Value::as_u64).unwrap_or(0));
+        let kind = row
+            .get("activityType")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        by_type.insert(
+            kind.to_string(),
+            row.get("events").and_then(Value::as_u64).unwrap_or(0),
+        );
     }
     Ok(json!({
         "eventsLastMinute": by_type.values().sum::<u64>(),

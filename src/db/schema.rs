@@ -77,7 +77,10 @@ pub async fn versions(db: &Db) -> Result<Vec<(String, i32)>, DbError> {
     for part in ["core", "triggers"] {
         let v = if exists {
             client
-                .query_opt("SELECT version FROM nilecast_schema WHERE part = $1", &[&part])
+                .query_opt(
+                    "SELECT version FROM nilecast_schema WHERE part = $1",
+                    &[&part],
+                )
                 .await?
                 .map_or(0, |row| row.get::<_, i32>(0))
         } else {

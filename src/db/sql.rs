@@ -37,7 +37,10 @@ impl Query {
     /// A query whose first `?` is the tenant (see [`Query::with_leading`] for the
     /// exception).
     pub fn new(name: &'static str, tenant: &str, text: &str) -> Query {
-        debug_assert!(text.contains("tenant_id = ?"), "query {name} has no tenant predicate");
+        debug_assert!(
+            text.contains("tenant_id = ?"),
+            "query {name} has no tenant predicate"
+        );
         Query {
             name,
             tenant: tenant.to_string(),

@@ -36,12 +36,14 @@ pub async fn log_changes(db: &Db, changes: &[Change]) -> Result<Vec<u64>, DbErro
     let tx = client.transaction().await?;
     let seqs = insert_log(&tx, changes).await?;
     if db.config.detection == Detection::Notify {
-        tx.execute("SELECT pg_notify($1, $2)", &[
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[
                 &super::feed::CHANNEL,
                 &seqs.last().map(u64::to_string).unwrap_or_default(),
             ],
         )
-            .await?;
+        .await?;
     }
     tx.commit().await?;
     Ok(seqs)
@@ -215,7 +217,10 @@ pub async fn seed_demo(db: &Db, world: &World) -> Result<bool, DbError> {
     let tx = client.transaction().await?;
     let tenant = crate::auth::DEFAULT_TENANT;
     let known: i64 = tx
-        .query_one("SELECT count(*) FROM products WHERE tenant_id = $1", &[&tenant])
+        .query_one(
+            "SELECT count(*) FROM products WHERE tenant_id = $1",
+            &[&tenant],
+        )
         .await?
         .get(0);
     if known > 0 {
@@ -269,7 +274,12 @@ pub async fn write_demo(db: &Db, changes: &[Change]) -> Result<(), DbError> {
                 tx.execute(
                     "UPDATE inventory SET quantity = $4, updated_at = now()
                      WHERE tenant_id = $1 AND product_id = $2 AND warehouse_id = $3",
-                    &[&tenant, &text("productId"), &text("warehouseId"), &num("quantity")],
+                    &[
+                        &tenant,
+                        &text("productId"),
+                        &text("warehouseId"),
+                        &num("quantity"),
+                    ],
                 )
                 .await?;
             }
@@ -279,7 +289,14 @@ pub async fn write_demo(db: &Db, changes: &[Change]) -> Result<(), DbError> {
                      VALUES ($1, $2, $3, $4, $5, coalesce($6, 'EUR'))
                      ON CONFLICT (tenant_id, id) DO UPDATE
                      SET status = EXCLUDED.status, total = EXCLUDED.total, updated_at = now()",
-                    &[&tenant, &text("orderId"), &text("customerId"), &text("status"), &num("total").unwrap_or(0.0), &text("currency")],
+                    &[
+                        &tenant,
+                        &text("orderId"),
+                        &text("customerId"),
+                        &text("status"),
+                        &num("total").unwrap_or(0.0),
+                        &text("currency"),
+                    ],
                 )
                 .await?;
             }
@@ -297,7 +314,14 @@ pub async fn write_demo(db: &Db, changes: &[Change]) -> Result<(), DbError> {
                     "INSERT INTO customer_activity
                          (tenant_id, customer_id, activity_type, product_id, category, session_id)
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&tenant, &text("customerId"), &text("activityType"), &text("productId"), &text("category"), &text("sessionId")],
+                    &[
+                        &tenant,
+                        &text("customerId"),
+                        &text("activityType"),
+                        &text("productId"),
+                        &text("category"),
+                        &text("sessionId"),
+                    ],
                 )
                 .await?;
             }

@@ -68,8 +68,8 @@ fn identifier(name: &str) -> Result<String, String> {
 
 /// The demo tables, watched when `TABLE_POLL_TABLES` is empty.
 pub fn demo_specs() -> Vec<TableSpec> {
-    let spec = |table: &str, data_type: &str, id: &str, keys: &[&str], mapping: Option<Value>| {
-        TableSpec {
+    let spec =
+        |table: &str, data_type: &str, id: &str, keys: &[&str], mapping: Option<Value>| TableSpec {
             table: table.into(),
             data_type: data_type.into(),
             id_column: id.into(),
@@ -77,10 +77,15 @@ pub fn demo_specs() -> Vec<TableSpec> {
             tenant_column: default_tenant_column(),
             updated_at_column: default_updated_at(),
             mapping: mapping.and_then(|m| m.as_object().cloned()),
-        }
-    };
+        };
     vec![
-        spec("inventory", "inventory", "product_id", &["product_id", "warehouse_id"], None),
+        spec(
+            "inventory",
+            "inventory",
+            "product_id",
+            &["product_id", "warehouse_id"],
+            None,
+        ),
         spec(
             "orders",
             "orders",
@@ -101,7 +106,13 @@ pub fn demo_specs() -> Vec<TableSpec> {
                 "carrier": "carrier", "trackingNumber": "tracking_number", "location": "location"
             })),
         ),
-        spec("customer_activity", "customer_activity", "customer_id", &["id"], None),
+        spec(
+            "customer_activity",
+            "customer_activity",
+            "customer_id",
+            &["id"],
+            None,
+        ),
     ]
 }
 
@@ -121,7 +132,10 @@ pub fn parse_specs(text: &str) -> Result<Vec<TableSpec>, String> {
             identifier(k)?;
         }
         if crate::fanout::change::DataType::parse(&s.data_type).is_none() {
-            return Err(format!("TABLE_POLL_TABLES: unknown dataType {:?}", s.data_type));
+            return Err(format!(
+                "TABLE_POLL_TABLES: unknown dataType {:?}",
+                s.data_type
+            ));
         }
         if let Some(m) = &s.mapping {
             for v in m.values() {
@@ -147,7 +161,13 @@ fn scan_sql(spec: &TableSpec) -> Result<String, String> {
             .map(|k| identifier(k))
             .collect::<Result<_, _>>()?
     };
-    let key = format!("concat_ws('/', {})", keys.iter().map(|k| format!("t.{k}::text")).collect::<Vec<_>>().join(", "));
+    let key = format!(
+        "concat_ws('/', {})",
+        keys.iter()
+            .map(|k| format!("t.{k}::text"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let payload = match &spec.mapping {
         Some(_) => "(SELECT coalesce(jsonb_object_agg(m.key, to_jsonb(t) -> (m.value #>> '{}')), '{}'::jsonb) FROM jsonb_each($4::jsonb) AS m)".to_string(),
         None => format!(
@@ -290,7 +310,9 @@ pub async fn run(app: Arc<App>, db: Arc<Db>) {
         for scanner in &mut scanners {
             match scanner.scan(&db, lookback).await {
                 Ok(0) => {}
-                Ok(n) => tracing::debug!(table = %scanner.spec.table, rows = n, "table-poll logged row versions"),
+                Ok(n) => {
+                    tracing::debug!(table = %scanner.spec.table, rows = n, "table-poll logged row versions")
+                }
                 Err(e) => {
                     tracing::warn!(table = %scanner.spec.table, error = %e, "table-poll scan failed; will retry");
                 }

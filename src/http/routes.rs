@@ -359,31 +359,28 @@ fn changes_params(
     principal: &Principal,
     data_type: &str,
     req: &Request<Incoming>,
-) -> Result<(DataType, u64, usize), Resp> {
-    if let Err(r) = principal.may_administer() {
-        return Err(error_response(&r));
-    }
-    let Some(data_type) = DataType::parse(data_type) else {
-        return Err(not_found("unknown data type"));
-    };
+) -> Result<(DataType, u64, usize), Refusal> {
+    principal.may_administer()?;
+    let data_type = DataType::parse(data_type)
+        .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown data type"))?;
     let since = match query_param(req.uri(), "since").map(|s| s.parse::<u64>()) {
         None => 0,
         Some(Ok(s)) => s,
         Some(Err(_)) => {
-            return Err(error_response(&Refusal::new(
+            return Err(Refusal::new(
                 ErrorCode::InvalidMessage,
                 "since must be a non-negative integer",
-            )))
+            ))
         }
     };
     let limit = match query_param(req.uri(), "limit").map(|s| s.parse::<usize>()) {
         None => CHANGES_DEFAULT_LIMIT,
         Some(Ok(n)) if n > 0 => n.min(CHANGES_MAX_LIMIT),
         Some(_) => {
-            return Err(error_response(&Refusal::new(
+            return Err(Refusal::new(
                 ErrorCode::InvalidMessage,
                 "limit must be a positive integer",
-            )))
+            ))
         }
     };
     Ok((data_type, since, limit))
@@ -392,7 +389,7 @@ fn changes_params(
 fn changes(app: &App, principal: &Principal, data_type: &str, req: &Request<Incoming>) -> Resp {
     let (data_type, since, limit) = match changes_params(principal, data_type, req) {
         Ok(p) => p,
-        Err(response) => return response,
+        Err(refusal) => return error_response(&refusal),
     };
     let list: Vec<Value> = app
         .engine
@@ -421,7 +418,7 @@ async fn db_changes(
 ) -> Resp {
     let (data_type, since, limit) = match changes_params(principal, data_type, req) {
         Ok(p) => p,
-        Err(response) => return response,
+        Err(refusal) => return error_response(&refusal),
     };
     let Some(db) = &app.db else {
         return changes(app, principal, data_type.name(), req);
@@ -450,7 +447,10 @@ async fn db_alerts(app: &App, principal: &Principal, all: bool) -> Resp {
     let Some(db) = &app.db else {
         return alerts(app, principal, all);
     };
-    match db.read(&crate::db::queries::alerts(&principal.tenant, all)).await {
+    match db
+        .read(&crate::db::queries::alerts(&principal.tenant, all))
+        .await
+    {
         Ok(timed) => {
             let list: Vec<Value> = timed
                 .value

@@ -82,7 +82,10 @@ impl Later {
 /// A database error as the refusal a client sees.
 pub fn db_refusal(e: &crate::db::DbError) -> Refusal {
     if e.is_unavailable() {
-        Refusal::new(ErrorCode::Unavailable, "the database is unreachable; try again")
+        Refusal::new(
+            ErrorCode::Unavailable,
+            "the database is unreachable; try again",
+        )
     } else {
         Refusal::new(ErrorCode::Internal, "the database query failed")
     }
@@ -369,10 +372,11 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
                 for _ in 0..8 {
                     let from = log.as_ref().map_or(since, |l| l.through);
                     let through = engine.ring_floor();
-                    let more = crate::db::queries::replay(db, engine, tenant, later.ns, from, through)
-                        .await
-                        .map_err(|e| db_refusal(&e))?
-                        .value;
+                    let more =
+                        crate::db::queries::replay(db, engine, tenant, later.ns, from, through)
+                            .await
+                            .map_err(|e| db_refusal(&e))?
+                            .value;
                     let merged = match log.take() {
                         None => more,
                         Some(mut l) => {
@@ -382,7 +386,9 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
                             l
                         }
                     };
-                    let reply = |outcome| Some(later.reply_frame(&event, &subscribed_json(outcome, &filters)));
+                    let reply = |outcome| {
+                        Some(later.reply_frame(&event, &subscribed_json(outcome, &filters)))
+                    };
                     match engine.subscribe_after_log(&later.session, filter, since, merged, reply) {
                         Ok(_) => return Ok(()),
                         Err((l, f)) => (log, filter) = (Some(l), f),
@@ -467,13 +473,13 @@ fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
                 .read(&crate::db::queries::latest_tracking(tenant, &order_id))
                 .await
                 .map_err(refuse)?;
-            let latest = crate::db::queries::records(&later.app.engine, &rows.value)
-                .pop();
+            let latest = crate::db::queries::records(&later.app.engine, &rows.value).pop();
             let owner = db
                 .read(&crate::db::queries::order_customer(tenant, &order_id))
                 .await
                 .map_err(refuse)?;
-            let owner = owner.value
+            let owner = owner
+                .value
                 .first()
                 .and_then(|r| r.get("customerId"))
                 .and_then(Value::as_str)

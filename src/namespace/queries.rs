@@ -213,16 +213,28 @@ async fn answer_db(
             let mut query = inventory_query(params, config.max_filter_values)?;
             query.low_stock_only = true;
             let rows = db
-                .read(&q::inventory_rows(tenant, &query, config.low_stock_threshold, limit))
+                .read(&q::inventory_rows(
+                    tenant,
+                    &query,
+                    config.low_stock_threshold,
+                    limit,
+                ))
                 .await
                 .map_err(failed)?;
             Value::Array(rows.value.into_iter().map(Value::Object).collect())
         }
-        "order_stats" => q::stats(db, tenant, app.alerts.orders_last_minute(tenant, time::now_ms()))
-            .await
-            .map_err(failed)?,
+        "order_stats" => q::stats(
+            db,
+            tenant,
+            app.alerts.orders_last_minute(tenant, time::now_ms()),
+        )
+        .await
+        .map_err(failed)?,
         "recent_orders" => {
-            let rows = db.read(&q::recent_orders(tenant, limit)).await.map_err(failed)?;
+            let rows = db
+                .read(&q::recent_orders(tenant, limit))
+                .await
+                .map_err(failed)?;
             Value::Array(rows.value.into_iter().map(Value::Object).collect())
         }
         "customer_activity" => q::activity(db, tenant, limit).await.map_err(failed)?,
@@ -238,13 +250,18 @@ async fn answer_db(
         }
         "recent_changes" => {
             let kind = match params.get("dataType").and_then(Value::as_str) {
-                Some(name) => Some(crate::fanout::change::DataType::parse(name).ok_or_else(|| {
-                    Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters")
-                })?),
+                Some(name) => {
+                    Some(crate::fanout::change::DataType::parse(name).ok_or_else(|| {
+                        Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters")
+                    })?)
+                }
                 None => None,
             };
             let since = params.get("since").and_then(Value::as_u64).unwrap_or(0);
-            let rows = db.read(&q::changes(tenant, kind, since, limit)).await.map_err(failed)?;
+            let rows = db
+                .read(&q::changes(tenant, kind, since, limit))
+                .await
+                .map_err(failed)?;
             Value::Array(
                 q::records(&app.engine, &rows.value)
                     .iter()

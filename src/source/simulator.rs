@@ -184,12 +184,25 @@ impl World {
         let inventory = self
             .stock
             .iter()
-            .map(|(&(p, w), &q)| (self.products[p].id.clone(), WAREHOUSES[w].to_string(), q as f64))
+            .map(|(&(p, w), &q)| {
+                (
+                    self.products[p].id.clone(),
+                    WAREHOUSES[w].to_string(),
+                    q as f64,
+                )
+            })
             .collect();
         let orders = self
             .orders
             .iter()
-            .map(|o| (o.id.clone(), o.customer.clone(), STATUSES[o.status].to_string(), o.total))
+            .map(|o| {
+                (
+                    o.id.clone(),
+                    o.customer.clone(),
+                    STATUSES[o.status].to_string(),
+                    o.total,
+                )
+            })
             .collect();
         (self.products.clone(), inventory, orders)
     }

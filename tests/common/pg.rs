@@ -37,7 +37,9 @@ pub async fn connect(url: &str) -> Client {
     let (client, connection) = tokio::time::timeout(TIMEOUT, tokio_postgres::connect(url, NoTls))
         .await
         .unwrap_or_else(|_| panic!("connect to {url}: timeout"))
-        .unwrap_or_else(|e| panic!("connect to {url}: {e} (is PostgreSQL running? scripts/test.sh starts it)"));
+        .unwrap_or_else(|e| {
+            panic!("connect to {url}: {e} (is PostgreSQL running? scripts/test.sh starts it)")
+        });
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -128,8 +130,7 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&admin_url(), NoTls).await
+                if let Ok((client, connection)) = tokio_postgres::connect(&admin_url(), NoTls).await
                 {
                     tokio::spawn(connection);
                     let _ = client
@@ -153,7 +154,11 @@ pub async fn wait_feed_connected(port: u16) {
         niledb_health(port).await["listenerConnected"] == true
     })
     .await;
-    assert!(ok, "the change feed did not connect: {}", niledb_health(port).await);
+    assert!(
+        ok,
+        "the change feed did not connect: {}",
+        niledb_health(port).await
+    );
 }
 
 /// PIDs of backends of this database whose application_name is `app`.
