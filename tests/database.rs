@@ -874,6 +874,91 @@ async fn replay_reads_the_change_log_beyond_the_ring() {
     assert_eq!(reply["replayed"], 0, "{reply}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_old_changes_and_replay_reports_the_gap() {
+    let (_db, pg, server) = setup(
+        "notify",
+        &[],
+        &[("CHANGE_LOG_RETENTION_HOURS", "1"), ("CHANGE_LOG_PRUNE_INTERVAL_MS", "100")],
+    )
+    .await;
+    let tenant = "retention";
+    // Three changes written two hours ago, and one now.
+    pg.execute(
+        "INSERT INTO nilecast_changes (tenant_id, data_type, entity_id, payload, committed_at)
+         SELECT $1, 'inventory', 'old-' || i,
+                jsonb_build_object('productId', 'old-' || i, 'warehouseId', 'w1', 'quantity', 100),
+                now() - interval '2 hours'
+         FROM generate_series(1, 3) AS i",
+        &[&tenant],
+    )
+    .await
+    .expect("old changes");
+    let fresh = publish_one(server.port, with_tenant(inv("new", "w1", 100), tenant)).await;
+    let old = log_seqs(&pg, tenant, "inventory").await;
+    let pruned = wait_until(TIMEOUT, || {
+        let pg = &pg;
+        async move { log_seqs(pg, "retention", "inventory").await == vec![fresh] }
+    })
+    .await;
+    assert!(pruned, "the three old changes are pruned, the fresh one kept: {old:?}");
+    let m = metrics(server.port).await;
+    assert_eq!(m["niledb"]["feed"]["pruned"], 3, "{m}");
+
+    let mut client = client_of(&server, tenant).await;
+    let reply = client
+        .subscribe("/inventory", json!({"sinceSeq": old[0] - 1}))
+        .await;
+    assert_eq!(reply["gap"], true, "changes after sinceSeq are gone: {reply}");
+    let mut client = client_of(&server, tenant).await;
+    let reply = client
+        .subscribe("/inventory", json!({"sinceSeq": fresh - 1}))
+        .await;
+    assert_eq!(reply["gap"], false, "nothing after sinceSeq is gone: {reply}");
+    assert_eq!(reply["replayed"], 1, "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_writes_the_demo_tables_and_the_feed_brings_it_back() {
+    let db = TestDb::create().await;
+    let mut env = db.env("notify");
+    env.push(("NILECAST_MIGRATE".into(), "true".into()));
+    env.push(("SIMULATE_RATE".into(), "200".into()));
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = spawn_server(&refs);
+    pg::wait_feed_connected(server.port).await;
+    let mut client = server.connect().await;
+    client.subscribe("/inventory", json!({})).await;
+    let (frame, _) = client
+        .recv_matching("a simulated stock change", |f| f["event"] == "inventory:update")
+        .await;
+    let seq = frame["data"]["seq"].as_i64().expect("seq");
+    let pg = db.client().await;
+    let row = pg
+        .query_one(
+            "SELECT tenant_id, payload->>'productId', (payload->>'quantity')::float8
+             FROM nilecast_changes WHERE seq = $1",
+            &[&seq],
+        )
+        .await
+        .expect("the change is in the log");
+    let (tenant, product, quantity): (String, String, f64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(tenant, "default");
+    assert_eq!(frame["data"]["data"]["productId"], product.as_str(), "{frame}");
+    assert_eq!(frame["data"]["data"]["quantity"].as_f64(), Some(quantity), "{frame}");
+    // The demo tables hold the seeded world, and the stock row carries the change.
+    let products: i64 = pg
+        .query_one("SELECT count(*) FROM products WHERE tenant_id = 'default'", &[])
+        .await
+        .expect("products")
+        .get(0);
+    assert_eq!(products, 300, "the demo catalogue is seeded");
+    // Queries answer from the tables.
+    let summary = data_request(&mut client, "inventory_summary", json!({})).await;
+    assert_eq!(summary["totalProducts"], 300, "{summary}");
+    assert_eq!(summary["stockRows"], 900, "{summary}");
+}
+
 // ---------------------------------------------------------------------------
 // Every query is scoped to the caller's tenant.
 // ---------------------------------------------------------------------------

@@ -181,6 +181,15 @@ pub struct DbConfig {
     )]
     pub retention_hours: u64,
 
+    /// How often the retention job runs, in ms.
+    #[arg(
+        long = "change-log-prune-interval-ms",
+        env = "CHANGE_LOG_PRUNE_INTERVAL_MS",
+        value_name = "CHANGE_LOG_PRUNE_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    pub prune_interval_ms: u64,
+
     /// Most changes one `sinceSeq` replay reads from the change log; a client further
     /// behind is told it has a gap.
     #[arg(
@@ -319,6 +328,9 @@ impl DbConfig {
         self.pg_config()?;
         if self.poll_interval_ms == 0 {
             return Err("POLL_INTERVAL_MS must be greater than 0".into());
+        }
+        if self.prune_interval_ms == 0 {
+            return Err("CHANGE_LOG_PRUNE_INTERVAL_MS must be greater than 0".into());
         }
         if self.feed_batch <= 0 || self.pool_size == 0 {
             return Err("FEED_BATCH and DB_POOL_SIZE must be greater than 0".into());

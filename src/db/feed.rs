@@ -457,15 +457,15 @@ async fn listen(
     Ok(client)
 }
 
-/// Deletes change-log rows older than the retention, in slices, every minute; never a
-/// row the feed has not published yet. Records how far it pruned (`_pruned`), so a
+/// Deletes change-log rows older than the retention, in slices, every
+/// `CHANGE_LOG_PRUNE_INTERVAL_MS` (a minute); never a row the feed has not published yet. Records how far it pruned (`_pruned`), so a
 /// replay from before that is told it has a gap.
 pub async fn retention(app: Arc<App>, db: Arc<Db>) {
     let hours = db.config.retention_hours;
     if hours == 0 {
         return;
     }
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(Duration::from_millis(db.config.prune_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
