@@ -16,6 +16,18 @@ use common::*;
 use serde_json::{json, Value};
 use tokio_postgres::Client as Pg;
 
+/// One test per detection mode for a case that takes the mode.
+macro_rules! mode_tests {
+    ($case:ident { $($test:ident => $mode:literal),+ $(,)? }) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                $case($mode).await;
+            }
+        )+
+    };
+}
+
 /// Starts the server on `db` in `mode`, with extra settings, and waits for its feed.
 async fn start(db: &TestDb, mode: &str, extra: &[(&str, &str)]) -> TestServer {
     let mut env: Vec<(String, String)> = db.env(mode);
@@ -211,20 +223,11 @@ async fn stock_update_carries_the_change_log_seq(mode: &str) {
     assert_eq!(data["data"]["warehouseId"], "w1", "{data}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_stock_update_carries_the_change_log_seq() {
-    stock_update_carries_the_change_log_seq("notify").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poll_stock_update_carries_the_change_log_seq() {
-    stock_update_carries_the_change_log_seq("poll").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn table_poll_stock_update_carries_the_change_log_seq() {
-    stock_update_carries_the_change_log_seq("table-poll").await;
-}
+mode_tests!(stock_update_carries_the_change_log_seq {
+    notify_stock_update_carries_the_change_log_seq => "notify",
+    poll_stock_update_carries_the_change_log_seq => "poll",
+    table_poll_stock_update_carries_the_change_log_seq => "table-poll",
+});
 
 // ---------------------------------------------------------------------------
 // An order status change reaches the order's and the customer's subscribers only.
@@ -297,20 +300,11 @@ async fn order_status_reaches_order_and_customer_subscribers(mode: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_order_status_reaches_order_and_customer_subscribers() {
-    order_status_reaches_order_and_customer_subscribers("notify").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poll_order_status_reaches_order_and_customer_subscribers() {
-    order_status_reaches_order_and_customer_subscribers("poll").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn table_poll_order_status_reaches_order_and_customer_subscribers() {
-    order_status_reaches_order_and_customer_subscribers("table-poll").await;
-}
+mode_tests!(order_status_reaches_order_and_customer_subscribers {
+    notify_order_status_reaches_order_and_customer_subscribers => "notify",
+    poll_order_status_reaches_order_and_customer_subscribers => "poll",
+    table_poll_order_status_reaches_order_and_customer_subscribers => "table-poll",
+});
 
 // ---------------------------------------------------------------------------
 // A 10,000-row transaction arrives complete and in order.
@@ -379,20 +373,11 @@ async fn large_transaction_arrives_complete_and_in_order(mode: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_large_transaction_arrives_complete_and_in_order() {
-    large_transaction_arrives_complete_and_in_order("notify").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poll_large_transaction_arrives_complete_and_in_order() {
-    large_transaction_arrives_complete_and_in_order("poll").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn table_poll_large_transaction_arrives_complete_and_in_order() {
-    large_transaction_arrives_complete_and_in_order("table-poll").await;
-}
+mode_tests!(large_transaction_arrives_complete_and_in_order {
+    notify_large_transaction_arrives_complete_and_in_order => "notify",
+    poll_large_transaction_arrives_complete_and_in_order => "poll",
+    table_poll_large_transaction_arrives_complete_and_in_order => "table-poll",
+});
 
 // ---------------------------------------------------------------------------
 // Killing the feed's connections in the middle of a stream loses and duplicates nothing.
@@ -480,20 +465,11 @@ async fn killed_connections_lose_nothing(mode: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_killed_listener_loses_nothing_duplicates_nothing() {
-    killed_connections_lose_nothing("notify").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poll_killed_connections_lose_nothing_duplicate_nothing() {
-    killed_connections_lose_nothing("poll").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn table_poll_killed_connections_lose_nothing_duplicate_nothing() {
-    killed_connections_lose_nothing("table-poll").await;
-}
+mode_tests!(killed_connections_lose_nothing {
+    notify_killed_listener_loses_nothing_duplicates_nothing => "notify",
+    poll_killed_connections_lose_nothing_duplicate_nothing => "poll",
+    table_poll_killed_connections_lose_nothing_duplicate_nothing => "table-poll",
+});
 
 // ---------------------------------------------------------------------------
 // Concurrent writers: transactions interleave their seqs and commit out of order.
@@ -553,15 +529,10 @@ async fn concurrent_writers_lose_nothing(mode: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_concurrent_writers_lose_nothing() {
-    concurrent_writers_lose_nothing("notify").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poll_concurrent_writers_lose_nothing() {
-    concurrent_writers_lose_nothing("poll").await;
-}
+mode_tests!(concurrent_writers_lose_nothing {
+    notify_concurrent_writers_lose_nothing => "notify",
+    poll_concurrent_writers_lose_nothing => "poll",
+});
 
 // ---------------------------------------------------------------------------
 // Changes committed while the server was stopped reach a client resuming with sinceSeq.
@@ -617,20 +588,11 @@ async fn changes_while_stopped_are_delivered_after_start(mode: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_changes_while_stopped_are_delivered_after_start() {
-    changes_while_stopped_are_delivered_after_start("notify").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poll_changes_while_stopped_are_delivered_after_start() {
-    changes_while_stopped_are_delivered_after_start("poll").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn table_poll_changes_while_stopped_are_delivered_after_start() {
-    changes_while_stopped_are_delivered_after_start("table-poll").await;
-}
+mode_tests!(changes_while_stopped_are_delivered_after_start {
+    notify_changes_while_stopped_are_delivered_after_start => "notify",
+    poll_changes_while_stopped_are_delivered_after_start => "poll",
+    table_poll_changes_while_stopped_are_delivered_after_start => "table-poll",
+});
 
 // ---------------------------------------------------------------------------
 // The horizon: a seq taken before a visible one but committed after it is not skipped.
@@ -788,15 +750,10 @@ async fn late_commit_is_not_skipped(mode: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notify_late_commit_is_not_skipped() {
-    late_commit_is_not_skipped("notify").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poll_late_commit_is_not_skipped() {
-    late_commit_is_not_skipped("poll").await;
-}
+mode_tests!(late_commit_is_not_skipped {
+    notify_late_commit_is_not_skipped => "notify",
+    poll_late_commit_is_not_skipped => "poll",
+});
 
 /// table-poll has no seq until it logs a row; a row committed after a later one is
 /// caught by the lookback window and still delivered.
@@ -879,7 +836,10 @@ async fn retention_prunes_old_changes_and_replay_reports_the_gap() {
     let (_db, pg, server) = setup(
         "notify",
         &[],
-        &[("CHANGE_LOG_RETENTION_HOURS", "1"), ("CHANGE_LOG_PRUNE_INTERVAL_MS", "100")],
+        &[
+            ("CHANGE_LOG_RETENTION_HOURS", "1"),
+            ("CHANGE_LOG_PRUNE_INTERVAL_MS", "100"),
+        ],
     )
     .await;
     let tenant = "retention";
@@ -901,7 +861,10 @@ async fn retention_prunes_old_changes_and_replay_reports_the_gap() {
         async move { log_seqs(pg, "retention", "inventory").await == vec![fresh] }
     })
     .await;
-    assert!(pruned, "the three old changes are pruned, the fresh one kept: {old:?}");
+    assert!(
+        pruned,
+        "the three old changes are pruned, the fresh one kept: {old:?}"
+    );
     let m = metrics(server.port).await;
     assert_eq!(m["niledb"]["feed"]["pruned"], 3, "{m}");
 
@@ -909,12 +872,18 @@ async fn retention_prunes_old_changes_and_replay_reports_the_gap() {
     let reply = client
         .subscribe("/inventory", json!({"sinceSeq": old[0] - 1}))
         .await;
-    assert_eq!(reply["gap"], true, "changes after sinceSeq are gone: {reply}");
+    assert_eq!(
+        reply["gap"], true,
+        "changes after sinceSeq are gone: {reply}"
+    );
     let mut client = client_of(&server, tenant).await;
     let reply = client
         .subscribe("/inventory", json!({"sinceSeq": fresh - 1}))
         .await;
-    assert_eq!(reply["gap"], false, "nothing after sinceSeq is gone: {reply}");
+    assert_eq!(
+        reply["gap"], false,
+        "nothing after sinceSeq is gone: {reply}"
+    );
     assert_eq!(reply["replayed"], 1, "{reply}");
 }
 
@@ -930,7 +899,9 @@ async fn the_simulator_writes_the_demo_tables_and_the_feed_brings_it_back() {
     let mut client = server.connect().await;
     client.subscribe("/inventory", json!({})).await;
     let (frame, _) = client
-        .recv_matching("a simulated stock change", |f| f["event"] == "inventory:update")
+        .recv_matching("a simulated stock change", |f| {
+            f["event"] == "inventory:update"
+        })
         .await;
     let seq = frame["data"]["seq"].as_i64().expect("seq");
     let pg = db.client().await;
@@ -944,11 +915,22 @@ async fn the_simulator_writes_the_demo_tables_and_the_feed_brings_it_back() {
         .expect("the change is in the log");
     let (tenant, product, quantity): (String, String, f64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(tenant, "default");
-    assert_eq!(frame["data"]["data"]["productId"], product.as_str(), "{frame}");
-    assert_eq!(frame["data"]["data"]["quantity"].as_f64(), Some(quantity), "{frame}");
+    assert_eq!(
+        frame["data"]["data"]["productId"],
+        product.as_str(),
+        "{frame}"
+    );
+    assert_eq!(
+        frame["data"]["data"]["quantity"].as_f64(),
+        Some(quantity),
+        "{frame}"
+    );
     // The demo tables hold the seeded world, and the stock row carries the change.
     let products: i64 = pg
-        .query_one("SELECT count(*) FROM products WHERE tenant_id = 'default'", &[])
+        .query_one(
+            "SELECT count(*) FROM products WHERE tenant_id = 'default'",
+            &[],
+        )
         .await
         .expect("products")
         .get(0);

@@ -76,24 +76,15 @@ impl FallbackDb {
 impl Drop for FallbackDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let admin = mysql_async::Pool::new(mysql_url().as_str());
-                if let Ok(mut conn) = admin.get_conn().await {
-                    let _ = conn
-                        .query_drop(format!("DROP DATABASE IF EXISTS {name}"))
-                        .await;
-                }
-                let _ = admin.disconnect().await;
-            });
-        })
-        .join();
+        block_on_detached(async move {
+            let admin = mysql_async::Pool::new(mysql_url().as_str());
+            if let Ok(mut conn) = admin.get_conn().await {
+                let _ = conn
+                    .query_drop(format!("DROP DATABASE IF EXISTS {name}"))
+                    .await;
+            }
+            let _ = admin.disconnect().await;
+        });
     }
 }
 

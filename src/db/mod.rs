@@ -124,30 +124,19 @@ pub struct SlowQuery {
     pub millis: u64,
 }
 
-fn tls_connector() -> MakeRustlsConnect {
+/// TLS for database connections: rustls with the Mozilla roots (webpki-roots), ring as
+/// the crypto provider.
+fn tls_connector() -> Result<MakeRustlsConnect, String> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-    match config {
-        Ok(c) => MakeRustlsConnect::new(c),
-        // The ring provider supports the default protocol versions; this is unreachable
-        // in practice, and a connector without roots only fails TLS connections.
-        Err(_) => MakeRustlsConnect::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map(|b| {
-                b.with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            })
-            .unwrap_or_else(|_| unreachable!("TLS 1.3 is supported by ring")),
-        ),
-    }
+        .map_err(|e| format!("database TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 impl Db {
@@ -155,7 +144,7 @@ impl Db {
     /// the feed retry), not the start.
     pub fn new(config: &DbConfig, slow_query_ms: u64) -> Result<Arc<Db>, String> {
         let (pg, _tls) = config.pg_config()?;
-        let tls = tls_connector();
+        let tls = tls_connector()?;
         let manager = Manager::from_config(
             pg.clone(),
             tls.clone(),

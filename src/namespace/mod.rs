@@ -48,12 +48,17 @@ pub struct Later {
     pub event: Arc<str>,
 }
 
+/// The reply to a request on `ns`: the ack reply when it carried `ack`, else `event`.
+fn reply_frame(ns: Namespace, ack: Option<u64>, event: &str, data: &Value) -> Bytes {
+    match ack {
+        Some(ack) => native::ack_frame(ns.path(), ack, data),
+        None => native::event_frame(ns.path(), event, data),
+    }
+}
+
 impl Later {
     pub fn reply_frame(&self, event: &str, data: &Value) -> Bytes {
-        match self.ack {
-            Some(ack) => native::ack_frame(self.ns.path(), ack, data),
-            None => native::event_frame(self.ns.path(), event, data),
-        }
+        reply_frame(self.ns, self.ack, event, data)
     }
 
     pub fn reply(&self, event: &str, data: &Value) {
@@ -94,10 +99,7 @@ pub fn db_refusal(e: &crate::db::DbError) -> Refusal {
 impl Ctx<'_> {
     /// The reply frame: the ack reply when the request carried `ack`, else `event`.
     pub fn reply_frame(&self, event: &str, data: &Value) -> Bytes {
-        match self.ack {
-            Some(ack) => native::ack_frame(self.ns.path(), ack, data),
-            None => native::event_frame(self.ns.path(), event, data),
-        }
+        reply_frame(self.ns, self.ack, event, data)
     }
 
     pub fn reply(&self, event: &str, data: &Value) {

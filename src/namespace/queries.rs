@@ -173,6 +173,23 @@ pub fn data_request(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal>
     Ok(())
 }
 
+/// `recent_changes` parameters: the data type (if any) and `since`.
+fn recent_changes_params(
+    params: &Map<String, Value>,
+) -> Result<(Option<crate::fanout::change::DataType>, u64), Refusal> {
+    let kind =
+        match params.get("dataType").and_then(Value::as_str) {
+            Some(name) => Some(crate::fanout::change::DataType::parse(name).ok_or_else(|| {
+                Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters")
+            })?),
+            None => None,
+        };
+    Ok((
+        kind,
+        params.get("since").and_then(Value::as_u64).unwrap_or(0),
+    ))
+}
+
 /// The `data:request` types answered from the database when one is configured (the
 /// others, and the dashboard's widgets, come from the in-memory state).
 const DB_TYPES: [&str; 7] = DATA_TYPES;
@@ -249,15 +266,7 @@ async fn answer_db(
             )
         }
         "recent_changes" => {
-            let kind = match params.get("dataType").and_then(Value::as_str) {
-                Some(name) => {
-                    Some(crate::fanout::change::DataType::parse(name).ok_or_else(|| {
-                        Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters")
-                    })?)
-                }
-                None => None,
-            };
-            let since = params.get("since").and_then(Value::as_u64).unwrap_or(0);
+            let (kind, since) = recent_changes_params(params)?;
             let rows = db
                 .read(&q::changes(tenant, kind, since, limit))
                 .await
@@ -322,15 +331,7 @@ fn answer(ctx: &Ctx, data_type: &str, params: &Map<String, Value>) -> Result<Val
         }
         "recent_changes" => {
             needs(Namespace::Dashboard)?;
-            let kind = match params.get("dataType").and_then(Value::as_str) {
-                Some(name) => {
-                    Some(crate::fanout::change::DataType::parse(name).ok_or_else(|| {
-                        Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters")
-                    })?)
-                }
-                None => None,
-            };
-            let since = params.get("since").and_then(Value::as_u64).unwrap_or(0);
+            let (kind, since) = recent_changes_params(params)?;
             Value::Array(
                 app.engine
                     .recent(tenant, kind, since, limit(params)?)

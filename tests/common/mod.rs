@@ -237,6 +237,23 @@ impl Drop for TestServer {
     }
 }
 
+/// Runs `fut` to completion on a runtime of its own, in a thread of its own: for clean-up
+/// in `Drop`, which cannot await and may run inside a test's runtime.
+pub fn block_on_detached<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(fut);
+        }
+    })
+    .join();
+}
+
 // ---------------------------------------------------------------------------
 // Polling
 // ---------------------------------------------------------------------------
