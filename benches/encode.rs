@@ -136,17 +136,7 @@ fn record_simd_json(seq: u64, change: &Change, keys: Keys, timestamp_ms: u64) ->
     let payload = payload_simd_json(seq, change, timestamp_ms);
     let ns = change.data_type.namespace();
     let (frame, range) = native::broadcast_frame(ns, change.data_type.event(), &payload);
-    Record {
-        seq,
-        data_type: change.data_type,
-        tenant: change.tenant.clone(),
-        timestamp_ms,
-        keys,
-        payload: frame.slice(range),
-        frame,
-        follow_up: None,
-        published_us: time::now_us(),
-    }
+    Record::assemble(seq, change, keys, timestamp_ms, frame, range)
 }
 
 fn encode(c: &mut Criterion) {

@@ -85,6 +85,9 @@ step "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 # One build serves every test binary; benches are compiled (not run) by clippy above.
+# The Socket.IO connection storm opens 2,000 sockets on each side: up to the hard
+# limit of open files.
+ulimit -n "$(ulimit -Hn)"
 step "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -20,7 +20,6 @@ use crate::error::close;
 use crate::fanout::Engine;
 use crate::metrics::{self, Gauges, Metrics};
 use crate::namespace::dashboard::Dashboards;
-use crate::protocol::native;
 use crate::security::{self, AddressLimits, Event};
 use crate::session::Session;
 use crate::shutdown::Shutdown;
@@ -43,6 +42,8 @@ pub struct App {
     pub shutdown: Shutdown,
     /// PostgreSQL / Nile DB, when configured.
     pub db: Option<Arc<Db>>,
+    /// Socket.IO connections' namespaces, and subscriptions kept for recovery.
+    pub socketio: crate::ws::socketio::SocketIo,
     next_session: AtomicU64,
 }
 
@@ -69,6 +70,7 @@ impl App {
             addresses,
             shutdown: Shutdown::new(),
             db,
+            socketio: Default::default(),
             next_session: AtomicU64::new(1),
         })
     }
@@ -234,6 +236,8 @@ async fn housekeeping(app: Arc<App>) {
     let interval = app.config.heartbeat_interval();
     let deadline_ms = app.config.heartbeat_interval_ms + app.config.heartbeat_timeout_ms;
     let ping = frame::server_frame(OpCode::Ping, b"");
+    // Socket.IO clients expect Engine.IO pings ("2") and answer them ("3").
+    let engine_io_ping = crate::protocol::text_frame(b"2");
     // The RSS and retention checks run every second whatever the heartbeat interval.
     let mut tick = tokio::time::interval(Duration::from_millis(1000).min(interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -249,6 +253,7 @@ async fn housekeeping(app: Arc<App>) {
         app.engine.trim();
         let now = time::now_ms();
         app.addresses.sweep(now);
+        app.socketio.sweep(now);
         close_expired(&app, now);
         if last_ping.elapsed() < interval {
             continue;
@@ -263,7 +268,10 @@ async fn housekeeping(app: Arc<App>) {
                 );
                 session.outbox.finish();
             } else {
-                session.outbox.send(ping.clone());
+                session.outbox.send(match session.wire {
+                    crate::protocol::Wire::Native => ping.clone(),
+                    crate::protocol::Wire::SocketIo => engine_io_ping.clone(),
+                });
             }
         }
     }
@@ -289,9 +297,11 @@ fn close_expired(app: &App, now_ms: u64) {
             "token has expired; reconnect with a fresh one",
         );
         app.metrics.error(refusal.code);
-        session
-            .outbox
-            .send(native::event_frame("/", "auth:error", &refusal.to_json()));
+        session.outbox.send(
+            session
+                .wire
+                .event_frame("/", "auth:error", &refusal.to_json()),
+        );
         security::record(
             &app.metrics,
             Event::TokenExpired,

@@ -19,6 +19,7 @@ use crate::fanout::change::Namespace;
 use crate::fanout::index::Subscription;
 use crate::fanout::outbox::Outbox;
 use crate::namespace::filter::Filter;
+use crate::protocol::Wire;
 
 /// One of a connection's subscriptions, as it is listed and removed.
 pub struct SubEntry {
@@ -66,6 +67,8 @@ pub struct Session {
     pub subs: Mutex<Vec<SubEntry>>,
     /// Milliseconds since the epoch of the last frame from the client (heartbeat).
     pub last_seen_ms: AtomicU64,
+    /// The protocol it speaks: what its replies and pushes are encoded as.
+    pub wire: Wire,
 }
 
 impl Session {
@@ -84,7 +87,14 @@ impl Session {
             principal: ArcSwap::new(principal.into()),
             subs: Mutex::new(Vec::new()),
             last_seen_ms: AtomicU64::new(now_ms),
+            wire: Wire::Native,
         }
+    }
+
+    /// The same session speaking `wire`.
+    pub fn speaking(mut self, wire: Wire) -> Session {
+        self.wire = wire;
+        self
     }
 
     pub fn principal(&self) -> Arc<Principal> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::protocol::native;
+use crate::protocol::{native, socketio, Wire};
 use crate::time;
 
 /// The six namespaces of PROTOCOL.md section 2.
@@ -265,8 +265,11 @@ pub struct Record {
     /// P (or N for notifications): a slice of `frame`, not a copy.
     pub payload: Bytes,
     /// Extra frames that go to exactly the subscribers of this change, after it: the
-    /// `inventory:low-stock` alert an inventory change raised.
-    pub follow_up: Option<Bytes>,
+    /// `inventory:low-stock` alert an inventory change raised (native, Socket.IO).
+    pub follow_up: Option<(Bytes, Bytes)>,
+    /// The Socket.IO frame, `42<ns>,["<event>",P,"<seq>"]`, encoded the first time a
+    /// Socket.IO subscriber needs it and shared by all of them.
+    socketio: std::sync::OnceLock<Bytes>,
     /// When the engine took the change, in microseconds since the epoch, for the
     /// publish-to-write latency histogram.
     pub published_us: u64,
@@ -282,6 +285,18 @@ impl Record {
         let ns = change.data_type.namespace();
         let (frame, payload_range) =
             native::broadcast_frame(ns, change.data_type.event(), &payload);
+        Record::assemble(seq, change, keys, timestamp_ms, frame, payload_range)
+    }
+
+    /// A record around an encoded native frame whose P is `frame[payload_range]`.
+    pub fn assemble(
+        seq: u64,
+        change: &Change,
+        keys: Keys,
+        timestamp_ms: u64,
+        frame: Bytes,
+        payload_range: std::ops::Range<usize>,
+    ) -> Record {
         let payload = frame.slice(payload_range);
         Record {
             seq,
@@ -292,7 +307,26 @@ impl Record {
             frame,
             payload,
             follow_up: None,
+            socketio: std::sync::OnceLock::new(),
             published_us: time::now_us(),
+        }
+    }
+
+    /// The frame and follow-up for a subscriber speaking `wire`.
+    pub fn frames_for(&self, wire: Wire) -> (&Bytes, Option<&Bytes>) {
+        match wire {
+            Wire::Native => (&self.frame, self.follow_up.as_ref().map(|f| &f.0)),
+            Wire::SocketIo => {
+                let frame = self.socketio.get_or_init(|| {
+                    crate::protocol::text_frame(&socketio::event_with_offset(
+                        self.data_type.namespace().path(),
+                        self.data_type.event(),
+                        &self.payload,
+                        self.seq,
+                    ))
+                });
+                (frame, self.follow_up.as_ref().map(|f| &f.1))
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::error::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 use crate::namespace::filter::{change_keys, Filter};
-use crate::protocol::native;
+use crate::protocol::Wire;
 use crate::session::{Session, SubEntry, SubKind};
 use crate::store::MemoryStore;
 use crate::time;
@@ -245,11 +245,15 @@ impl Engine {
         let mut raised: Option<Alert> = None;
         if change.data_type == DataType::Inventory {
             if let Some(alert) = self.alerts.on_inventory(&record) {
-                record.follow_up = Some(native::event_frame(
-                    Namespace::Inventory.path(),
-                    "inventory:low-stock",
-                    &alert.to_json(),
-                ));
+                let alert_json = alert.to_json();
+                let frame = |wire: Wire| {
+                    wire.event_frame(
+                        Namespace::Inventory.path(),
+                        "inventory:low-stock",
+                        &alert_json,
+                    )
+                };
+                record.follow_up = Some((frame(Wire::Native), frame(Wire::SocketIo)));
                 raised = Some(alert);
             }
         }
@@ -311,11 +315,12 @@ impl Engine {
                 if !sub.matches(record) {
                     continue;
                 }
+                let (frame, follow_up) = record.frames_for(sub.session.wire);
                 match sub.session.outbox.deliver(
                     ns,
                     record.seq,
-                    &record.frame,
-                    record.follow_up.as_ref(),
+                    frame,
+                    follow_up,
                     record.published_us,
                 ) {
                     Delivery::Queued => queued += 1,
@@ -447,7 +452,8 @@ impl Engine {
             outbox.send(frame);
         }
         for record in replay.iter().chain(initial.iter()) {
-            outbox.deliver(ns, record.seq, &record.frame, None, 0);
+            let (frame, _) = record.frames_for(session.wire);
+            outbox.deliver(ns, record.seq, frame, None, 0);
         }
         outcome
     }

@@ -87,6 +87,9 @@ fn allowed_methods(path: &str) -> Option<&'static [Method]> {
 
 async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
     let path = req.uri().path().to_string();
+    if path == "/socket.io/" || path == "/socket.io" {
+        return socketio(app, req, remote);
+    }
     if ws::is_upgrade(&req) {
         match path.as_str() {
             "/" | "/ws" => return ws::upgrade(app, req, remote, Mode::Native),
@@ -182,6 +185,33 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
     }
 }
 
+/// `/socket.io/`: Engine.IO v4 over WebSocket. Anything else (long-polling, another
+/// Engine.IO version) gets an Engine.IO error body, `{"code","message"}`, with 400.
+fn socketio(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
+    let version = query_param(req.uri(), "EIO");
+    let transport = query_param(req.uri(), "transport");
+    let engine_error = |code: u8, message: &str| {
+        app.metrics.error(ErrorCode::InvalidMessage);
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({ "code": code, "message": message }),
+        )
+    };
+    if version.as_deref() != Some("4") {
+        return engine_error(
+            5,
+            "Unsupported protocol version: nilecast speaks Engine.IO 4 (socket.io-client 3 and 4)",
+        );
+    }
+    if transport.as_deref() != Some("websocket") || !ws::is_upgrade(&req) {
+        return engine_error(
+            3,
+            "Bad request: nilecast serves Socket.IO over WebSocket only; connect with io(url, { transports: [\"websocket\"] })",
+        );
+    }
+    ws::upgrade(app, req, remote, Mode::SocketIo)
+}
+
 fn not_found(message: &'static str) -> Resp {
     error_response(&Refusal::new(ErrorCode::NotFound, message))
 }
@@ -215,11 +245,11 @@ fn info(app: &App) -> Value {
         "startedAt": time::iso8601(app.metrics.started_ms),
         "auth": if app.config.verifier.is_some() { "jwt" } else { "open" },
         "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
-        "protocols": { "native": ["/ws", "/"] },
+        "protocols": { "native": ["/ws", "/"], "socketio": ["/socket.io/"] },
         "endpoints": [
             "GET /", "GET /health", "GET /metrics", "GET /metrics/prometheus", "GET /clients",
             "GET /alerts", "POST /alerts/:id/acknowledge", "GET /changes/:dataType", "POST /publish",
-            "GET /test", "GET /ws (WebSocket)",
+            "GET /test", "GET /ws (WebSocket)", "GET /socket.io/ (Socket.IO, websocket transport)",
         ],
         "dataTypes": DataType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>(),
     })

@@ -19,7 +19,7 @@ use crate::app::App;
 use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
 use crate::fanout::Subscribed;
-use crate::protocol::native;
+use crate::protocol::Wire;
 use crate::session::Session;
 use crate::time;
 
@@ -121,9 +121,12 @@ pub fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
         widgets,
     };
     let computed = compute_widgets(ctx.app, &tenant);
-    ctx.session
-        .outbox
-        .send(data_frame(&member.dashboard_id, &member.widgets, &computed));
+    ctx.session.outbox.send(data_frame(
+        ctx.session.wire,
+        &member.dashboard_id,
+        &member.widgets,
+        &computed,
+    ));
     ctx.app.dashboards.add(ctx.app, tenant, interval, member);
     Ok(())
 }
@@ -179,19 +182,25 @@ async fn run_group(app: Arc<App>, key: GroupKey, group: Arc<Mutex<Vec<Member>>>)
         }
         let computed = compute_widgets(&app, &key.0);
         let now = Counters::read(&app);
-        let live = native::event_frame(
-            Namespace::Dashboard.path(),
-            "dashboard:metrics:live",
-            &now.live_json(&previous, &app),
-        );
+        let live_json = now.live_json(&previous, &app);
         previous = now;
-        let mut frames: HashMap<(&str, &[String]), Bytes> = HashMap::new();
+        // Each frame is encoded once per protocol that needs it.
+        let mut live: HashMap<Wire, Bytes> = HashMap::new();
+        let mut frames: HashMap<(Wire, &str, &[String]), Bytes> = HashMap::new();
         for m in &members {
+            let wire = m.session.wire;
             let frame = frames
-                .entry((m.dashboard_id.as_str(), m.widgets.as_slice()))
-                .or_insert_with(|| data_frame(&m.dashboard_id, &m.widgets, &computed))
+                .entry((wire, m.dashboard_id.as_str(), m.widgets.as_slice()))
+                .or_insert_with(|| data_frame(wire, &m.dashboard_id, &m.widgets, &computed))
                 .clone();
             m.session.outbox.send(frame);
+            let live = live.entry(wire).or_insert_with(|| {
+                wire.event_frame(
+                    Namespace::Dashboard.path(),
+                    "dashboard:metrics:live",
+                    &live_json,
+                )
+            });
             m.session.outbox.send(live.clone());
         }
     }
@@ -237,12 +246,17 @@ fn compute_widgets(app: &App, tenant: &str) -> Map<String, Value> {
 
 /// `dashboard:data {dashboardId, widgets:{...}, timestamp}` with a key for every
 /// requested widget (null for a widget the server does not know).
-fn data_frame(dashboard_id: &str, widgets: &[String], computed: &Map<String, Value>) -> Bytes {
+fn data_frame(
+    wire: Wire,
+    dashboard_id: &str,
+    widgets: &[String],
+    computed: &Map<String, Value>,
+) -> Bytes {
     let chosen: Map<String, Value> = widgets
         .iter()
         .map(|w| (w.clone(), computed.get(w).cloned().unwrap_or(Value::Null)))
         .collect();
-    native::event_frame(
+    wire.event_frame(
         Namespace::Dashboard.path(),
         "dashboard:data",
         &json!({ "dashboardId": dashboard_id, "widgets": chosen, "timestamp": time::iso8601(time::now_ms()) }),

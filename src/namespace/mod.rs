@@ -20,7 +20,8 @@ use crate::auth::Principal;
 use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
 use crate::fanout::{subscription_name, LogReplay, Subscribed};
-use crate::protocol::native::{self, Request};
+use crate::protocol::native::Request;
+use crate::protocol::Wire;
 use crate::security::{self, Event};
 use crate::session::Session;
 use crate::time;
@@ -48,17 +49,18 @@ pub struct Later {
     pub event: Arc<str>,
 }
 
-/// The reply to a request on `ns`: the ack reply when it carried `ack`, else `event`.
-fn reply_frame(ns: Namespace, ack: Option<u64>, event: &str, data: &Value) -> Bytes {
+/// The reply to a request on `ns`, in the connection's protocol: the ack reply when it
+/// carried `ack`, else `event`.
+fn reply_frame(wire: Wire, ns: Namespace, ack: Option<u64>, event: &str, data: &Value) -> Bytes {
     match ack {
-        Some(ack) => native::ack_frame(ns.path(), ack, data),
-        None => native::event_frame(ns.path(), event, data),
+        Some(ack) => wire.ack_frame(ns.path(), ack, data),
+        None => wire.event_frame(ns.path(), event, data),
     }
 }
 
 impl Later {
     pub fn reply_frame(&self, event: &str, data: &Value) -> Bytes {
-        reply_frame(self.ns, self.ack, event, data)
+        reply_frame(self.session.wire, self.ns, self.ack, event, data)
     }
 
     pub fn reply(&self, event: &str, data: &Value) {
@@ -68,7 +70,7 @@ impl Later {
     /// Sends the error reply a refused request gets, and counts it.
     pub fn refuse(&self, refusal: &Refusal) {
         self.app.metrics.error(refusal.code);
-        self.session.outbox.send(native::refusal_frame(
+        self.session.outbox.send(self.session.wire.refusal_frame(
             self.ns.path(),
             refusal,
             Some(&self.event),
@@ -99,7 +101,7 @@ pub fn db_refusal(e: &crate::db::DbError) -> Refusal {
 impl Ctx<'_> {
     /// The reply frame: the ack reply when the request carried `ack`, else `event`.
     pub fn reply_frame(&self, event: &str, data: &Value) -> Bytes {
-        reply_frame(self.ns, self.ack, event, data)
+        reply_frame(self.session.wire, self.ns, self.ack, event, data)
     }
 
     pub fn reply(&self, event: &str, data: &Value) {
@@ -362,44 +364,11 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     let event = format!("{}:subscribed", ctx.ns.prefix());
     // A replay from below what the ring holds reads the change log first.
     if let (Some(since), Some(_)) = (since, &ctx.app.db) {
-        let through = ctx.app.engine.ring_floor();
-        if since < through {
+        if since < ctx.app.engine.ring_floor() {
             ctx.defer(move |later| async move {
-                let db = later.db()?;
-                let engine = &later.app.engine;
-                let tenant = &later.principal.tenant;
-                let (mut log, mut filter) = (None::<LogReplay>, filter);
-                // Read the log up to the ring's floor; if the ring moved on meanwhile,
-                // read the rest and try again.
-                for _ in 0..8 {
-                    let from = log.as_ref().map_or(since, |l| l.through);
-                    let through = engine.ring_floor();
-                    let more =
-                        crate::db::queries::replay(db, engine, tenant, later.ns, from, through)
-                            .await
-                            .map_err(|e| db_refusal(&e))?
-                            .value;
-                    let merged = match log.take() {
-                        None => more,
-                        Some(mut l) => {
-                            l.records.extend(more.records);
-                            l.through = more.through;
-                            l.gap |= more.gap;
-                            l
-                        }
-                    };
-                    let reply = |outcome| {
-                        Some(later.reply_frame(&event, &subscribed_json(outcome, &filters)))
-                    };
-                    match engine.subscribe_after_log(&later.session, filter, since, merged, reply) {
-                        Ok(_) => return Ok(()),
-                        Err((l, f)) => (log, filter) = (Some(l), f),
-                    }
-                }
-                Err(Refusal::new(
-                    ErrorCode::Unavailable,
-                    "changes arrive faster than the replay can read them; retry",
-                ))
+                let reply =
+                    |outcome| Some(later.reply_frame(&event, &subscribed_json(outcome, &filters)));
+                subscribe_from_log(&later.app, &later.session, filter, since, reply).await
             });
             return Ok(());
         }
@@ -410,6 +379,68 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
             Some(ctx.reply_frame(&event, &subscribed_json(outcome, &filters)))
         });
     Ok(())
+}
+
+/// Subscribes with a replay that starts in the change log: reads the log up to the
+/// ring's floor, and when the ring has moved on meanwhile, reads the rest and tries
+/// again.
+async fn subscribe_from_log(
+    app: &Arc<App>,
+    session: &Arc<Session>,
+    mut filter: Filter,
+    since: u64,
+    reply: impl Fn(Subscribed) -> Option<Bytes>,
+) -> Result<(), Refusal> {
+    let db = app
+        .db
+        .as_ref()
+        .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no database configured"))?;
+    let engine = &app.engine;
+    let tenant = session.principal().tenant.clone();
+    let ns = filter.namespace();
+    let mut log: Option<LogReplay> = None;
+    for _ in 0..8 {
+        let from = log.as_ref().map_or(since, |l| l.through);
+        let through = engine.ring_floor();
+        let more = crate::db::queries::replay(db, engine, &tenant, ns, from, through)
+            .await
+            .map_err(|e| db_refusal(&e))?
+            .value;
+        let merged = match log.take() {
+            None => more,
+            Some(mut l) => {
+                l.records.extend(more.records);
+                l.through = more.through;
+                l.gap |= more.gap;
+                l
+            }
+        };
+        match engine.subscribe_after_log(session, filter, since, merged, &reply) {
+            Ok(_) => return Ok(()),
+            Err((l, f)) => (log, filter) = (Some(l), f),
+        }
+    }
+    Err(Refusal::new(
+        ErrorCode::Unavailable,
+        "changes arrive faster than the replay can read them; retry",
+    ))
+}
+
+/// Subscribes `session` again with `filter`, replaying every change after `since`, with
+/// no reply (Socket.IO connection state recovery).
+pub fn resubscribe(app: &Arc<App>, session: &Arc<Session>, filter: Filter, since: u64) {
+    if app.db.is_some() && since < app.engine.ring_floor() {
+        let (app, session) = (app.clone(), session.clone());
+        tokio::spawn(async move {
+            if let Err(refusal) = subscribe_from_log(&app, &session, filter, since, |_| None).await
+            {
+                tracing::warn!(connection = session.id, error = %refusal.message, "could not recover a subscription");
+            }
+        });
+        return;
+    }
+    app.engine
+        .subscribe(session, filter, Some(since), None, |_| None);
 }
 
 /// Reads `subscriptionId`: `"sub-7"` (as the server names it) or `7`.

@@ -188,19 +188,9 @@ pub fn ack_frame(ns: &str, ack: u64, data: &Value) -> Bytes {
     frame::finish_reserved(out, OpCode::Text)
 }
 
-/// The answer to a refused request: the ack reply `{"error":{..}}` when it carried an
-/// ack, else the `error` event naming the request's event when known.
+/// The answer to a refused request (see [`crate::protocol::Wire::refusal_frame`]).
 pub fn refusal_frame(ns: &str, refusal: &Refusal, event: Option<&str>, ack: Option<u64>) -> Bytes {
-    match ack {
-        Some(ack) => ack_frame(ns, ack, &serde_json::json!({ "error": refusal.to_json() })),
-        None => {
-            let mut data = refusal.to_json();
-            if let Some(event) = event {
-                data["event"] = Value::String(event.to_string());
-            }
-            event_frame(ns, "error", &data)
-        }
-    }
+    crate::protocol::Wire::Native.refusal_frame(ns, refusal, event, ack)
 }
 
 #[cfg(test)]

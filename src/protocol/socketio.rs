@@ -181,6 +181,18 @@ pub fn event(ns: &str, event: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `42<ns,>["<event>",<data>,"<offset>"]`: a change event carrying its offset (its seq)
+/// as the last argument, as Socket.IO's connection state recovery expects.
+pub fn event_with_offset(ns: &str, name: &str, data: &[u8], offset: u64) -> Vec<u8> {
+    let offset = offset.to_string();
+    let mut args = Vec::with_capacity(data.len() + offset.len() + 3);
+    args.extend_from_slice(data);
+    args.extend_from_slice(b",\"");
+    args.extend_from_slice(offset.as_bytes());
+    args.push(b'"');
+    event(ns, name, &args)
+}
+
 /// `43<ns,><id>[<data>]`: the ACK of request `id`.
 pub fn ack(ns: &str, id: u64, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + ns.len() + data.len());
@@ -279,6 +291,10 @@ mod tests {
         );
         assert_eq!(event("/", "pong", b"{}"), br#"42["pong",{}]"#.to_vec());
         assert_eq!(ack("/orders", 5, b"{}"), br#"43/orders,5[{}]"#.to_vec());
+        assert_eq!(
+            event_with_offset("/inventory", "inventory:update", br#"{"seq":42}"#, 42),
+            br#"42/inventory,["inventory:update",{"seq":42},"42"]"#.to_vec()
+        );
         // What is encoded decodes (the server's packets follow the same grammar).
         let text =
             String::from_utf8(event("/inventory", "x", br#"{"a":[1,2]}"#)).expect("test packet");

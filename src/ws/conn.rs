@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::frame::{self, OpCode};
 use super::input::Phase;
+use super::socketio;
 use super::writer::{self, Pending};
 use super::Mode;
 use crate::app::App;
@@ -32,7 +33,7 @@ use crate::auth::Principal;
 use crate::error::close;
 use crate::fanout::change::Namespace;
 use crate::fanout::outbox::{state, Outbox};
-use crate::protocol::native;
+use crate::protocol::{native, Wire};
 use crate::rate_limit::RateLimiter;
 use crate::session::Session;
 use crate::time;
@@ -95,19 +96,30 @@ pub fn start(
     let config = &app.config;
     let now = time::now_ms();
     let outbox = Outbox::new(config.queue_max_frames, config.slow_consumer_policy);
-    let session = Arc::new(Session::new(
-        app.next_session_id(),
-        outbox,
-        remote,
-        principal,
-        now,
-    ));
+    let wire = match mode {
+        Mode::SocketIo => Wire::SocketIo,
+        Mode::Native | Mode::Echo => Wire::Native,
+    };
+    let session = Arc::new(
+        Session::new(app.next_session_id(), outbox, remote, principal, now).speaking(wire),
+    );
     app.sessions.insert(session.id, session.clone());
     app.metrics.connections_total.fetch_add(1, Relaxed);
     // Shutdown closes every registered session; one that registered after that sweep
     // closes itself here.
     if app.shutdown.is_triggered() {
         session.outbox.close(close::GOING_AWAY, true);
+    }
+    if mode == Mode::SocketIo {
+        // Engine.IO's open packet; the client then joins namespaces with CONNECT.
+        session
+            .outbox
+            .send(crate::protocol::text_frame(&socketio::open_packet(
+                &session.connection_id(),
+                config.heartbeat_interval_ms,
+                config.heartbeat_timeout_ms,
+                config.max_message_bytes,
+            )));
     }
     if mode == Mode::Native {
         let principal = session.principal();
@@ -187,6 +199,7 @@ impl Future for Conn {
 impl Drop for Conn {
     /// The connection is over, however it ended: it leaves every registry.
     fn drop(&mut self) {
+        self.keep_for_recovery();
         let app = &self.app;
         app.sessions.remove(&self.session.id);
         app.addresses.release(self.session.remote.ip());
@@ -246,7 +259,9 @@ impl Conn {
 
     fn write_batches(&mut self, out: &mut Pending) -> std::io::Result<()> {
         for _ in 0..BATCHES_PER_TURN {
-            if out.is_empty() && !writer::take(&self.app, &self.session.outbox, out) {
+            if out.is_empty()
+                && !writer::take(&self.app, &self.session.outbox, self.session.wire, out)
+            {
                 return Ok(());
             }
             if !writer::write(&self.stream, out)? {
@@ -301,7 +316,9 @@ impl Conn {
                 Stage::Sending { close_queued } => {
                     let out = self.out.get_or_insert_with(Box::default);
                     if out.is_empty() {
-                        if closing.flush && writer::take(&self.app, &self.session.outbox, out) {
+                        if closing.flush
+                            && writer::take(&self.app, &self.session.outbox, self.session.wire, out)
+                        {
                             // More queued frames to write before the close frame.
                         } else if !close_queued {
                             let code = self.session.outbox.close_code();

@@ -150,24 +150,44 @@ impl Conn {
             return;
         }
         let started = Instant::now();
-        let parsed = match opcode {
-            OpCode::Text => native::parse_request(&payload),
-            _ => Err(native::BadRequest {
-                refusal: Refusal::new(
-                    ErrorCode::InvalidMessage,
-                    "binary frames are not accepted; send JSON text frames",
-                ),
-                ns: "/".into(),
-                event: None,
-                ack: None,
-            }),
+        // Every message, good or bad, counts toward the rate limit.
+        let Some(admitted) = self.admit() else {
+            return;
         };
-        // Every frame, good or bad, counts toward the rate limit.
-        let verdict = self
+        if self.mode == Mode::SocketIo {
+            self.on_socketio(opcode, payload, admitted);
+        } else {
+            let parsed = match opcode {
+                OpCode::Text => native::parse_request(&payload),
+                _ => Err(native::BadRequest {
+                    refusal: Refusal::new(
+                        ErrorCode::InvalidMessage,
+                        "binary frames are not accepted; send JSON text frames",
+                    ),
+                    ns: "/".into(),
+                    event: None,
+                    ack: None,
+                }),
+            };
+            self.on_request(parsed, admitted);
+        }
+        let metrics = &self.app.metrics;
+        metrics
+            .request_time_us
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        metrics.requests_handled.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a message toward the rate limit: `Ok` to go on, `Err` the refusal to
+    /// answer it with, or None when the connection went on past the limit for too long
+    /// and is being closed (1008).
+    fn admit(&mut self) -> Option<Result<(), Refusal>> {
+        let metrics = &self.app.metrics;
+        match self
             .limiter
-            .check(&self.app.config.rate_limit(), time::now_ms());
-        let refusal = match (&parsed, verdict) {
-            (_, Verdict::Close) => {
+            .check(&self.app.config.rate_limit(), time::now_ms())
+        {
+            Verdict::Close => {
                 metrics.error(ErrorCode::RateLimited);
                 security::record(
                     metrics,
@@ -179,37 +199,48 @@ impl Conn {
                     ),
                 );
                 self.fail(close::POLICY, Phase::Closing);
-                return;
+                None
             }
-            (_, Verdict::Refuse { retry_after_ms }) => {
+            Verdict::Refuse { retry_after_ms } => {
                 let mut r = Refusal::new(ErrorCode::RateLimited, "too many messages; slow down");
                 r.retry_after_ms = Some(retry_after_ms);
-                Some(r)
+                Some(Err(r))
             }
-            (Err(bad), Verdict::Allow) => Some(bad.refusal.clone()),
-            (Ok(req), Verdict::Allow) => namespace::handle(&self.app, &self.session, req).err(),
-        };
-        if let Some(refusal) = refusal {
-            metrics.error(refusal.code);
-            if refusal.code == ErrorCode::Forbidden && refusal.message != namespace::OTHER_TENANT {
-                security::record(
-                    metrics,
-                    Event::Forbidden,
-                    self.session.remote,
-                    &format!("connection {}: {}", self.session.id, refusal.message),
-                );
-            }
-            let (ns, event, ack) = match &parsed {
-                Ok(req) => (req.ns.as_str(), Some(req.event.as_str()), req.ack),
-                Err(bad) => (bad.ns.as_str(), bad.event.as_deref(), bad.ack),
-            };
-            self.outbox()
-                .send(native::refusal_frame(ns, &refusal, event, ack));
+            Verdict::Allow => Some(Ok(())),
         }
-        metrics
-            .request_time_us
-            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
-        metrics.requests_handled.fetch_add(1, Relaxed);
+    }
+
+    /// Handles a parsed request (or the refusal of a bad one), answering refusals in
+    /// the connection's protocol.
+    pub(super) fn on_request(
+        &mut self,
+        parsed: Result<native::Request, native::BadRequest>,
+        admitted: Result<(), Refusal>,
+    ) {
+        let refusal = match (&parsed, admitted) {
+            (_, Err(r)) => Some(r),
+            (Err(bad), Ok(())) => Some(bad.refusal.clone()),
+            (Ok(req), Ok(())) => namespace::handle(&self.app, &self.session, req).err(),
+        };
+        let Some(refusal) = refusal else {
+            return;
+        };
+        let metrics = &self.app.metrics;
+        metrics.error(refusal.code);
+        if refusal.code == ErrorCode::Forbidden && refusal.message != namespace::OTHER_TENANT {
+            security::record(
+                metrics,
+                Event::Forbidden,
+                self.session.remote,
+                &format!("connection {}: {}", self.session.id, refusal.message),
+            );
+        }
+        let (ns, event, ack) = match &parsed {
+            Ok(req) => (req.ns.as_str(), Some(req.event.as_str()), req.ack),
+            Err(bad) => (bad.ns.as_str(), bad.event.as_deref(), bad.ack),
+        };
+        self.outbox()
+            .send(self.session.wire.refusal_frame(ns, &refusal, event, ack));
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod frame;
 mod input;
+pub mod socketio;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ pub enum Mode {
     Native,
     /// The `/echo` conformance endpoint: every message comes back unchanged.
     Echo,
+    /// Socket.IO v4 over WebSocket (`/socket.io/`).
+    SocketIo,
 }
 
 /// Is this request a WebSocket upgrade?

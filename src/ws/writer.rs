@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use crate::app::App;
 use crate::fanout::outbox::{Outbox, Outgoing};
 use crate::metrics::LocalHistogram;
-use crate::protocol::native;
+use crate::protocol::Wire;
 use crate::time;
 
 /// Frames taken from the queue per batch. 256 frames of a typical 200-300 byte change
@@ -53,15 +53,11 @@ impl Pending {
 
 /// Moves up to [`MAX_BATCH`] queued frames into `pending` and counts them as sent.
 /// Returns false when nothing was queued.
-pub fn take(app: &App, outbox: &Outbox, pending: &mut Pending) -> bool {
+pub fn take(app: &App, outbox: &Outbox, wire: Wire, pending: &mut Pending) -> bool {
     let dropped = outbox.take_dropped();
     if dropped > 0 {
         // Tell the client how much the drop-oldest policy took from it.
-        pending.push(native::event_frame(
-            "/",
-            "messages:dropped",
-            &json!({ "dropped": dropped }),
-        ));
+        pending.push(wire.event_frame("/", "messages:dropped", &json!({ "dropped": dropped })));
     }
     let mut batch = Batch {
         frames: &mut pending.frames,
