@@ -1,6 +1,8 @@
-//! The `/test` page in a real browser: headless Chromium (driven by playwright-core,
-//! tests/browser/test_page.mjs) opens the page of a server running its simulator and must
-//! see it connect and show live `inventory:update` and `dashboard:data` events.
+//! The pages in a real browser: headless Chromium (driven by playwright-core) opens the
+//! `/test` page of a server running its simulator and must see it connect and show live
+//! `inventory:update` and `dashboard:data` events (tests/browser/test_page.mjs), and the
+//! `/demo` page, which must show a change published during the test
+//! (tests/browser/demo_page.mjs). Both pages run the JavaScript client.
 //!
 //! Needs Node.js, `npm ci` (playwright-core) and Debian's Chromium; `scripts/test.sh`
 //! installs them. This test fails, rather than skips, when they are missing, because a
@@ -45,3 +47,39 @@ async fn the_test_page_shows_live_events_in_chromium() {
         "unexpected output: {stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_shows_a_published_change_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("node_modules/playwright-core").exists(),
+        "node_modules/playwright-core is missing: run scripts/test.sh (or npm ci) first"
+    );
+    let server = spawn_server(&[("SIMULATE_RATE", "20")]);
+    let url = format!("http://127.0.0.1:{}", server.port);
+    // NILECAST_DEMO_SCREENSHOT=docs/demo.png refreshes the screenshot in the docs.
+    let screenshot = std::env::var("NILECAST_DEMO_SCREENSHOT").unwrap_or_else(|_| {
+        std::env::temp_dir()
+            .join(format!("nilecast-demo-{}.png", server.port))
+            .display()
+            .to_string()
+    });
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(root.join("tests/browser/demo_page.mjs"))
+            .arg(&url)
+            .arg(&screenshot)
+            .current_dir(root)
+            .output()
+    })
+    .await
+    .expect("join the browser run")
+    .expect("run node (is Node.js installed?)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("demo page ok"),
+        "demo page check failed:\n{stdout}\n{stderr}"
+    );
+}
+

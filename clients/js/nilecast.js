@@ -177,6 +177,18 @@ export class NilecastClient {
     return this;
   }
 
+  /** Calls `handler(event, data, ns)` for every event the server sends. */
+  onAny(handler) {
+    this.anyHandlers = this.anyHandlers || new Set();
+    this.anyHandlers.add(handler);
+    return this;
+  }
+
+  offAny(handler) {
+    if (this.anyHandlers) this.anyHandlers.delete(handler);
+    return this;
+  }
+
   off(event, handler) {
     const set = this.handlers.get(event);
     if (set) handler ? set.delete(handler) : set.clear();
@@ -221,6 +233,9 @@ export class NilecastClient {
       if (frame.data.seq <= last) return;
       this.lastSeq.set(ns, frame.data.seq);
     }
+    if (this.anyHandlers) {
+      for (const handler of [...this.anyHandlers]) handler(frame.event, frame.data, ns);
+    }
     this.emit(frame.event, frame.data, ns);
   }
 
@@ -252,13 +267,17 @@ export class NilecastClient {
     else this.queue.push(text);
   }
 
+  /**
+   * Subscribes (now, or once connected) and resolves with the first reply
+   * `{subscriptionId, filters, replayed, gap, unsubscribe()}`. The subscription is
+   * renewed after every reconnect.
+   */
   subscribe(ns, event, filters) {
-    const sub = { ns, event, filters: { ...filters }, id: null };
+    const sub = { ns, event, filters: { ...filters }, id: null, first: null };
     this.subscriptions.add(sub);
-    if (!this.connected) return Promise.resolve(sub);
-    return this.request(ns, event, sub.filters).then((reply) => {
-      sub.id = reply.subscriptionId;
-      return { ...reply, unsubscribe: () => this.unsubscribe(sub) };
+    return new Promise((resolve, reject) => {
+      sub.first = { resolve, reject };
+      if (this.connected) this.resubscribe(sub);
     });
   }
 
@@ -268,9 +287,21 @@ export class NilecastClient {
     this.request(sub.ns, sub.event, filters).then(
       (reply) => {
         sub.id = reply.subscriptionId;
-        if (reply.gap) this.emit("gap", { ns: sub.ns, since });
+        if (sub.first) {
+          sub.first.resolve({ ...reply, unsubscribe: () => this.unsubscribe(sub) });
+          sub.first = null;
+        }
+        if (reply.gap && since) this.emit("gap", { ns: sub.ns, since });
       },
-      (error) => this.emit("error", error),
+      (error) => {
+        if (sub.first && error.code !== "disconnected") {
+          // Refused (a bad filter, no permission): it will not be renewed either.
+          this.subscriptions.delete(sub);
+          sub.first.reject(error);
+          sub.first = null;
+        }
+        this.emit("error", error);
+      },
     );
   }
 

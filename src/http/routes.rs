@@ -27,6 +27,9 @@ type Resp = Response<Full<Bytes>>;
 
 /// The test page, served from the binary.
 const TEST_PAGE: &str = include_str!("test_page.html");
+const DEMO_PAGE: &str = include_str!("demo_page.html");
+/// The JavaScript client, served for the pages (and any page of yours).
+const JS_CLIENT: &str = include_str!("../../clients/js/nilecast.js");
 
 /// `/changes` limits (PROTOCOL.md section 6).
 const CHANGES_DEFAULT_LIMIT: usize = 100;
@@ -77,6 +80,8 @@ fn allowed_methods(path: &str) -> Option<&'static [Method]> {
         | ["clients"]
         | ["alerts"]
         | ["test"]
+        | ["demo"]
+        | ["js", "nilecast.js"]
         | ["ws"]
         | ["echo"] => GET,
         ["changes", _] => GET,
@@ -170,13 +175,12 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
         ["changes", data_type] => changes(app, &principal, data_type, &req),
         ["publish"] => publish(app, &principal, req, remote).await,
         ["test"] if !app.config.is_production() => {
-            let mut response = Response::new(Full::new(Bytes::from_static(TEST_PAGE.as_bytes())));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            response
+            static_text(TEST_PAGE, "text/html; charset=utf-8")
         }
+        ["demo"] if !app.config.is_production() => {
+            static_text(DEMO_PAGE, "text/html; charset=utf-8")
+        }
+        ["js", "nilecast.js"] => static_text(JS_CLIENT, "text/javascript; charset=utf-8"),
         ["ws"] | ["echo"] => error_response(&Refusal::new(
             ErrorCode::InvalidMessage,
             "this endpoint takes a WebSocket upgrade",
@@ -210,6 +214,15 @@ fn socketio(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Resp 
         );
     }
     ws::upgrade(app, req, remote, Mode::SocketIo)
+}
+
+/// A page or script compiled into the binary.
+fn static_text(body: &'static str, content_type: &'static str) -> Resp {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 fn not_found(message: &'static str) -> Resp {
@@ -249,7 +262,7 @@ fn info(app: &App) -> Value {
         "endpoints": [
             "GET /", "GET /health", "GET /metrics", "GET /metrics/prometheus", "GET /clients",
             "GET /alerts", "POST /alerts/:id/acknowledge", "GET /changes/:dataType", "POST /publish",
-            "GET /test", "GET /ws (WebSocket)", "GET /socket.io/ (Socket.IO, websocket transport)",
+            "GET /test", "GET /demo", "GET /js/nilecast.js", "GET /ws (WebSocket)", "GET /socket.io/ (Socket.IO, websocket transport)",
         ],
         "dataTypes": DataType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>(),
     })
