@@ -78,6 +78,13 @@ if ! mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; then
   wait_for "MariaDB on 127.0.0.1:3306" mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent
 fi
 
+# The React example builds (its own packages, pinned by its own lockfile).
+step "building examples/react"
+if [ ! -d examples/react/node_modules/vite ] || [ examples/react/package-lock.json -nt examples/react/node_modules/.package-lock.json ]; then
+  (cd examples/react && npm ci --no-audit --no-fund --loglevel=error)
+fi
+(cd examples/react && npx vite build --logLevel warn)
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

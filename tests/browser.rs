@@ -82,4 +82,3 @@ async fn the_demo_page_shows_a_published_change_in_chromium() {
         "demo page check failed:\n{stdout}\n{stderr}"
     );
 }
-

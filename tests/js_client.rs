@@ -34,20 +34,29 @@ fn node(scenario: &str, url: &str, arg: Option<&str>) -> Command {
     cmd
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_api_works_against_the_server() {
+async fn run(scenario: &'static str) {
     let server = spawn_server(&[]);
     let url = format!("http://127.0.0.1:{}", server.port);
-    let output = tokio::task::spawn_blocking(move || node("api", &url, None).output())
+    let output = tokio::task::spawn_blocking(move || node(scenario, &url, None).output())
         .await
         .expect("join")
         .expect("run node (is Node.js installed?)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        output.status.success() && stdout.contains("ok api"),
+        output.status.success() && stdout.contains(&format!("ok {scenario}")),
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_api_works_against_the_server() {
+    run("api").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_client_utility_snippet_works_unchanged() {
+    run("seed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -348,5 +348,20 @@ export class NilecastClient {
   }
 }
 
+/** The seed's name for the client: its snippets import `WebSocketRealTimeClient`. */
+export const WebSocketRealTimeClient = NilecastClient;
+
+/** Small helpers the seed's client utility exported beside the client. */
+export const WebSocketUtils = {
+  /** Whether a stock row is at or below its threshold (default 10). */
+  isLowStock(item, threshold = 10) {
+    return Number(item.quantity) <= (item.lowStockThreshold ?? threshold);
+  },
+  /** The last change seq the client delivered on a namespace (0 when none). */
+  lastSeq(client, ns) {
+    return client.lastSeq.get(ns) || 0;
+  },
+};
+
 export { NAMESPACES };
 export default NilecastClient;

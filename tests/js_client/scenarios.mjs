@@ -2,7 +2,7 @@
 // `node tests/js_client/scenarios.mjs <scenario> <url>` prints `ok <scenario>` (and, for
 // `restart`, a JSON line of what it received) or `FAIL ...` and exits 1.
 import WebSocket from "ws";
-import { NilecastClient, NilecastError } from "../../clients/js/nilecast.js";
+import { NilecastClient, NilecastError, WebSocketRealTimeClient, WebSocketUtils } from "../../clients/js/nilecast.js";
 
 const [scenario, url, arg] = process.argv.slice(2);
 const TIMEOUT_MS = 30000;
@@ -34,6 +34,39 @@ async function publish(changes) {
 }
 
 const scenarios = {
+  // The seed README's client-utility snippet, as it is (with the server's URL and, in
+  // Node before 22, a WebSocket implementation).
+  async seed() {
+    const client = new WebSocketRealTimeClient({
+      url,
+      token: "your-jwt-token",
+      autoReconnect: true,
+      maxReconnectAttempts: 5,
+      WebSocket,
+    });
+    await client.connect();
+    await client.subscribeToInventory({
+      productIds: ["product-123"],
+      lowStockOnly: true,
+    });
+    const alerts = [];
+    const updates = [];
+    client.on("inventory:update", (data) => updates.push(data));
+    client.on("inventory:low-stock", (alert) => alerts.push(alert));
+    const inventoryData = await client.requestData("inventory_summary", {
+      limit: 100,
+      category: "electronics",
+    });
+    check(typeof inventoryData.totalProducts === "number", `requestData ${JSON.stringify(inventoryData)}`);
+    const trackingInfo = await client.trackOrder("order-123");
+    check(trackingInfo.orderId === "order-123", `trackOrder ${JSON.stringify(trackingInfo)}`);
+    await publish([{ dataType: "inventory", data: { productId: "product-123", warehouseId: "w", quantity: 2 } }]);
+    await until("the update and its alert", () => updates.length === 1 && alerts.length === 1);
+    check(WebSocketUtils.isLowStock(updates[0].data), "WebSocketUtils.isLowStock");
+    check(WebSocketUtils.lastSeq(client, "/inventory") === updates[0].seq, "WebSocketUtils.lastSeq");
+    client.disconnect();
+  },
+
   // The seed client API: connect, subscriptions, promises, on/off, queueing.
   async api() {
     const client = new NilecastClient({ url, WebSocket, tenant: "js" });
