@@ -84,6 +84,12 @@ async fn a_cut_transport_recovers_every_missed_change_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_beyond_retention_is_a_fresh_session() {
+    let server = spawn_server(&[("REPLAY_MAX_CHANGES", "5")]);
+    scenario(&server, "recovery-gap", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_clients_subscribing_at_connect_lose_nothing() {
     // All from one address: the per-address limits would refuse most of them.
     let server = spawn_server(&[

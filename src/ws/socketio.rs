@@ -210,6 +210,10 @@ impl Conn {
             .get("offset")
             .and_then(Value::as_str)
             .and_then(|o| o.parse::<u64>().ok());
+        // Recovered only when every change after the offset can still be replayed: from
+        // the ring, or with a database from the change log. Otherwise a fresh session.
+        let replayable =
+            |since: u64| self.app.db.is_some() || since >= self.app.engine.ring_floor();
         let recovered = auth
             .get("pid")
             .and_then(Value::as_str)
@@ -218,6 +222,7 @@ impl Conn {
                 kept.ns == ns
                     && kept.tenant == principal.tenant
                     && kept.user_id == principal.user_id
+                    && replayable(offset.unwrap_or(kept.since_default))
             });
         let pid = recovered
             .as_ref()

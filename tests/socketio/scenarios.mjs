@@ -219,6 +219,26 @@ const scenarios = {
     inv.disconnect();
   },
 
+  // When retention no longer reaches back to the offset: a fresh session, not a
+  // recovery with a hole in it.
+  async "recovery-gap"() {
+    const inv = io(`${url}/inventory`, { ...opts, reconnectionDelay: 200, reconnectionDelayMax: 500 });
+    const got = [];
+    inv.on("inventory:update", (p) => got.push(p.seq));
+    await connected(inv);
+    await inv.emitWithAck("inventory:subscribe", { productIds: ["gap-1"] });
+    const before = await publish([{ dataType: "inventory", data: { productId: "gap-1", warehouseId: "w", quantity: 100 } }]);
+    while (!got.includes(before[0])) await new Promise((r) => setTimeout(r, 20));
+    const down = new Promise((resolve) => inv.once("disconnect", resolve));
+    inv.io.engine.close();
+    await down;
+    // More changes than the server retains (REPLAY_MAX_CHANGES=5).
+    await publish(Array.from({ length: 12 }, (_, i) => ({ dataType: "inventory", data: { productId: "gap-1", warehouseId: "w", quantity: 101 + i } })));
+    await new Promise((resolve) => inv.once("connect", resolve));
+    check(inv.recovered === false, "a session whose offset is no longer retained is not recovered");
+    inv.disconnect();
+  },
+
   // Many clients connect at once and subscribe the moment their namespace CONNECT is
   // acknowledged: not one subscribe may be lost.
   async storm() {
