@@ -83,6 +83,106 @@ async fn a_cut_transport_recovers_every_missed_change_once() {
     );
 }
 
+/// With a database, a Socket.IO session is kept there: a client comes back to another
+/// server process (a restarted node here) and recovers, with what was committed while
+/// it was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_works_on_another_server_with_a_database() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let db = common::pg::TestDb::create().await;
+    db.migrate("notify");
+    let env = db.env("notify");
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut first = spawn_server(&refs);
+    common::pg::wait_feed_connected(first.port).await;
+    let port = first.port;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new("node")
+        .arg(root.join("tests/socketio/scenarios.mjs"))
+        .arg("recovery-restart")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg("5")
+        .current_dir(root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run node (is Node.js installed?)");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let mut wait_for = |want: &str| loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("node said: {lines:?}"));
+        let hit = line.starts_with(want) || line.starts_with("FAIL");
+        lines.push(line);
+        if hit {
+            return lines.clone();
+        }
+    };
+
+    // The node goes away; meanwhile the application commits five changes.
+    wait_for("ready");
+    first.sigterm();
+    assert!(first.wait_exit(TIMEOUT).await.is_some(), "server stopped");
+    drop(first);
+    wait_for("away");
+    let pg = db.client().await;
+    pg.execute(
+        "INSERT INTO nilecast_changes (tenant_id, data_type, entity_id, payload)
+         SELECT 'default', 'inventory', 'rr-1',
+                jsonb_build_object('productId', 'rr-1', 'warehouseId', 'w', 'quantity', 100 + i)
+         FROM generate_series(1, 5) AS i",
+        &[],
+    )
+    .await
+    .expect("changes while away");
+    let port_text = port.to_string();
+    let mut refs2 = refs.clone();
+    refs2.push(("WEBSOCKET_PORT", &port_text));
+    let second = spawn_server(&refs2);
+    common::pg::wait_feed_connected(second.port).await;
+
+    let lines = wait_for("ok ");
+    assert!(
+        child.wait().expect("node exit").success(),
+        "node said: {lines:?}"
+    );
+    let got: Value = lines
+        .iter()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no result line: {lines:?}"));
+    let logged: Vec<u64> = pg
+        .query(
+            "SELECT seq FROM nilecast_changes WHERE entity_id = 'rr-1' ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("read the log")
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .collect();
+    let got: Vec<u64> = got["got"]
+        .as_array()
+        .expect("got")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(
+        got, logged,
+        "the change before and the five while away, once each"
+    );
+    let m = metrics(second.port).await;
+    assert_eq!(m["websocket"]["socketioRecoveries"], 1, "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_beyond_retention_is_a_fresh_session() {
     let server = spawn_server(&[("REPLAY_MAX_CHANGES", "5")]);

@@ -7,9 +7,10 @@
 use super::{Db, DbError};
 
 /// (part, version, SQL). A new version of a part is a new file applied after it.
-const MIGRATIONS: [(&str, i32, &str); 2] = [
+const MIGRATIONS: [(&str, i32, &str); 3] = [
     ("core", 1, include_str!("sql/001_core.sql")),
     ("triggers", 1, include_str!("sql/002_triggers.sql")),
+    ("core", 2, include_str!("sql/003_recovery.sql")),
 ];
 
 /// The latest version of each part.

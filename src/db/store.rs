@@ -334,3 +334,68 @@ pub async fn write_demo(db: &Db, changes: &[Change]) -> Result<(), DbError> {
     tx.commit().await?;
     Ok(())
 }
+
+/// A Socket.IO session kept for recovery (see `ws::socketio`).
+pub struct KeptSession {
+    pub tenant: String,
+    pub user_id: String,
+    pub namespace: String,
+    pub filters: Value,
+    pub since_seq: u64,
+}
+
+/// Keeps a Socket.IO session for recovery on any node, until `expires_ms`.
+pub async fn keep_session(
+    db: &Db,
+    pid: &str,
+    session: &KeptSession,
+    expires_ms: u64,
+) -> Result<(), DbError> {
+    let client = db.client().await?;
+    let expires = std::time::UNIX_EPOCH + std::time::Duration::from_millis(expires_ms);
+    client
+        .execute(
+            "INSERT INTO nilecast_recovery
+                 (pid, tenant_id, user_id, namespace, filters, since_seq, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (pid) DO UPDATE SET filters = EXCLUDED.filters,
+                 since_seq = EXCLUDED.since_seq, expires_at = EXCLUDED.expires_at",
+            &[
+                &pid,
+                &session.tenant,
+                &session.user_id,
+                &session.namespace,
+                &session.filters,
+                &(session.since_seq as i64),
+                &expires,
+            ],
+        )
+        .await?;
+    // Expired sessions go as new ones come.
+    client
+        .execute(
+            "DELETE FROM nilecast_recovery WHERE expires_at < now()",
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Takes (once) the unexpired session kept under `pid`.
+pub async fn take_session(db: &Db, pid: &str) -> Result<Option<KeptSession>, DbError> {
+    let client = db.client().await?;
+    let row = client
+        .query_opt(
+            "DELETE FROM nilecast_recovery WHERE pid = $1 AND expires_at > now()
+             RETURNING tenant_id, user_id, namespace, filters, since_seq",
+            &[&pid],
+        )
+        .await?;
+    Ok(row.map(|r| KeptSession {
+        tenant: r.get(0),
+        user_id: r.get(1),
+        namespace: r.get(2),
+        filters: r.get(3),
+        since_seq: r.get::<_, i64>(4).max(0) as u64,
+    }))
+}

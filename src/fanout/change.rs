@@ -152,7 +152,9 @@ pub struct Change {
 }
 
 /// Notification priorities, ordered so that a `priority` filter is a threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Priority {
     Low = 0,
     Medium = 1,

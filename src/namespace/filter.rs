@@ -21,7 +21,9 @@ fn matches(values: &Values, key: &Option<Box<str>>) -> bool {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A subscription's filter. Serializable, so Socket.IO sessions can be kept for
+/// recovery in the database.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Filter {
     Inventory {
         product_ids: Values,

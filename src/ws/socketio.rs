@@ -23,6 +23,7 @@ use serde_json::{json, Map, Value};
 use super::conn::Conn;
 use super::frame::OpCode;
 use super::input::Phase;
+use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{close, ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
@@ -31,7 +32,7 @@ use crate::protocol::native::{BadRequest, Request};
 use crate::protocol::socketio::{self, EnginePacket, Packet, PacketType};
 use crate::protocol::{text_frame, Wire};
 use crate::security::{self, Event};
-use crate::session::SubKind;
+use crate::session::{Session, SubKind};
 use crate::time;
 
 /// What a Socket.IO connection knows beyond the session: the namespaces it joined and
@@ -113,6 +114,77 @@ fn connect_frame(kind: u8, ns: &str, data: &Value) -> bytes::Bytes {
     text_frame(&out)
 }
 
+/// The rest of a CONNECT, once what the client may recover is known: the reply with
+/// the sid and pid (the same pid when recovered), `connection:established` on `/`, and
+/// the recovered subscriptions with every change after the offset.
+fn finish_connect(
+    app: &Arc<App>,
+    session: &Arc<Session>,
+    path: &str,
+    ns: Namespace,
+    kept: Option<(Box<str>, Kept)>,
+    offset: Option<u64>,
+) {
+    let principal = session.principal();
+    // Recovered only when every change after the offset can still be replayed: from
+    // the ring, or with a database from the change log. Otherwise a fresh session.
+    let replayable = |since: u64| app.db.is_some() || since >= app.engine.ring_floor();
+    let recovered = kept.filter(|(_, kept)| {
+        kept.ns == ns
+            && kept.tenant == principal.tenant
+            && kept.user_id == principal.user_id
+            && replayable(offset.unwrap_or(kept.since_default))
+    });
+    let pid = recovered
+        .as_ref()
+        .map_or_else(new_pid, |(pid, _)| pid.clone());
+    let sid = format!("{}-{}", session.connection_id(), ns as usize);
+    app.socketio.live.entry(session.id).or_default().joined[ns as usize] = Some(Joined {
+        pid: pid.clone(),
+        joined_at_seq: app.engine.last_seq(),
+    });
+    session.outbox.send(connect_frame(
+        b'0',
+        path,
+        &json!({ "sid": sid, "pid": &*pid }),
+    ));
+    if ns == Namespace::Root {
+        session.outbox.send(Wire::SocketIo.event_frame(
+            "/",
+            "connection:established",
+            &json!({
+                "connectionId": session.connection_id(),
+                "serverTime": time::iso8601(time::now_ms()),
+                "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
+                "authenticated": principal.authenticated,
+                "heartbeatMs": app.config.heartbeat_interval_ms,
+            }),
+        ));
+    }
+    if let Some((_, kept)) = recovered {
+        let since = offset.unwrap_or(kept.since_default);
+        for filter in kept.filters {
+            namespace::resubscribe(app, session, filter, since);
+        }
+        app.metrics
+            .socketio_recoveries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Kept {
+    fn from_db(k: crate::db::store::KeptSession) -> Option<Kept> {
+        Some(Kept {
+            tenant: Arc::from(k.tenant.as_str()),
+            user_id: Arc::from(k.user_id.as_str()),
+            ns: Namespace::parse(&k.namespace)?,
+            filters: serde_json::from_value(k.filters).ok()?,
+            since_default: k.since_seq,
+            expires_ms: u64::MAX,
+        })
+    }
+}
+
 impl Conn {
     /// Handles one complete message of a Socket.IO connection.
     /// `admitted` is the rate limit's verdict on it: a refused EVENT is answered with
@@ -191,7 +263,9 @@ impl Conn {
 
     /// Namespace CONNECT: checks the token in `auth` (when auth is on), recovers the
     /// client's subscriptions when it sends a known pid, and answers with the sid and
-    /// pid, or CONNECT_ERROR.
+    /// pid, or CONNECT_ERROR. A pid this node does not hold is looked up in the
+    /// database, when there is one (the client may come from another node), in a task
+    /// of its own: the client sends nothing on the namespace until it has the reply.
     fn connect(&mut self, path: &str, auth: Option<Value>) {
         let auth = match auth {
             Some(Value::Object(map)) => map,
@@ -205,65 +279,29 @@ impl Conn {
             self.connect_error(path, &refusal.message, refusal.code);
             return;
         }
-        let principal = self.session.principal();
         let offset = auth
             .get("offset")
             .and_then(Value::as_str)
             .and_then(|o| o.parse::<u64>().ok());
-        // Recovered only when every change after the offset can still be replayed: from
-        // the ring, or with a database from the change log. Otherwise a fresh session.
-        let replayable =
-            |since: u64| self.app.db.is_some() || since >= self.app.engine.ring_floor();
-        let recovered = auth
-            .get("pid")
-            .and_then(Value::as_str)
-            .and_then(|pid| self.app.socketio.kept.remove(pid))
-            .filter(|(_, kept)| {
-                kept.ns == ns
-                    && kept.tenant == principal.tenant
-                    && kept.user_id == principal.user_id
-                    && replayable(offset.unwrap_or(kept.since_default))
-            });
-        let pid = recovered
-            .as_ref()
-            .map_or_else(new_pid, |(pid, _)| pid.clone());
-        let sid = format!("{}-{}", self.session.connection_id(), ns as usize);
-        self.app
-            .socketio
-            .live
-            .entry(self.session.id)
-            .or_default()
-            .joined[ns as usize] = Some(Joined {
-            pid: pid.clone(),
-            joined_at_seq: self.app.engine.last_seq(),
-        });
-        self.outbox().send(connect_frame(
-            b'0',
-            path,
-            &json!({ "sid": sid, "pid": &*pid }),
-        ));
-        if ns == Namespace::Root {
-            self.outbox().send(Wire::SocketIo.event_frame(
-                "/",
-                "connection:established",
-                &json!({
-                    "connectionId": self.session.connection_id(),
-                    "serverTime": time::iso8601(time::now_ms()),
-                    "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
-                    "authenticated": principal.authenticated,
-                    "heartbeatMs": self.app.config.heartbeat_interval_ms,
-                }),
-            ));
-        }
-        if let Some((_, kept)) = recovered {
-            let since = offset.unwrap_or(kept.since_default);
-            for filter in kept.filters {
-                namespace::resubscribe(&self.app, &self.session, filter, since);
+        let pid = auth.get("pid").and_then(Value::as_str);
+        let local = pid.and_then(|pid| self.app.socketio.kept.remove(pid));
+        match (local, pid, &self.app.db) {
+            (None, Some(pid), Some(db)) => {
+                let (app, session, db) = (self.app.clone(), self.session.clone(), db.clone());
+                let (pid, path) = (pid.to_string(), path.to_string());
+                tokio::spawn(async move {
+                    let kept = match crate::db::store::take_session(&db, &pid).await {
+                        Ok(kept) => kept.and_then(Kept::from_db),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not look up a Socket.IO session to recover");
+                            None
+                        }
+                    };
+                    let kept = kept.map(|k| (Box::from(pid.as_str()), k));
+                    finish_connect(&app, &session, &path, ns, kept, offset);
+                });
             }
-            self.app
-                .metrics
-                .socketio_recoveries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (local, _, _) => finish_connect(&self.app, &self.session, path, ns, local, offset),
         }
     }
 
@@ -397,6 +435,22 @@ impl Conn {
                     SubKind::Dashboard(_) => None,
                 })
                 .collect();
+            if let Some(db) = &self.app.db {
+                let kept = crate::db::store::KeptSession {
+                    tenant: principal.tenant.to_string(),
+                    user_id: principal.user_id.to_string(),
+                    namespace: ns.path().to_string(),
+                    filters: serde_json::to_value(&filters).unwrap_or(Value::Null),
+                    since_seq: joined.joined_at_seq,
+                };
+                let (db, pid) = (db.clone(), joined.pid.clone());
+                // Tracked by the shutdown, so a graceful stop writes it before exiting.
+                self.app.shutdown.spawn(async move {
+                    if let Err(e) = crate::db::store::keep_session(&db, &pid, &kept, expires_ms).await {
+                        tracing::warn!(error = %e, "could not keep a Socket.IO session for recovery");
+                    }
+                });
+            }
             self.app.socketio.kept.insert(
                 joined.pid,
                 Kept {

@@ -219,6 +219,29 @@ const scenarios = {
     inv.disconnect();
   },
 
+  // With a database: the server restarts (another process, as another node would be)
+  // while the client is away; the client recovers there. Prints what it received.
+  async "recovery-restart"() {
+    const missed = Number(arg || 5);
+    const inv = io(`${url}/inventory`, { ...opts, reconnectionDelay: 300, reconnectionDelayMax: 1000 });
+    const got = [];
+    inv.on("inventory:update", (p) => got.push(p.seq));
+    await connected(inv);
+    await inv.emitWithAck("inventory:subscribe", { productIds: ["rr-1"] });
+    const before = await publish([{ dataType: "inventory", data: { productId: "rr-1", warehouseId: "w", quantity: 100 } }]);
+    while (!got.includes(before[0])) await new Promise((r) => setTimeout(r, 20));
+    const away = new Promise((resolve) => inv.once("disconnect", resolve));
+    console.log("ready");
+    await away;
+    console.log("away");
+    await new Promise((resolve) => inv.once("connect", resolve));
+    check(inv.recovered === true, "recovered on the restarted server");
+    const deadline = Date.now() + 15000;
+    while (got.length < 1 + missed && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    console.log(JSON.stringify({ got }));
+    inv.disconnect();
+  },
+
   // When retention no longer reaches back to the offset: a fresh session, not a
   // recovery with a hole in it.
   async "recovery-gap"() {
