@@ -75,6 +75,10 @@ struct Book {
 
 pub struct Alerts {
     book: Mutex<Book>,
+    /// With a database, an alert raised by a change is named after the change's seq,
+    /// so every node raising it from the same change gives it the same id (and the
+    /// alerts table keeps one).
+    ids_from_changes: std::sync::atomic::AtomicBool,
     out_of_stock: f64,
     order_volume: u64,
     slow_query_ms: u64,
@@ -84,14 +88,18 @@ impl Alerts {
     pub fn new(config: &Config) -> Alerts {
         Alerts {
             book: Mutex::new(Book::default()),
+            ids_from_changes: std::sync::atomic::AtomicBool::new(false),
             out_of_stock: config.out_of_stock_threshold,
             order_volume: config.high_order_volume_threshold,
             slow_query_ms: config.slow_query_ms,
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn raise(
+        &self,
         book: &mut Book,
+        origin_seq: Option<u64>,
         tenant: &str,
         kind: &'static str,
         severity: Priority,
@@ -99,9 +107,8 @@ impl Alerts {
         data: Value,
         scope: Option<(String, String)>,
     ) -> Alert {
-        book.next_id += 1;
         let alert = Alert {
-            id: format!("alert-{}", book.next_id),
+            id: self.next_id(book, origin_seq),
             tenant: tenant.to_string(),
             kind,
             severity,
@@ -115,11 +122,30 @@ impl Alerts {
         alert
     }
 
-    /// Numbers alerts from `first` on: with a database, alert ids must not repeat
-    /// across restarts (they are the alerts table's key).
-    pub fn number_from(&self, first: u64) {
+    /// With a database: alerts raised by a change take the change's seq as their id
+    /// (`alert-<seq>`), the same on every node; the others are numbered from `first`,
+    /// so ids do not repeat across restarts (they are the alerts table's key).
+    pub fn ids_for_database(&self, first: u64) {
         let mut book = self.book.lock();
         book.next_id = book.next_id.max(first);
+        self.ids_from_changes
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn next_id(&self, book: &mut Book, origin_seq: Option<u64>) -> String {
+        match origin_seq {
+            Some(seq)
+                if self
+                    .ids_from_changes
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                format!("alert-{seq}")
+            }
+            _ => {
+                book.next_id += 1;
+                format!("alert-{}", book.next_id)
+            }
+        }
     }
 
     /// An inventory change at or below its threshold raises a stock alert, unless one is
@@ -158,8 +184,9 @@ impl Alerts {
             "productId": product, "warehouseId": warehouse, "category": keys.category.as_deref(),
             "quantity": quantity, "threshold": threshold, "seq": record.seq,
         });
-        Some(Self::raise(
+        Some(self.raise(
             &mut book,
+            Some(record.seq),
             &record.tenant,
             kind,
             severity,
@@ -171,7 +198,7 @@ impl Alerts {
 
     /// Counts a new order; more than the threshold in a minute raises one alert until it
     /// is acknowledged.
-    pub fn on_new_order(&self, tenant: &str, now_ms: u64) -> Option<Alert> {
+    pub fn on_new_order(&self, tenant: &str, seq: u64, now_ms: u64) -> Option<Alert> {
         let mut book = self.book.lock();
         let window = book.new_orders.entry(tenant.to_string()).or_default();
         window.push_back(now_ms);
@@ -191,8 +218,9 @@ impl Alerts {
             "{count} new orders in the last minute (threshold {})",
             self.order_volume
         );
-        Some(Self::raise(
+        Some(self.raise(
             &mut book,
+            Some(seq),
             tenant,
             "high_order_volume",
             Priority::Medium,
@@ -209,8 +237,9 @@ impl Alerts {
         }
         let mut book = self.book.lock();
         let message = format!("query {query} took {millis} ms");
-        Some(Self::raise(
+        Some(self.raise(
             &mut book,
+            None,
             tenant,
             "slow_query",
             Priority::Medium,

@@ -44,6 +44,8 @@ pub struct App {
     pub db: Option<Arc<Db>>,
     /// Socket.IO connections' namespaces, and subscriptions kept for recovery.
     pub socketio: crate::ws::socketio::SocketIo,
+    /// This node's name (`NODE_ID`, or random).
+    pub node_id: String,
     next_session: AtomicU64,
 }
 
@@ -59,6 +61,10 @@ impl App {
         let engine = Engine::new(&config, store.clone(), alerts.clone(), metrics.clone());
         let addresses =
             AddressLimits::new(config.max_connections_per_ip, config.upgrades_per_ip_per_s);
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{:08x}", fastrand::u32(..)));
         Arc::new(App {
             config,
             metrics,
@@ -71,6 +77,7 @@ impl App {
             shutdown: Shutdown::new(),
             db,
             socketio: Default::default(),
+            node_id,
             next_session: AtomicU64::new(1),
         })
     }
@@ -147,7 +154,7 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
         Some(db) => {
             let (alerts, raised) = tokio::sync::mpsc::unbounded_channel();
             app.engine.set_alert_sink(alerts);
-            app.alerts.number_from(time::now_ms());
+            app.alerts.ids_for_database(time::now_ms());
             app.shutdown
                 .spawn(db::store::alert_writer(app.clone(), db.clone(), raised));
             let (slow, reported) = tokio::sync::mpsc::unbounded_channel();

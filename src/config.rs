@@ -367,6 +367,12 @@ pub struct Config {
     )]
     pub max_header_bytes: usize,
 
+    /// This node's name, shown in `connection:established`, `/health` and `GET /`, so
+    /// clients and operators behind a load balancer can tell nodes apart. Default: a
+    /// random name per process.
+    #[arg(long = "node-id", env = "NODE_ID", value_name = "NODE_ID")]
+    pub node_id: Option<String>,
+
     #[command(flatten)]
     pub db: crate::db::DbConfig,
 

@@ -104,19 +104,24 @@ pub async fn alert_writer(
 async fn store_alert(db: &Db, alert: &Alert) -> Result<(), DbError> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    tx.execute(
-        "INSERT INTO alerts (tenant_id, id, type, severity, message, data)
+    let stored = tx
+        .execute(
+            "INSERT INTO alerts (tenant_id, id, type, severity, message, data)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, id) DO NOTHING",
-        &[
-            &alert.tenant,
-            &alert.id,
-            &alert.kind,
-            &alert.severity.as_str(),
-            &alert.message,
-            &alert.data,
-        ],
-    )
-    .await?;
+            &[
+                &alert.tenant,
+                &alert.id,
+                &alert.kind,
+                &alert.severity.as_str(),
+                &alert.message,
+                &alert.data,
+            ],
+        )
+        .await?;
+    if stored == 0 {
+        // Another node raised it from the same change and announced it already.
+        return Ok(());
+    }
     let change = Change {
         data_type: DataType::Notification,
         tenant: Arc::from(alert.tenant.as_str()),

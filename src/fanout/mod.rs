@@ -260,7 +260,7 @@ impl Engine {
         let record = Arc::new(record);
         let new_order = self.store.apply(&record, &change.data);
         if new_order && raised.is_none() {
-            raised = self.alerts.on_new_order(&change.tenant, now);
+            raised = self.alerts.on_new_order(&change.tenant, seq, now);
         }
         if let Some(alert) = raised {
             self.metrics.alerts_raised.fetch_add(1, Relaxed);

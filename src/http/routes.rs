@@ -255,6 +255,7 @@ fn info(app: &App) -> Value {
         "name": "nilecast",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime": app.metrics.uptime_ms(),
+        "node": &app.node_id,
         "startedAt": time::iso8601(app.metrics.started_ms),
         "auth": if app.config.verifier.is_some() { "jwt" } else { "open" },
         "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
@@ -292,6 +293,7 @@ fn health(app: &App) -> Resp {
         "status": overall,
         "timestamp": time::iso8601(time::now_ms()),
         "uptime": app.metrics.uptime_ms(),
+        "node": &app.node_id,
         "services": {
             "websocket": {
                 "status": ws_status,

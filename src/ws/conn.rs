@@ -128,6 +128,7 @@ pub fn start(
             "connection:established",
             &json!({
                 "connectionId": session.connection_id(),
+                "node": &app.node_id,
                 "serverTime": time::iso8601(now),
                 "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
                 "authenticated": principal.authenticated,

@@ -154,6 +154,7 @@ fn finish_connect(
             "connection:established",
             &json!({
                 "connectionId": session.connection_id(),
+                "node": &app.node_id,
                 "serverTime": time::iso8601(time::now_ms()),
                 "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
                 "authenticated": principal.authenticated,

@@ -771,6 +771,43 @@ impl Client {
         Self::connect_path(port, "/ws").await
     }
 
+    /// Like [`Client::connect_path`], from source address `from` (nginx's `ip_hash`
+    /// keys on it). Err when the connection or the handshake fails.
+    pub async fn connect_from(
+        from: std::net::IpAddr,
+        port: u16,
+        path: &str,
+    ) -> Result<Client, String> {
+        let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        socket
+            .bind(std::net::SocketAddr::new(from, 0))
+            .map_err(|e| format!("bind {from}: {e}"))?;
+        let stream = tokio::time::timeout(TIMEOUT, socket.connect(([127, 0, 0, 1], port).into()))
+            .await
+            .map_err(|_| "connect: timeout".to_string())?
+            .map_err(|e| format!("connect: {e}"))?;
+        let url = format!("ws://127.0.0.1:{port}{path}");
+        let (ws, _) = tokio::time::timeout(
+            TIMEOUT,
+            tokio_tungstenite::client_async(&url, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .map_err(|_| "handshake: timeout".to_string())?
+        .map_err(|e| format!("handshake: {e}"))?;
+        let mut c = Client {
+            ws,
+            established: Value::Null,
+            pings: 0,
+            next_ack: 1,
+        };
+        let first = c.next_frame_within(TIMEOUT).await?;
+        if first["event"] != "connection:established" {
+            return Err(format!("first frame: {first}"));
+        }
+        c.established = first["data"].clone();
+        Ok(c)
+    }
+
     /// Connects to `path` (may carry a query, e.g. `/ws?tenant=t2`) and reads the
     /// mandatory first frame, `connection:established` on `/`.
     pub async fn connect_path(port: u16, path: &str) -> Client {
