@@ -51,7 +51,7 @@ if [ ! -x target/kosoku/bin/kosoku ] || ! target/kosoku/bin/pip show kosoku 2>/d
   target/kosoku/bin/pip install --quiet --disable-pip-version-check "kosoku==$KOSOKU_VERSION"
 fi
 
-# PostgreSQL (tests/database.rs) and MariaDB (tests/fallback.rs) on their standard
+# PostgreSQL (tests/database.rs), Redis (tests/cluster.rs) and MariaDB (tests/fallback.rs) on their standard
 # loopback ports, started when stopped and installed from Debian's packages when missing
 # (a fresh install gets trust / empty-password root access from 127.0.0.1 only).
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -72,6 +72,16 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   $SUDO pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
   wait_for PostgreSQL pg_isready -q -h 127.0.0.1 -p 5432
 fi
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    step "installing Redis (Debian package)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  fi
+  step "starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping
+fi
 if ! mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; then
   if ! command -v mariadbd >/dev/null 2>&1 && ! command -v mysqld >/dev/null 2>&1; then
     step "installing MariaDB (Debian package)"
@@ -82,7 +92,17 @@ if ! mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; then
   $SUDO /etc/init.d/mariadb start >/dev/null 2>&1 || ($SUDO mysqld_safe --bind-address=127.0.0.1 >/dev/null 2>&1 &)
   wait_for MariaDB $SUDO mysqladmin ping --silent
   # Root from 127.0.0.1 with an empty password, as the tests connect.
-  if ! mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; then
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    step "installing Redis (Debian package)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  fi
+  step "starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping
+fi
+if ! mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; then
     $SUDO mysql -u root -e "ALTER USER root@localhost IDENTIFIED VIA mysql_native_password USING PASSWORD(''); FLUSH PRIVILEGES;"
   fi
   wait_for "MariaDB on 127.0.0.1:3306" mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent

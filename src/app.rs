@@ -46,6 +46,8 @@ pub struct App {
     pub socketio: crate::ws::socketio::SocketIo,
     /// This node's name (`NODE_ID`, or random).
     pub node_id: String,
+    /// Redis cluster mode, when `REDIS_URL` is set.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     next_session: AtomicU64,
 }
 
@@ -55,6 +57,14 @@ impl App {
     }
 
     pub fn with_db(config: Config, db: Option<Arc<Db>>) -> Arc<App> {
+        App::with_parts(config, db, None)
+    }
+
+    pub fn with_parts(
+        config: Config,
+        db: Option<Arc<Db>>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Arc<App> {
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(MemoryStore::new());
         let alerts = Arc::new(Alerts::new(&config));
@@ -78,6 +88,7 @@ impl App {
             db,
             socketio: Default::default(),
             node_id,
+            cluster,
             next_session: AtomicU64::new(1),
         })
     }
@@ -143,7 +154,14 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
     } else {
         None
     };
-    let app = App::with_db(config, db);
+    let cluster = match &config.redis_url {
+        Some(url) => Some(
+            crate::cluster::Cluster::new(url, &config.redis_prefix)
+                .map_err(std::io::Error::other)?,
+        ),
+        None => None,
+    };
+    let app = App::with_parts(config, db, cluster);
     app.metrics
         .rss_bytes
         .store(metrics::read_rss_bytes(), Relaxed);
@@ -162,10 +180,29 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
             app.shutdown.spawn(slow_query_alerts(app.clone(), reported));
             app.shutdown.spawn(start_database(app.clone(), db, world));
         }
-        None if app.config.simulate_rate > 0.0 => {
-            app.shutdown.spawn(simulator::run(app.clone(), world));
+        None => {
+            if let Some(cluster) = app.cluster.clone() {
+                // Cluster mode: the stream carries every change, alerts included (each
+                // node raises the same alert from the same change; one announces it).
+                let (alerts, raised) = tokio::sync::mpsc::unbounded_channel();
+                app.engine.set_alert_sink(alerts);
+                app.alerts.ids_for_database(time::now_ms());
+                app.shutdown.spawn(crate::cluster::announce_alerts(
+                    app.clone(),
+                    cluster.clone(),
+                    raised,
+                ));
+                app.shutdown
+                    .spawn(crate::cluster::follow(app.clone(), cluster));
+            }
+            if app.config.simulate_rate > 0.0 {
+                app.shutdown.spawn(simulator::run(app.clone(), world));
+            }
         }
-        None => {}
+    }
+    if let Some(cluster) = app.cluster.clone() {
+        app.shutdown
+            .spawn(crate::cluster::heartbeat(app.clone(), cluster));
     }
     app.shutdown.spawn(housekeeping(app.clone()));
     app.shutdown

@@ -373,6 +373,20 @@ pub struct Config {
     #[arg(long = "node-id", env = "NODE_ID", value_name = "NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Redis for cluster mode: without a database, changes travel between nodes
+    /// through a Redis Stream (one global seq); with one, Redis carries the membership.
+    #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key nilecast uses (one per deployment).
+    #[arg(
+        long = "redis-prefix",
+        env = "REDIS_PREFIX",
+        value_name = "REDIS_PREFIX",
+        default_value = "nilecast"
+    )]
+    pub redis_prefix: String,
+
     #[command(flatten)]
     pub db: crate::db::DbConfig,
 

@@ -146,7 +146,7 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
     };
     match segments.as_slice() {
         [] => json_response(StatusCode::OK, &info(app)),
-        ["health"] => health(app),
+        ["health"] => health(app).await,
         ["metrics"] => {
             let mut body = app.metrics.to_json(&app.gauges());
             if let Some(db) = &app.db {
@@ -269,14 +269,18 @@ fn info(app: &App) -> Value {
     })
 }
 
-fn health(app: &App) -> Resp {
+async fn health(app: &App) -> Resp {
     let over_memory = app.over_memory();
     let shutting_down = app.shutdown.is_triggered();
     let niledb = match &app.db {
         Some(db) => db.health(),
         None => json!({ "status": "disabled" }),
     };
-    let db_degraded = niledb["status"] == "degraded";
+    let redis = match &app.cluster {
+        Some(cluster) => cluster.health().await,
+        None => json!({ "status": "disabled" }),
+    };
+    let db_degraded = niledb["status"] == "degraded" || redis["status"] == "degraded";
     let ws_status = if shutting_down {
         "unhealthy"
     } else if over_memory {
@@ -307,7 +311,7 @@ fn health(app: &App) -> Resp {
                 },
             },
             "niledb": niledb,
-            "redis": { "status": "disabled" },
+            "redis": redis,
         },
     });
     let status = if ws_status == "unhealthy" {
@@ -645,6 +649,20 @@ async fn publish(
         match crate::db::store::log_changes(db, &changes).await {
             Ok(seqs) => seqs,
             Err(e) => return db_error(app, &e),
+        }
+    } else if let Some(cluster) = &app.cluster {
+        // Into the Redis stream: every node publishes it, with the stream's seqs.
+        match cluster.publish(&changes).await {
+            Ok(seqs) => seqs,
+            Err(e) => {
+                tracing::warn!(error = %e, "publish to Redis failed");
+                let refusal = Refusal::new(
+                    ErrorCode::Unavailable,
+                    "Redis is unreachable; nothing was published",
+                );
+                app.metrics.error(refusal.code);
+                return error_response(&refusal);
+            }
         }
     } else {
         app.engine.publish_all(changes)

@@ -358,9 +358,16 @@ pub async fn run(app: Arc<App>, mut world: World) {
                     tracing::warn!(error = %e, changes = changes.len(), "simulator could not write to the database; these changes are dropped");
                 }
             }
-            None => {
-                app.engine.publish_all(changes);
-            }
+            None => match &app.cluster {
+                Some(cluster) => {
+                    if let Err(e) = cluster.publish(&changes).await {
+                        tracing::warn!(error = %e, changes = changes.len(), "simulator could not publish to Redis; these changes are dropped");
+                    }
+                }
+                None => {
+                    app.engine.publish_all(changes);
+                }
+            },
         }
     }
 }

@@ -100,6 +100,8 @@ const SCRUBBED_ENV: &[&str] = &[
     "DB_PASSWORD",
     "DB_NAME",
     "SLOW_QUERY_MS",
+    "REDIS_PREFIX",
+    "NODE_ID",
 ];
 
 static SERVER_COUNTER: AtomicUsize = AtomicUsize::new(0);

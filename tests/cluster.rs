@@ -1,0 +1,219 @@
+//! Cluster mode without a database (`REDIS_URL`): two nodes and the local Redis. A
+//! change published on either node reaches clients on both with one seq; an alert both
+//! nodes raise from the same change is announced once; a node that loses Redis while
+//! the other goes on catches up from the stream when it is back.
+//!
+//! Each test uses a key prefix of its own (`REDIS_PREFIX`), so tests do not share
+//! streams. Redis is `NILECAST_TEST_REDIS` (default `127.0.0.1:6379`, which
+//! `scripts/test.sh` starts when it is not running).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use serde_json::json;
+
+fn redis_addr() -> String {
+    std::env::var("NILECAST_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
+}
+
+fn prefix() -> String {
+    format!(
+        "nilecast-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
+}
+
+/// Deletes the test's keys when dropped.
+struct Keys(String);
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let prefix = self.0.clone();
+        block_on_detached(async move {
+            let Ok(client) = redis::Client::open(format!("redis://{}", redis_addr())) else {
+                return;
+            };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+            }
+        });
+    }
+}
+
+fn node(name: &str, redis: &str, prefix: &str) -> TestServer {
+    let url = format!("redis://{redis}");
+    spawn_server(&[
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_PREFIX", prefix),
+        ("NODE_ID", name),
+    ])
+}
+
+/// Waits until `server`'s `/health` lists `n` members and its stream reader is up.
+async fn wait_members(server: &TestServer, n: usize) {
+    let port = server.port;
+    let ok = wait_until(TIMEOUT, || async move {
+        let h = get_json(port, "/health").await;
+        let redis = &h["services"]["redis"];
+        redis["connected"] == true && redis["members"].as_array().is_some_and(|m| m.len() >= n)
+    })
+    .await;
+    assert!(ok, "{}", get_json(server.port, "/health").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_either_node_reaches_both_with_one_seq() {
+    let prefix = prefix();
+    let _keys = Keys(prefix.clone());
+    let a = node("node-a", &redis_addr(), &prefix);
+    let b = node("node-b", &redis_addr(), &prefix);
+    wait_members(&a, 2).await;
+    wait_members(&b, 2).await;
+    let mut on_a = a.connect().await;
+    let mut on_b = b.connect().await;
+    for c in [&mut on_a, &mut on_b] {
+        c.subscribe("/inventory", json!({})).await;
+        c.subscribe("/notifications", json!({})).await;
+    }
+    let first = publish_one(a.port, inv("p1", "w1", 100)).await;
+    let second = publish_one(b.port, inv("p2", "w1", 100)).await;
+    assert!(
+        second > first,
+        "one seq for the cluster: {first} then {second}"
+    );
+    for c in [&mut on_a, &mut on_b] {
+        let got = c.seqs_until("/inventory", "inventory:update", second).await;
+        assert_eq!(got, vec![first, second], "both changes, once, in order");
+    }
+
+    // Both nodes raise the same low-stock alert from one change; it is announced once.
+    let low = publish_one(a.port, inv("p3", "w1", 2)).await;
+    let marker = publish_one(
+        a.port,
+        notification("marker", "system_alert", "low", "after the alert"),
+    )
+    .await;
+    for c in [&mut on_a, &mut on_b] {
+        let (_, skipped) = c.recv_seq("/notifications", "notification", marker).await;
+        let alerts: Vec<_> = skipped
+            .iter()
+            .filter(|f| f["event"] == "notification" && f["data"]["type"] == "low_stock")
+            .collect();
+        assert_eq!(alerts.len(), 1, "one low-stock notification: {alerts:?}");
+        assert_eq!(
+            alerts[0]["data"]["data"]["alertId"],
+            format!("alert-{low}"),
+            "named after the change"
+        );
+    }
+}
+
+/// Forwards connections to Redis while `open`; cutting drops them and refuses new ones.
+struct Gate {
+    port: u16,
+    open: Arc<AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Gate {
+    async fn start() -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the gate");
+        let port = listener.local_addr().expect("addr").port();
+        let open = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (o, c) = (open.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let c = c.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(redis_addr()).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = c.notified() => {}
+                        }
+                    }
+                });
+            }
+        });
+        Gate { port, open, cut }
+    }
+
+    fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn reopen(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_redis_catches_up_when_it_is_back() {
+    let prefix = prefix();
+    let _keys = Keys(prefix.clone());
+    let gate = Gate::start().await;
+    let a = node("node-a", &redis_addr(), &prefix);
+    let b = node("node-b", &format!("127.0.0.1:{}", gate.port), &prefix);
+    wait_members(&a, 2).await;
+    wait_members(&b, 2).await;
+    let mut on_b = b.connect().await;
+    on_b.subscribe("/inventory", json!({})).await;
+    let before = publish_one(a.port, inv("c0", "w1", 100)).await;
+    on_b.recv_seq("/inventory", "inventory:update", before)
+        .await;
+
+    // B loses Redis; A goes on publishing.
+    gate.close();
+    let lost = wait_until(TIMEOUT, || async {
+        get_json(b.port, "/health").await["services"]["redis"]["connected"] == false
+    })
+    .await;
+    assert!(lost, "node-b noticed the loss");
+    let health = get_json(b.port, "/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    on_b.assert_usable().await;
+    let mut missed = Vec::new();
+    for i in 1..=5 {
+        missed.push(publish_one(a.port, inv(&format!("c{i}"), "w1", 100)).await);
+    }
+
+    // Back: B reads on from where it stopped.
+    gate.reopen();
+    let got = on_b
+        .seqs_until(
+            "/inventory",
+            "inventory:update",
+            *missed.last().expect("seqs"),
+        )
+        .await;
+    assert_eq!(
+        got, missed,
+        "each change published while away, once, in order"
+    );
+    let back = wait_until(TIMEOUT, || async {
+        get_json(b.port, "/health").await["services"]["redis"]["connected"] == true
+    })
+    .await;
+    assert!(back, "node-b reconnected");
+}
