@@ -116,6 +116,12 @@ impl App {
         }
     }
 
+    /// Whether changes older than the ring can be replayed: from the change log, or
+    /// from the cluster's stream.
+    pub fn has_log(&self) -> bool {
+        self.db.is_some() || self.cluster.is_some()
+    }
+
     /// Whether the process is above the configured memory ceiling.
     pub fn over_memory(&self) -> bool {
         let max = self.config.max_memory_mb;

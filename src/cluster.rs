@@ -363,3 +363,74 @@ pub async fn announce_alerts(
         }
     }
 }
+
+/// Reads a tenant's changes of namespace `ns` in `(since, through]` from the stream, for
+/// a `sinceSeq` replay that reaches below a node's ring (a client that comes from
+/// another node, or after a restart). `gap` when the stream was trimmed past `since` or
+/// holds more than `max`.
+pub async fn replay(
+    cluster: &Cluster,
+    engine: &crate::fanout::Engine,
+    tenant: &str,
+    ns: crate::fanout::change::Namespace,
+    since: u64,
+    through: u64,
+    max: usize,
+) -> Result<crate::fanout::LogReplay, ClusterError> {
+    let mut conn = cluster.conn().await?;
+    let key = cluster.key("changes");
+    let first: RValue = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    let mut oldest = Vec::new();
+    collect_entries(
+        &RValue::Array(vec![RValue::Array(vec![RValue::Nil, first])]),
+        &mut oldest,
+    );
+    let trimmed = oldest.first().is_some_and(|e| e.seq > since + 1);
+    let mut records = Vec::new();
+    let mut from = since;
+    let mut gap = trimmed;
+    while from < through {
+        let reply: RValue = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(format!("({from}-1"))
+            .arg(format!("{through}-1"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        let mut batch = Vec::new();
+        collect_entries(
+            &RValue::Array(vec![RValue::Array(vec![RValue::Nil, reply])]),
+            &mut batch,
+        );
+        let Some(last) = batch.last() else { break };
+        from = last.seq;
+        for logged in batch {
+            if &*logged.change.tenant == tenant && logged.change.data_type.namespace() == ns {
+                records.push(engine.build_record(&logged));
+            }
+        }
+        if records.len() > max {
+            records.truncate(max);
+            gap = true;
+            break;
+        }
+    }
+    let through = if gap && records.len() == max {
+        records.last().map_or(since, |r| r.seq)
+    } else {
+        through
+    };
+    Ok(crate::fanout::LogReplay {
+        records,
+        through,
+        gap,
+    })
+}

@@ -1,8 +1,9 @@
 //! Two nodes behind nginx (`ip_hash`, the shipped deploy/nginx.conf on a loopback port),
-//! sharing a real PostgreSQL: each node follows the change log, so a change published
-//! on node A reaches a client connected through nginx to node B; when B stops
-//! (SIGTERM) or dies (SIGKILL) in the middle of a stream, its clients reconnect through
-//! nginx, land on A, and resume with `sinceSeq`: nothing missing, nothing twice.
+//! sharing a real PostgreSQL (each node follows the change log) or the local Redis
+//! (cluster mode, a stream between the nodes): a change published on node A reaches a
+//! client connected through nginx to node B; when B stops (SIGTERM) or dies (SIGKILL) in
+//! the middle of a stream, its clients reconnect through nginx, land on A, and resume
+//! with `sinceSeq`: nothing missing, nothing twice.
 //!
 //! nginx's `ip_hash` keys on the first three octets of the client's address, so the
 //! clients bind source addresses in different /24s of 127.0.0.0/8 (127.0.1.1,
@@ -102,6 +103,46 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// What the nodes share.
+enum Bus<'a> {
+    Database(&'a TestDb),
+    Redis(String),
+}
+
+/// A node on `bus`, named `name`, trusting nginx's forwarded addresses.
+fn node_on(bus: &Bus, name: &str) -> TestServer {
+    let mut env: Vec<(String, String)> = match bus {
+        Bus::Database(db) => db.env("notify"),
+        Bus::Redis(prefix) => vec![
+            ("REDIS_URL".into(), "redis://127.0.0.1:6379".into()),
+            ("REDIS_PREFIX".into(), prefix.clone()),
+        ],
+    };
+    env.push(("NODE_ID".into(), name.into()));
+    env.push(("FEED_NAME".into(), name.into()));
+    env.push(("TRUSTED_PROXIES".into(), "127.0.0.1".into()));
+    // A small ring: a client failing over resumes from further back than the node
+    // retains, so the replay reads the change log or the stream.
+    env.push(("REPLAY_MAX_CHANGES".into(), "20".into()));
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    spawn_server(&refs)
+}
+
+/// Waits until a node follows its bus.
+async fn wait_ready(bus: &Bus<'_>, server: &TestServer) {
+    match bus {
+        Bus::Database(_) => pg::wait_feed_connected(server.port).await,
+        Bus::Redis(_) => {
+            let port = server.port;
+            let ok = wait_until(TIMEOUT, || async move {
+                get_json(port, "/health").await["services"]["redis"]["connected"] == true
+            })
+            .await;
+            assert!(ok, "node on Redis not ready");
+        }
+    }
+}
+
 /// A node on `db`, named `name`, trusting nginx's forwarded addresses.
 fn node(db: &TestDb, name: &str) -> TestServer {
     let mut env = db.env("notify");
@@ -159,26 +200,32 @@ async fn a_change_published_on_one_node_reaches_a_client_on_the_other() {
 /// A stream of changes published on A while B, serving the client, stops (`kill`:
 /// SIGTERM or SIGKILL): the client reconnects through nginx, lands on A, resumes with
 /// `sinceSeq`, and ends with exactly the logged changes.
-async fn failover_loses_nothing(signal: &str) {
+async fn failover_loses_nothing(signal: &str, redis: bool) {
     const STREAM: usize = 200;
     let db = TestDb::create().await;
     db.migrate("notify");
-    let a = node(&db, "node-a");
-    let mut b = node(&db, "node-b");
-    pg::wait_feed_connected(a.port).await;
-    pg::wait_feed_connected(b.port).await;
+    let prefix = format!("nilecast-scale-{}-{signal}", std::process::id());
+    let bus = if redis {
+        Bus::Redis(prefix.clone())
+    } else {
+        Bus::Database(&db)
+    };
+    let a = node_on(&bus, "node-a");
+    let mut b = node_on(&bus, "node-b");
+    wait_ready(&bus, &a).await;
+    wait_ready(&bus, &b).await;
     let nginx = Nginx::start(a.port, b.port).await;
     let (from, mut client) = client_on(&nginx, "node-b").await;
     client.subscribe("/inventory", json!({})).await;
 
     let a_port = a.port;
     let mut publisher = tokio::spawn(async move {
-        let mut last = 0;
+        let mut seqs = Vec::new();
         for i in 0..STREAM {
-            last = publish_to(a_port, i).await;
+            seqs.push(publish_to(a_port, i).await);
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        last
+        seqs
     });
     let mut seen: Vec<u64> = Vec::new();
     let mut stopped = false;
@@ -188,8 +235,10 @@ async fn failover_loses_nothing(signal: &str) {
         if last_published.is_none() && publisher.is_finished() {
             last_published = Some((&mut publisher).await.expect("publisher"));
         }
-        if last_published.is_some_and(|last| seen.contains(&last)) {
-            break;
+        if let Some(published) = &last_published {
+            if published.last().is_some_and(|last| seen.contains(last)) {
+                break;
+            }
         }
         match client.next_frame_within(Duration::from_secs(5)).await {
             Ok(frame) if frame["event"] == "inventory:update" => {
@@ -212,17 +261,28 @@ async fn failover_loses_nothing(signal: &str) {
         }
     }
     assert!(stopped, "node-b was stopped mid-stream");
-    let pg = db.client().await;
-    let logged: Vec<u64> = pg
-        .query(
-            "SELECT seq FROM nilecast_changes WHERE tenant_id = 'scale' AND data_type = 'inventory' ORDER BY seq",
-            &[],
-        )
-        .await
-        .expect("read the log")
-        .iter()
-        .map(|r| r.get::<_, i64>(0) as u64)
-        .collect();
+    let published: Vec<u64> = last_published.unwrap_or_default();
+    if redis {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "redis-cli --scan --pattern '{prefix}:*' | xargs -r redis-cli del"
+            ))
+            .status();
+    } else {
+        let pg = db.client().await;
+        let logged: Vec<u64> = pg
+            .query(
+                "SELECT seq FROM nilecast_changes WHERE tenant_id = 'scale' AND data_type = 'inventory' ORDER BY seq",
+                &[],
+            )
+            .await
+            .expect("read the log")
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect();
+        assert_eq!(logged, published, "the log holds what was published");
+    }
     assert!(
         landed_on.iter().any(|n| n == "node-a"),
         "after SIG{signal} the client reconnected to node-a: {landed_on:?}"
@@ -231,9 +291,9 @@ async fn failover_loses_nothing(signal: &str) {
     unique.sort_unstable();
     unique.dedup();
     assert_eq!(unique.len(), seen.len(), "no change twice");
-    assert_eq!(logged.len(), STREAM, "every publish logged once");
+    assert_eq!(published.len(), STREAM);
     assert_eq!(
-        seen, logged,
+        seen, published,
         "every change once, in order, across the failover"
     );
 }
@@ -270,10 +330,20 @@ async fn reconnect(nginx: &Nginx, from: IpAddr, since: u64, landed_on: &mut Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_a_node_mid_stream_loses_and_doubles_nothing() {
-    failover_loses_nothing("TERM").await;
+    failover_loses_nothing("TERM", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_on_a_node_mid_stream_loses_and_doubles_nothing() {
-    failover_loses_nothing("KILL").await;
+    failover_loses_nothing("KILL", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_sigterm_on_a_node_mid_stream_loses_and_doubles_nothing() {
+    failover_loses_nothing("TERM", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_sigkill_on_a_node_mid_stream_loses_and_doubles_nothing() {
+    failover_loses_nothing("KILL", true).await;
 }

@@ -363,7 +363,7 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     let filters = filter.to_json();
     let event = format!("{}:subscribed", ctx.ns.prefix());
     // A replay from below what the ring holds reads the change log first.
-    if let (Some(since), Some(_)) = (since, &ctx.app.db) {
+    if let Some(since) = since.filter(|_| ctx.app.has_log()) {
         if since < ctx.app.engine.ring_floor() {
             ctx.defer(move |later| async move {
                 let reply =
@@ -391,10 +391,6 @@ async fn subscribe_from_log(
     since: u64,
     reply: impl Fn(Subscribed) -> Option<Bytes>,
 ) -> Result<(), Refusal> {
-    let db = app
-        .db
-        .as_ref()
-        .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no database configured"))?;
     let engine = &app.engine;
     let tenant = session.principal().tenant.clone();
     let ns = filter.namespace();
@@ -402,10 +398,28 @@ async fn subscribe_from_log(
     for _ in 0..8 {
         let from = log.as_ref().map_or(since, |l| l.through);
         let through = engine.ring_floor();
-        let more = crate::db::queries::replay(db, engine, &tenant, ns, from, through)
-            .await
-            .map_err(|e| db_refusal(&e))?
-            .value;
+        let more = match (&app.db, &app.cluster) {
+            (Some(db), _) => {
+                crate::db::queries::replay(db, engine, &tenant, ns, from, through)
+                    .await
+                    .map_err(|e| db_refusal(&e))?
+                    .value
+            }
+            (None, Some(cluster)) => {
+                let max = app.config.db.replay_max_db_changes.max(1) as usize;
+                crate::cluster::replay(cluster, engine, &tenant, ns, from, through, max)
+                    .await
+                    .map_err(|_| {
+                        Refusal::new(ErrorCode::Unavailable, "Redis is unreachable; try again")
+                    })?
+            }
+            (None, None) => {
+                return Err(Refusal::new(
+                    ErrorCode::Internal,
+                    "no change log to replay from",
+                ))
+            }
+        };
         let merged = match log.take() {
             None => more,
             Some(mut l) => {
@@ -429,7 +443,7 @@ async fn subscribe_from_log(
 /// Subscribes `session` again with `filter`, replaying every change after `since`, with
 /// no reply (Socket.IO connection state recovery).
 pub fn resubscribe(app: &Arc<App>, session: &Arc<Session>, filter: Filter, since: u64) {
-    if app.db.is_some() && since < app.engine.ring_floor() {
+    if app.has_log() && since < app.engine.ring_floor() {
         let (app, session) = (app.clone(), session.clone());
         tokio::spawn(async move {
             if let Err(refusal) = subscribe_from_log(&app, &session, filter, since, |_| None).await

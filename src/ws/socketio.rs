@@ -128,7 +128,7 @@ fn finish_connect(
     let principal = session.principal();
     // Recovered only when every change after the offset can still be replayed: from
     // the ring, or with a database from the change log. Otherwise a fresh session.
-    let replayable = |since: u64| app.db.is_some() || since >= app.engine.ring_floor();
+    let replayable = |since: u64| app.has_log() || since >= app.engine.ring_floor();
     let recovered = kept.filter(|(_, kept)| {
         kept.ns == ns
             && kept.tenant == principal.tenant
