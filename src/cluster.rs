@@ -38,6 +38,14 @@ end
 return out
 ";
 
+/// Raises the seq counter to at least ARGV[1]: a Redis that restarted without its data
+/// must not hand out seqs the nodes have already published.
+const FLOOR: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+";
+
 /// How long a node counts as a member after its last heartbeat.
 const MEMBER_TTL_MS: u64 = 6_000;
 
@@ -215,6 +223,13 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
                 cluster.last_seq.store(seq, Relaxed);
                 started = true;
             }
+            // A Redis that lost its data (restarted without persistence) starts the seq
+            // again from our last one, so new changes still come after what we have.
+            let _: i64 = redis::Script::new(FLOOR)
+                .key(cluster.key("seq"))
+                .arg(cluster.last_seq.load(Relaxed))
+                .invoke_async(&mut conn)
+                .await?;
             cluster.connected.store(true, Relaxed);
             loop {
                 if app.shutdown.is_triggered() {
