@@ -8,10 +8,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::pg::{self, TestDb};
 use common::*;
@@ -75,25 +73,8 @@ async fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run node (is Node.js installed?)");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut lines = Vec::new();
-    let wait_line = |lines: &mut Vec<String>, want: &dyn Fn(&str) -> bool| loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("node said: {lines:?}"));
-        let hit = want(&line);
-        lines.push(line);
-        if hit {
-            return;
-        }
-    };
-    wait_line(&mut lines, &|l| l == "streaming");
+    let mut lines = Lines::of(&mut child);
+    lines.wait_for("streaming");
 
     // Restart in the middle of the stream, on the same port.
     server.sigterm();
@@ -105,16 +86,10 @@ async fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
     let server = spawn_server(&refs2);
     pg::wait_feed_connected(server.port).await;
 
-    wait_line(&mut lines, &|l| {
-        l.starts_with("ok ") || l.starts_with("FAIL")
-    });
+    lines.wait_for("ok ");
     let status = child.wait().expect("node exit");
-    assert!(status.success(), "node said: {lines:?}");
-    let got: Value = lines
-        .iter()
-        .find(|l| l.starts_with('{'))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no result line: {lines:?}"));
+    assert!(status.success(), "node said: {:?}", lines.seen);
+    let got = lines.json();
     let got: Vec<u64> = got["got"]
         .as_array()
         .expect("got")

@@ -88,7 +88,6 @@ async fn a_cut_transport_recovers_every_missed_change_once() {
 /// it was away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_works_on_another_server_with_a_database() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
     let db = common::pg::TestDb::create().await;
@@ -108,31 +107,14 @@ async fn recovery_works_on_another_server_with_a_database() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("run node (is Node.js installed?)");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut lines = Vec::new();
-    let mut wait_for = |want: &str| loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("node said: {lines:?}"));
-        let hit = line.starts_with(want) || line.starts_with("FAIL");
-        lines.push(line);
-        if hit {
-            return lines.clone();
-        }
-    };
+    let mut lines = Lines::of(&mut child);
 
     // The node goes away; meanwhile the application commits five changes.
-    wait_for("ready");
+    lines.wait_for("ready");
     first.sigterm();
     assert!(first.wait_exit(TIMEOUT).await.is_some(), "server stopped");
     drop(first);
-    wait_for("away");
+    lines.wait_for("away");
     let pg = db.client().await;
     pg.execute(
         "INSERT INTO nilecast_changes (tenant_id, data_type, entity_id, payload)
@@ -149,16 +131,13 @@ async fn recovery_works_on_another_server_with_a_database() {
     let second = spawn_server(&refs2);
     common::pg::wait_feed_connected(second.port).await;
 
-    let lines = wait_for("ok ");
+    lines.wait_for("ok ");
     assert!(
         child.wait().expect("node exit").success(),
-        "node said: {lines:?}"
+        "node said: {:?}",
+        lines.seen
     );
-    let got: Value = lines
-        .iter()
-        .find(|l| l.starts_with('{'))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no result line: {lines:?}"));
+    let got = lines.json();
     let logged: Vec<u64> = pg
         .query(
             "SELECT seq FROM nilecast_changes WHERE entity_id = 'rr-1' ORDER BY seq",

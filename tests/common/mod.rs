@@ -256,6 +256,56 @@ where
     .join();
 }
 
+/// A child process's stdout, line by line as it comes (the Node scenarios that print
+/// progress while a test acts on the server).
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    /// Takes `child`'s piped stdout.
+    pub fn of(child: &mut Child) -> Lines {
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (60 s) for a line starting with `prefix`, or with `FAIL`.
+    pub fn wait_for(&mut self, prefix: &str) {
+        loop {
+            let line = self
+                .rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!("waiting for {prefix:?}; the process said: {:?}", self.seen)
+                });
+            let hit = line.starts_with(prefix) || line.starts_with("FAIL");
+            self.seen.push(line);
+            if hit {
+                return;
+            }
+        }
+    }
+
+    /// The first JSON object line seen.
+    pub fn json(&self) -> Value {
+        self.seen
+            .iter()
+            .find(|l| l.starts_with('{'))
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("no JSON line: {:?}", self.seen))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Polling
 // ---------------------------------------------------------------------------
