@@ -207,6 +207,7 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
         }
     }
     if let Some(cluster) = app.cluster.clone() {
+        let _ = cluster.addr.set(advertised_addr(&app.config, addr));
         app.shutdown
             .spawn(crate::cluster::heartbeat(app.clone(), cluster));
     }
@@ -214,6 +215,23 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
     app.shutdown
         .spawn(crate::http::accept_loop(app.clone(), listener));
     Ok(Server { addr, app })
+}
+
+/// Where the other nodes reach this node's HTTP API: `NODE_ADDR`, else the bound
+/// address, else (bound to every interface) this host's name and the port.
+fn advertised_addr(config: &Config, bound: SocketAddr) -> String {
+    if let Some(addr) = &config.node_addr {
+        return addr.clone();
+    }
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    format!("{host}:{}", bound.port())
 }
 
 /// With a database: applies the schema when asked (retrying while the database is
@@ -247,12 +265,24 @@ async fn start_database(app: Arc<App>, db: Arc<Db>, world: simulator::World) {
             }
         }
     }
-    app.shutdown.spawn(db::feed::run(app.clone(), db.clone()));
-    app.shutdown
-        .spawn(db::feed::retention(app.clone(), db.clone()));
-    if detection == Detection::TablePoll {
-        app.shutdown
-            .spawn(db::table_poll::run(app.clone(), db.clone()));
+    match app.cluster.clone() {
+        // Cluster mode: the leader tails the database into the stream; every node
+        // publishes from the stream.
+        Some(cluster) => {
+            app.shutdown
+                .spawn(crate::cluster::lead(app.clone(), db, cluster.clone()));
+            app.shutdown
+                .spawn(crate::cluster::follow(app.clone(), cluster));
+        }
+        None => {
+            app.shutdown.spawn(db::feed::run(app.clone(), db.clone()));
+            app.shutdown
+                .spawn(db::feed::retention(app.clone(), db.clone()));
+            if detection == Detection::TablePoll {
+                app.shutdown
+                    .spawn(db::table_poll::run(app.clone(), db.clone()));
+            }
+        }
     }
     if app.config.simulate_rate > 0.0 {
         app.shutdown.spawn(simulator::run(app.clone(), world));

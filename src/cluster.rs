@@ -1,18 +1,29 @@
-//! Cluster mode (`REDIS_URL`, without a database): changes travel between nodes through
-//! a Redis Stream, with one global seq.
+//! Cluster mode (`REDIS_URL`): changes travel between nodes through a Redis Stream, with
+//! one global seq.
 //!
-//! A change entering any node (publish API, simulator, alerts) is appended by a Lua
-//! script that takes the next seq (`INCR`) and adds the change to the stream under the
-//! id `<seq>-1`, atomically, so stream order is seq order. Every node, the one that
-//! appended included, reads the stream from its last id (`XREAD BLOCK`) and publishes
-//! what it reads through the engine's one path with the stream's seq
+//! Every node reads the stream from its last id (`XREAD BLOCK`) and publishes what it
+//! reads through the engine's one path with the stream's seq
 //! (`Engine::publish_logged`); a node that loses Redis keeps serving its clients, reports
 //! `redis` degraded, reconnects with backoff and catches up from its last id. Nodes
-//! announce themselves with a heartbeat; `/health` lists the live ones.
+//! announce themselves (id, address, heartbeat); `/health` lists the live ones and
+//! `/clients?scope=cluster` asks each of them for its clients.
 //!
-//! With a database, the change log is already shared by all nodes and each node follows
-//! it; Redis then only carries the membership. (Redis Streams in front of the database,
-//! with one node tailing it under a lease, is not built yet.)
+//! What goes into the stream depends on whether there is a database:
+//!
+//! - Without one, a change entering any node (publish API, simulator, alerts) is
+//!   appended by a Lua script that takes the next seq (`INCR`) and adds the change under
+//!   the id `<seq>-1`, atomically, so stream order is seq order.
+//! - With one, the change log is the source and its seqs are the seqs. One node at a
+//!   time, the leader, tails the database (feed, table-poll, retention) and appends what
+//!   it reads under the log's seqs ([`lead`]). It holds a lease in Redis (`SET NX PX`),
+//!   renews it every third of its length, and steps down when it cannot. A standby
+//!   tries for the lease every fifth of its length and, once it has it, resumes from the
+//!   feed position the leader stored in the database, or from the stream's last seq
+//!   when that is further. The append script checks the lease and skips seqs at or
+//!   below the stream's last id in the same atomic step: a leader that lost its lease
+//!   appends nothing, and a new leader re-reading what the old one already appended
+//!   adds nothing twice. Both read the log in seq order without passing an unsettled
+//!   hole (see `db::feed`), so they append the same sequence.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -46,6 +57,41 @@ if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 ";
 
+/// Appends change-log rows (ARGV[2..], seq and JSON in turn) under their own seqs, if
+/// this node (token ARGV[1]) holds the lease KEYS[1]; seqs at or below the stream's last
+/// id are skipped (already appended). Returns how many were added, or -1 when the lease
+/// is not ours.
+const APPEND_LOGGED: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local last = 0
+local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #newest > 0 then last = tonumber(string.match(newest[1][1], '^(%d+)')) end
+local added = 0
+for i = 2, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  if seq > last then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, ARGV[i] .. '-1', 'c', ARGV[i + 1])
+    last = seq
+    added = added + 1
+  end
+end
+return added
+";
+
+/// Extends the lease KEYS[1] by ARGV[2] ms if token ARGV[1] holds it.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Gives up the lease KEYS[1] if token ARGV[1] holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 /// How long a node counts as a member after its last heartbeat.
 const MEMBER_TTL_MS: u64 = 6_000;
 
@@ -68,6 +114,12 @@ pub struct Cluster {
     pub reconnects: AtomicU64,
     /// The last stream seq this node published.
     pub last_seq: AtomicU64,
+    /// This node's HTTP address for the other nodes (`NODE_ADDR`), once bound.
+    pub addr: std::sync::OnceLock<String>,
+    /// With a database: whether this node holds the lease and tails the database.
+    pub leading: AtomicBool,
+    /// How many times this node took the lease.
+    pub takeovers: AtomicU64,
 }
 
 impl Cluster {
@@ -80,6 +132,9 @@ impl Cluster {
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
+            addr: std::sync::OnceLock::new(),
+            leading: AtomicBool::new(false),
+            takeovers: AtomicU64::new(0),
         }))
     }
 
@@ -106,20 +161,108 @@ impl Cluster {
         let mut invocation = script.prepare_invoke();
         invocation.key(self.key("seq")).key(self.key("changes"));
         for change in changes {
-            let entry = json!({
-                "t": &*change.tenant,
-                "d": change.data_type.name(),
-                "p": Value::Object(change.data.clone()),
-                "ts": time::now_ms(),
-            });
-            invocation.arg(entry.to_string());
+            invocation.arg(entry_json(change, time::now_ms()));
         }
         let seqs: Vec<u64> = invocation.invoke_async(&mut conn).await?;
         Ok(seqs)
     }
 
-    /// The live members: node id and last heartbeat.
-    pub async fn members(&self) -> Result<Vec<(String, u64)>, ClusterError> {
+    /// Appends change-log rows under their own seqs, as the holder of lease `token`;
+    /// rows already in the stream are skipped. Fails when the lease is not ours.
+    pub async fn append_logged(
+        &self,
+        token: &str,
+        batch: &[Logged],
+    ) -> Result<usize, ClusterError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn().await?;
+        let script = redis::Script::new(APPEND_LOGGED);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.key("leader"))
+            .key(self.key("changes"))
+            .arg(token);
+        for logged in batch {
+            invocation
+                .arg(logged.seq)
+                .arg(entry_json(&logged.change, logged.timestamp_ms));
+        }
+        let added: i64 = invocation.invoke_async(&mut conn).await?;
+        usize::try_from(added).map_err(|_| ClusterError("the leader's lease was lost".into()))
+    }
+
+    /// The seq of the stream's newest entry (0 when it is empty).
+    pub async fn stream_head(&self) -> Result<u64, ClusterError> {
+        let mut conn = self.conn().await?;
+        let last: RValue = redis::cmd("XREVRANGE")
+            .arg(self.key("changes"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        let mut newest = Vec::new();
+        collect_entries(
+            &RValue::Array(vec![RValue::Array(vec![RValue::Nil, last])]),
+            &mut newest,
+        );
+        Ok(newest.first().map_or(0, |e| e.seq))
+    }
+
+    /// Takes the lease if nobody holds it.
+    async fn acquire(&self, token: &str, ttl_ms: u64) -> Result<bool, ClusterError> {
+        let mut conn = self.conn().await?;
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.key("leader"))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Extends the lease; false when it is no longer ours.
+    async fn renew(&self, token: &str, ttl_ms: u64) -> Result<bool, ClusterError> {
+        let mut conn = self.conn().await?;
+        let renewed: i64 = redis::Script::new(RENEW)
+            .key(self.key("leader"))
+            .arg(token)
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    async fn release(&self, token: &str) -> Result<(), ClusterError> {
+        let mut conn = self.conn().await?;
+        let _: i64 = redis::Script::new(RELEASE)
+            .key(self.key("leader"))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The node holding the lease, if any.
+    async fn leader(&self) -> Result<Option<String>, ClusterError> {
+        let mut conn = self.conn().await?;
+        let token: Option<String> = redis::cmd("GET")
+            .arg(self.key("leader"))
+            .query_async(&mut conn)
+            .await?;
+        Ok(token.map(|t| {
+            t.rsplit_once('/')
+                .map_or(t.clone(), |(node, _)| node.to_string())
+        }))
+    }
+
+    /// The live members, by last heartbeat: id, address and when last seen.
+    pub async fn members(&self) -> Result<Vec<Member>, ClusterError> {
         let mut conn = self.conn().await?;
         let since = time::now_ms().saturating_sub(MEMBER_TTL_MS);
         let raw: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
@@ -129,29 +272,76 @@ impl Cluster {
             .arg("WITHSCORES")
             .query_async(&mut conn)
             .await?;
-        Ok(raw.into_iter().map(|(n, s)| (n, s as u64)).collect())
+        if raw.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut get = redis::cmd("MGET");
+        for (node, _) in &raw {
+            get.arg(self.key(&format!("node:{node}")));
+        }
+        let addrs: Vec<Option<String>> = get.query_async(&mut conn).await?;
+        Ok(raw
+            .into_iter()
+            .zip(addrs)
+            .map(|((node, seen), addr)| Member {
+                node,
+                last_seen_ms: seen as u64,
+                addr,
+            })
+            .collect())
     }
 
     /// The `redis` part of `/health`.
-    pub async fn health(&self) -> Value {
-        let members = tokio::time::timeout(Duration::from_secs(1), self.members()).await;
+    pub async fn health(&self, with_database: bool) -> Value {
+        let state = async { Ok::<_, ClusterError>((self.members().await?, self.leader().await?)) };
+        let state = tokio::time::timeout(Duration::from_secs(1), state).await;
         let connected = self.connected.load(Relaxed);
-        match members {
-            Ok(Ok(members)) => json!({
-                "status": if connected { "healthy" } else { "degraded" },
-                "connected": connected,
-                "lastSeq": self.last_seq.load(Relaxed),
-                "reconnects": self.reconnects.load(Relaxed),
-                "members": members.iter().map(|(n, at)| json!({ "node": n, "lastSeen": time::iso8601(*at) })).collect::<Vec<_>>(),
-            }),
-            _ => json!({
-                "status": "degraded",
-                "connected": false,
-                "lastSeq": self.last_seq.load(Relaxed),
-                "reconnects": self.reconnects.load(Relaxed),
-            }),
+        let mut body = json!({
+            "status": "degraded",
+            "connected": false,
+            "lastSeq": self.last_seq.load(Relaxed),
+            "reconnects": self.reconnects.load(Relaxed),
+        });
+        if let Ok(Ok((members, leader))) = state {
+            body["status"] = json!(if connected { "healthy" } else { "degraded" });
+            body["connected"] = json!(connected);
+            body["members"] = members
+                .iter()
+                .map(|m| json!({ "node": m.node, "address": m.addr, "lastSeen": time::iso8601(m.last_seen_ms) }))
+                .collect();
+            if with_database {
+                body["leader"] = json!(leader);
+            }
         }
+        if with_database {
+            body["role"] = json!(if self.leading.load(Relaxed) {
+                "leader"
+            } else {
+                "standby"
+            });
+            body["takeovers"] = json!(self.takeovers.load(Relaxed));
+        }
+        body
     }
+}
+
+/// A live node of the cluster.
+pub struct Member {
+    pub node: String,
+    pub last_seen_ms: u64,
+    /// Where its HTTP API is reached (`NODE_ADDR`).
+    pub addr: Option<String>,
+}
+
+/// A change as a stream entry's JSON.
+fn entry_json(change: &Change, timestamp_ms: u64) -> String {
+    json!({
+        "t": &*change.tenant,
+        "d": change.data_type.name(),
+        "p": Value::Object(change.data.clone()),
+        "ts": timestamp_ms,
+    })
+    .to_string()
 }
 
 /// One stream entry as a change with its seq.
@@ -322,6 +512,15 @@ pub async fn heartbeat(app: Arc<App>, cluster: Arc<Cluster>) {
                 .arg(&app.node_id)
                 .query_async(&mut conn)
                 .await?;
+            if let Some(addr) = cluster.addr.get() {
+                let _: () = redis::cmd("SET")
+                    .arg(cluster.key(&format!("node:{}", app.node_id)))
+                    .arg(addr)
+                    .arg("PX")
+                    .arg(MEMBER_TTL_MS * 2)
+                    .query_async(&mut conn)
+                    .await?;
+            }
             let _: () = redis::cmd("ZREMRANGEBYSCORE")
                 .arg(cluster.key("nodes"))
                 .arg("-inf")
@@ -448,4 +647,97 @@ pub async fn replay(
         through,
         gap,
     })
+}
+
+/// With a database: stands by until this node takes the lease, then tails the database
+/// into the stream (feed, table-poll, retention) for as long as it holds it; steps down
+/// when it loses it, and gives it up at shutdown so a standby takes over at once.
+pub async fn lead(app: Arc<App>, db: Arc<crate::db::Db>, cluster: Arc<Cluster>) {
+    let ttl_ms = app.config.leader_lease_ms;
+    let token = format!("{}/{:016x}", app.node_id, fastrand::u64(..));
+    loop {
+        if !stand_by(&app, &db, &cluster, &token, ttl_ms).await {
+            return;
+        }
+        cluster.leading.store(true, Relaxed);
+        cluster.takeovers.fetch_add(1, Relaxed);
+        tracing::info!(node = %app.node_id, "took the leader lease: tailing the database");
+        let sink = crate::db::feed::Sink::Stream {
+            cluster: cluster.clone(),
+            token: token.clone(),
+        };
+        let tail = async {
+            let feed = crate::db::feed::run_into(app.clone(), db.clone(), sink);
+            let retention = crate::db::feed::retention(app.clone(), db.clone());
+            if db.config.detection == crate::db::Detection::TablePoll {
+                let poll = crate::db::table_poll::run(app.clone(), db.clone());
+                tokio::join!(feed, retention, poll);
+            } else {
+                tokio::join!(feed, retention);
+            }
+        };
+        tokio::select! {
+            _ = tail => {}
+            _ = keep_lease(&cluster, &token, ttl_ms) => {
+                tracing::warn!(node = %app.node_id, "lost the leader lease: standing by");
+            }
+        }
+        cluster.leading.store(false, Relaxed);
+        db.stats.feed_connected.store(false, Relaxed);
+        if app.shutdown.is_triggered() {
+            let release = tokio::time::timeout(Duration::from_secs(1), cluster.release(&token));
+            if let Ok(Err(e)) = release.await {
+                tracing::debug!(error = %e, "could not give up the leader lease");
+            }
+            return;
+        }
+    }
+}
+
+/// Tries for the lease every fifth of its length until it is ours (true) or the server
+/// shuts down (false). Meanwhile checks that the database answers, for `/health`.
+async fn stand_by(
+    app: &App,
+    db: &crate::db::Db,
+    cluster: &Cluster,
+    token: &str,
+    ttl_ms: u64,
+) -> bool {
+    let mut tick = tokio::time::interval(Duration::from_millis((ttl_ms / 5).max(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app.shutdown.cancelled() => return false,
+        }
+        match cluster.acquire(token, ttl_ms).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "could not try for the leader lease"),
+        }
+        if let Ok(client) = db.client().await {
+            let _ = client.simple_query("SELECT 1").await;
+        }
+    }
+}
+
+/// Renews the lease every third of its length; returns when it is lost: taken by
+/// another node, or not renewed for two thirds of its length (it may expire before
+/// the next attempt).
+async fn keep_lease(cluster: &Cluster, token: &str, ttl_ms: u64) {
+    let every = Duration::from_millis((ttl_ms / 3).max(30));
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let attempt = tokio::time::timeout(every, cluster.renew(token, ttl_ms)).await;
+        match attempt {
+            Ok(Ok(true)) => renewed = tokio::time::Instant::now(),
+            Ok(Ok(false)) => return,
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the leader lease"),
+            Err(_) => tracing::warn!("renewing the leader lease timed out"),
+        }
+        if renewed.elapsed() >= Duration::from_millis(ttl_ms * 2 / 3) {
+            return;
+        }
+    }
 }

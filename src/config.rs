@@ -373,10 +373,28 @@ pub struct Config {
     #[arg(long = "node-id", env = "NODE_ID", value_name = "NODE_ID")]
     pub node_id: Option<String>,
 
-    /// Redis for cluster mode: without a database, changes travel between nodes
-    /// through a Redis Stream (one global seq); with one, Redis carries the membership.
+    /// Where the other nodes of a cluster reach this node's HTTP API (`host:port`), for
+    /// `/clients?scope=cluster`. Default: the bound address, or this host's name and the
+    /// port when bound to every interface.
+    #[arg(long = "node-addr", env = "NODE_ADDR", value_name = "NODE_ADDR")]
+    pub node_addr: Option<String>,
+
+    /// Redis for cluster mode: changes travel between nodes through a Redis Stream with
+    /// one global seq. With a database, one node (the lease holder) tails the database
+    /// into the stream.
     #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// With a database in cluster mode: the leader's lease in Redis, in ms. A standby
+    /// takes over within about this long of the leader's death.
+    #[arg(
+        long = "leader-lease-ms",
+        env = "LEADER_LEASE_MS",
+        value_name = "LEADER_LEASE_MS",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(300..)
+    )]
+    pub leader_lease_ms: u64,
 
     /// Prefix of every Redis key nilecast uses (one per deployment).
     #[arg(

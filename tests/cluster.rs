@@ -102,21 +102,34 @@ async fn a_change_on_either_node_reaches_both_with_one_seq() {
     }
 
     // Both nodes raise the same low-stock alert from one change; it is announced once.
+    // (The announcement is appended after the node reads the change, so it may come
+    // after changes published meanwhile: wait for it, then for a marker published
+    // after it, and count.)
     let low = publish_one(a.port, inv("p3", "w1", 2)).await;
+    let mut alerts = [Vec::new(), Vec::new()];
+    for (c, seen) in [&mut on_a, &mut on_b].into_iter().zip(alerts.iter_mut()) {
+        let (alert, _) = c
+            .recv_matching("the low-stock notification", |f| {
+                f["event"] == "notification" && f["data"]["type"] == "low_stock"
+            })
+            .await;
+        seen.push(alert);
+    }
     let marker = publish_one(
         a.port,
         notification("marker", "system_alert", "low", "after the alert"),
     )
     .await;
-    for c in [&mut on_a, &mut on_b] {
+    for (c, seen) in [&mut on_a, &mut on_b].into_iter().zip(alerts.iter_mut()) {
         let (_, skipped) = c.recv_seq("/notifications", "notification", marker).await;
-        let alerts: Vec<_> = skipped
-            .iter()
-            .filter(|f| f["event"] == "notification" && f["data"]["type"] == "low_stock")
-            .collect();
-        assert_eq!(alerts.len(), 1, "one low-stock notification: {alerts:?}");
+        seen.extend(
+            skipped
+                .into_iter()
+                .filter(|f| f["event"] == "notification" && f["data"]["type"] == "low_stock"),
+        );
+        assert_eq!(seen.len(), 1, "one low-stock notification: {seen:?}");
         assert_eq!(
-            alerts[0]["data"]["data"]["alertId"],
+            seen[0]["data"]["data"]["alertId"],
             format!("alert-{low}"),
             "named after the change"
         );
@@ -216,4 +229,62 @@ async fn a_node_that_loses_redis_catches_up_when_it_is_back() {
     })
     .await;
     assert!(back, "node-b reconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_lists_the_clients_of_every_node() {
+    let prefix = prefix();
+    let _keys = Keys(prefix.clone());
+    let a = node("node-a", &redis_addr(), &prefix);
+    let b = node("node-b", &redis_addr(), &prefix);
+    wait_members(&a, 2).await;
+    wait_members(&b, 2).await;
+    // Both members have announced where they are reached.
+    let addressed = wait_until(TIMEOUT, || async {
+        get_json(a.port, "/health").await["services"]["redis"]["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2 && m.iter().all(|m| m["address"].is_string()))
+    })
+    .await;
+    assert!(addressed, "{}", get_json(a.port, "/health").await);
+    let mut on_a = Client::connect_path(a.port, "/ws?tenant=t1").await;
+    on_a.subscribe("/inventory", json!({})).await;
+    let _on_b1 = Client::connect_path(b.port, "/ws?tenant=t1").await;
+    let _on_b2 = Client::connect_path(b.port, "/ws?tenant=t1").await;
+    let _other_tenant = Client::connect_path(b.port, "/ws?tenant=t2").await;
+
+    let local = get_json(a.port, "/clients?tenant=t1").await;
+    assert_eq!(
+        local["count"], 1,
+        "without scope, this node's only: {local}"
+    );
+    let all = get_json(a.port, "/clients?scope=cluster&tenant=t1").await;
+    assert_eq!(all["count"], 3, "{all}");
+    let clients = all["clients"].as_array().expect("clients");
+    let on = |node: &str| clients.iter().filter(|c| c["node"] == node).count();
+    assert_eq!((on("node-a"), on("node-b")), (1, 2), "{all}");
+    assert!(
+        clients.iter().all(|c| c["tenant"] == "t1"),
+        "the caller's tenant only, on every node: {all}"
+    );
+    let mine = clients
+        .iter()
+        .find(|c| c["node"] == "node-a")
+        .expect("node-a's client");
+    assert_eq!(mine["namespaces"], json!(["/inventory"]), "{mine}");
+    let nodes = all["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{all}");
+    assert!(nodes.iter().all(|n| n["status"] == "ok"), "{all}");
+
+    // A member that stops answering is reported, not hidden, while it is still listed.
+    let mut b = b;
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let partial = get_json(a.port, "/clients?scope=cluster&tenant=t1").await;
+    assert_eq!(partial["count"], 1, "{partial}");
+    let gone = partial["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["node"] == "node-b").cloned())
+        .expect("node-b is still a member for a few seconds");
+    assert_eq!(gone["status"], "unreachable", "{partial}");
 }

@@ -1,9 +1,11 @@
 //! Two nodes behind nginx (`ip_hash`, the shipped deploy/nginx.conf on a loopback port),
-//! sharing a real PostgreSQL (each node follows the change log) or the local Redis
-//! (cluster mode, a stream between the nodes): a change published on node A reaches a
+//! sharing a real PostgreSQL (each node follows the change log), the local Redis
+//! (cluster mode, a stream between the nodes), or both (the node holding the leader
+//! lease tails the database into the stream): a change published on node A reaches a
 //! client connected through nginx to node B; when B stops (SIGTERM) or dies (SIGKILL) in
 //! the middle of a stream, its clients reconnect through nginx, land on A, and resume
-//! with `sinceSeq`: nothing missing, nothing twice.
+//! with `sinceSeq`: nothing missing, nothing twice. With both, B is the leader, and A
+//! takes over its lease.
 //!
 //! nginx's `ip_hash` keys on the first three octets of the client's address, so the
 //! clients bind source addresses in different /24s of 127.0.0.0/8 (127.0.1.1,
@@ -105,21 +107,44 @@ fn free_port() -> u16 {
 
 /// What the nodes share.
 enum Bus<'a> {
+    /// Each node follows the change log.
     Database(&'a TestDb),
+    /// Cluster mode without a database: a Redis Stream, seqs from Redis.
     Redis(String),
+    /// Cluster mode with a database: the lease holder tails the log into the stream.
+    Both(&'a TestDb, String),
+}
+
+impl Bus<'_> {
+    fn redis_prefix(&self) -> Option<&str> {
+        match self {
+            Bus::Database(_) => None,
+            Bus::Redis(prefix) | Bus::Both(_, prefix) => Some(prefix),
+        }
+    }
 }
 
 /// A node on `bus`, named `name`, trusting nginx's forwarded addresses.
 fn node_on(bus: &Bus, name: &str) -> TestServer {
-    let mut env: Vec<(String, String)> = match bus {
-        Bus::Database(db) => db.env("notify"),
-        Bus::Redis(prefix) => vec![
-            ("REDIS_URL".into(), "redis://127.0.0.1:6379".into()),
-            ("REDIS_PREFIX".into(), prefix.clone()),
-        ],
-    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    match bus {
+        // Each node follows the log from its own position.
+        Bus::Database(db) => {
+            env.extend(db.env("notify"));
+            env.push(("FEED_NAME".into(), name.into()));
+        }
+        // One position, the leader's.
+        Bus::Both(db, _) => {
+            env.extend(db.env("notify"));
+            env.push(("LEADER_LEASE_MS".into(), LEASE_MS.into()));
+        }
+        Bus::Redis(_) => {}
+    }
+    if let Some(prefix) = bus.redis_prefix() {
+        env.push(("REDIS_URL".into(), "redis://127.0.0.1:6379".into()));
+        env.push(("REDIS_PREFIX".into(), prefix.into()));
+    }
     env.push(("NODE_ID".into(), name.into()));
-    env.push(("FEED_NAME".into(), name.into()));
     env.push(("TRUSTED_PROXIES".into(), "127.0.0.1".into()));
     // A small ring: a client failing over resumes from further back than the node
     // retains, so the replay reads the change log or the stream.
@@ -128,29 +153,57 @@ fn node_on(bus: &Bus, name: &str) -> TestServer {
     spawn_server(&refs)
 }
 
+/// The leader's lease in the tests: a standby takes over within about 1.5 s.
+const LEASE_MS: &str = "1500";
+
 /// Waits until a node follows its bus.
 async fn wait_ready(bus: &Bus<'_>, server: &TestServer) {
-    match bus {
-        Bus::Database(_) => pg::wait_feed_connected(server.port).await,
+    let port = server.port;
+    let ok = match bus {
+        Bus::Database(_) => {
+            pg::wait_feed_connected(port).await;
+            true
+        }
         Bus::Redis(_) => {
-            let port = server.port;
-            let ok = wait_until(TIMEOUT, || async move {
+            wait_until(TIMEOUT, || async move {
                 get_json(port, "/health").await["services"]["redis"]["connected"] == true
             })
-            .await;
-            assert!(ok, "node on Redis not ready");
+            .await
         }
-    }
+        Bus::Both(..) => {
+            wait_until(TIMEOUT, || async move {
+                let services = &get_json(port, "/health").await["services"];
+                services["redis"]["connected"] == true
+                    && services["redis"]["leader"].is_string()
+                    && services["niledb"]["status"] == "healthy"
+            })
+            .await
+        }
+    };
+    assert!(ok, "node not ready: {}", get_json(port, "/health").await);
 }
 
-/// A node on `db`, named `name`, trusting nginx's forwarded addresses.
-fn node(db: &TestDb, name: &str) -> TestServer {
-    let mut env = db.env("notify");
-    env.push(("NODE_ID".into(), name.into()));
-    env.push(("FEED_NAME".into(), name.into()));
-    env.push(("TRUSTED_PROXIES".into(), "127.0.0.1".into()));
-    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    spawn_server(&refs)
+/// Waits until the node on `port` holds the leader lease.
+async fn wait_leader(port: u16) {
+    let ok = wait_until(Duration::from_secs(30), || async move {
+        get_json(port, "/health").await["services"]["redis"]["role"] == "leader"
+    })
+    .await;
+    assert!(
+        ok,
+        "never became the leader: {}",
+        get_json(port, "/health").await
+    );
+}
+
+/// Deletes a test's Redis keys.
+fn delete_keys(prefix: &str) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "redis-cli --scan --pattern '{prefix}:*' | xargs -r redis-cli del"
+        ))
+        .status();
 }
 
 /// A source address whose connections nginx sends to `wanted`, and its client.
@@ -179,7 +232,8 @@ async fn publish_to(port: u16, i: usize) -> u64 {
 async fn a_change_published_on_one_node_reaches_a_client_on_the_other() {
     let db = TestDb::create().await;
     db.migrate("notify");
-    let (a, b) = (node(&db, "node-a"), node(&db, "node-b"));
+    let bus = Bus::Database(&db);
+    let (a, b) = (node_on(&bus, "node-a"), node_on(&bus, "node-b"));
     pg::wait_feed_connected(a.port).await;
     pg::wait_feed_connected(b.port).await;
     let nginx = Nginx::start(a.port, b.port).await;
@@ -197,26 +251,56 @@ async fn a_change_published_on_one_node_reaches_a_client_on_the_other() {
     on_b.recv_seq("/inventory", "inventory:update", seq).await;
 }
 
+/// The seqs of the test's changes in the change log.
+async fn logged_seqs(db: &TestDb) -> Vec<u64> {
+    db.client()
+        .await
+        .query(
+            "SELECT seq FROM nilecast_changes WHERE tenant_id = 'scale' AND data_type = 'inventory' ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("read the log")
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .collect()
+}
+
+/// Which bus a failover test runs on.
+#[derive(Clone, Copy, PartialEq)]
+enum On {
+    Database,
+    Redis,
+    Both,
+}
+
 /// A stream of changes published on A while B, serving the client, stops (`kill`:
 /// SIGTERM or SIGKILL): the client reconnects through nginx, lands on A, resumes with
-/// `sinceSeq`, and ends with exactly the logged changes.
-async fn failover_loses_nothing(signal: &str, redis: bool) {
+/// `sinceSeq`, and ends with exactly the logged changes; a client connected to A all
+/// along gets them too. With both a database and Redis, B is the leader tailing the
+/// database, and A takes over.
+async fn failover_loses_nothing(signal: &str, on: On) {
     const STREAM: usize = 200;
     let db = TestDb::create().await;
     db.migrate("notify");
     let prefix = format!("nilecast-scale-{}-{signal}", std::process::id());
-    let bus = if redis {
-        Bus::Redis(prefix.clone())
-    } else {
-        Bus::Database(&db)
+    let bus = match on {
+        On::Database => Bus::Database(&db),
+        On::Redis => Bus::Redis(prefix.clone()),
+        On::Both => Bus::Both(&db, prefix.clone()),
     };
-    let a = node_on(&bus, "node-a");
     let mut b = node_on(&bus, "node-b");
-    wait_ready(&bus, &a).await;
     wait_ready(&bus, &b).await;
+    if on == On::Both {
+        wait_leader(b.port).await;
+    }
+    let a = node_on(&bus, "node-a");
+    wait_ready(&bus, &a).await;
     let nginx = Nginx::start(a.port, b.port).await;
     let (from, mut client) = client_on(&nginx, "node-b").await;
     client.subscribe("/inventory", json!({})).await;
+    let mut watcher = Client::connect_path(a.port, "/ws?tenant=scale").await;
+    watcher.subscribe("/inventory", json!({})).await;
 
     let a_port = a.port;
     let mut publisher = tokio::spawn(async move {
@@ -262,26 +346,27 @@ async fn failover_loses_nothing(signal: &str, redis: bool) {
     }
     assert!(stopped, "node-b was stopped mid-stream");
     let published: Vec<u64> = last_published.unwrap_or_default();
-    if redis {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "redis-cli --scan --pattern '{prefix}:*' | xargs -r redis-cli del"
-            ))
-            .status();
-    } else {
-        let pg = db.client().await;
-        let logged: Vec<u64> = pg
-            .query(
-                "SELECT seq FROM nilecast_changes WHERE tenant_id = 'scale' AND data_type = 'inventory' ORDER BY seq",
-                &[],
-            )
-            .await
-            .expect("read the log")
-            .iter()
-            .map(|r| r.get::<_, i64>(0) as u64)
-            .collect();
-        assert_eq!(logged, published, "the log holds what was published");
+    let last = published.last().copied().unwrap_or(0);
+    let watched = watcher
+        .seqs_until("/inventory", "inventory:update", last)
+        .await;
+    match on {
+        On::Redis => delete_keys(&prefix),
+        On::Database | On::Both => {
+            assert_eq!(
+                logged_seqs(&db).await,
+                published,
+                "the log holds what was published"
+            );
+        }
+    }
+    if on == On::Both {
+        let redis = &get_json(a.port, "/health").await["services"]["redis"];
+        assert_eq!(
+            redis["role"], "leader",
+            "node-a took over the lease: {redis}"
+        );
+        delete_keys(&prefix);
     }
     assert!(
         landed_on.iter().any(|n| n == "node-a"),
@@ -295,6 +380,10 @@ async fn failover_loses_nothing(signal: &str, redis: bool) {
     assert_eq!(
         seen, published,
         "every change once, in order, across the failover"
+    );
+    assert_eq!(
+        watched, published,
+        "node-a's own client got every change once, in order"
     );
 }
 
@@ -330,20 +419,78 @@ async fn reconnect(nginx: &Nginx, from: IpAddr, since: u64, landed_on: &mut Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_a_node_mid_stream_loses_and_doubles_nothing() {
-    failover_loses_nothing("TERM", false).await;
+    failover_loses_nothing("TERM", On::Database).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_on_a_node_mid_stream_loses_and_doubles_nothing() {
-    failover_loses_nothing("KILL", false).await;
+    failover_loses_nothing("KILL", On::Database).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_sigterm_on_a_node_mid_stream_loses_and_doubles_nothing() {
-    failover_loses_nothing("TERM", true).await;
+    failover_loses_nothing("TERM", On::Redis).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_sigkill_on_a_node_mid_stream_loses_and_doubles_nothing() {
-    failover_loses_nothing("KILL", true).await;
+    failover_loses_nothing("KILL", On::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_leader_stopped_mid_stream_hands_over_without_loss() {
+    failover_loses_nothing("TERM", On::Both).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_leader_killed_mid_stream_a_standby_takes_over_without_loss() {
+    failover_loses_nothing("KILL", On::Both).await;
+}
+
+/// With a database and Redis, only the leader reads the change log: the standby's
+/// feed does not run, and its clients get the changes through the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_database_only_the_leader_tails_it() {
+    let db = TestDb::create().await;
+    db.migrate("notify");
+    let prefix = format!("nilecast-scale-{}-one-reader", std::process::id());
+    let bus = Bus::Both(&db, prefix.clone());
+    let a = node_on(&bus, "node-a");
+    wait_ready(&bus, &a).await;
+    wait_leader(a.port).await;
+    let b = node_on(&bus, "node-b");
+    wait_ready(&bus, &b).await;
+    let mut on_b = Client::connect_path(b.port, "/ws?tenant=scale").await;
+    on_b.subscribe("/inventory", json!({})).await;
+    let seq = publish_to(b.port, 1).await;
+    on_b.recv_seq("/inventory", "inventory:update", seq).await;
+
+    let health_b = get_json(b.port, "/health").await;
+    let services = &health_b["services"];
+    assert_eq!(services["redis"]["role"], "standby", "{health_b}");
+    assert_eq!(services["redis"]["leader"], "node-a", "{health_b}");
+    assert_eq!(services["niledb"]["feedRole"], "standby", "{health_b}");
+    assert_eq!(services["niledb"]["status"], "healthy", "{health_b}");
+    let admin = pg::connect(&pg::admin_url()).await;
+    let listeners = pg::backends(&admin, &db.name, "nilecast-listener").await;
+    assert_eq!(
+        listeners.len(),
+        1,
+        "one LISTEN connection, the leader's: {listeners:?}"
+    );
+    let published = |port| async move {
+        metrics(port).await["niledb"]["feed"]["published"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        published(a.port).await >= 1,
+        "the leader's feed read the change"
+    );
+    assert_eq!(
+        published(b.port).await,
+        0,
+        "the standby's feed read nothing"
+    );
+    delete_keys(&prefix);
 }

@@ -69,8 +69,22 @@ const READ_SQL: &str = "
            horizon.s, horizon.next
     FROM horizon LEFT JOIN page ON true ORDER BY page.seq";
 
+/// Where the reader publishes what it reads.
+#[derive(Clone)]
+pub enum Sink {
+    /// This node's engine.
+    Engine,
+    /// The cluster's stream, as the holder of the leader lease `token`; every node
+    /// (this one too) publishes from there.
+    Stream {
+        cluster: Arc<crate::cluster::Cluster>,
+        token: String,
+    },
+}
+
 /// Where the reader is.
 pub struct Reader {
+    sink: Sink,
     name: String,
     batch: i64,
     last: u64,
@@ -110,8 +124,11 @@ pub enum Caught {
 }
 
 impl Reader {
-    /// Finds the start position (FEED_START) and makes it the engine's floor.
-    pub async fn start(app: &App, db: &Db) -> Result<Reader, DbError> {
+    /// Finds the start position (FEED_START) and, publishing to the engine, makes it
+    /// the engine's floor. Publishing to the stream, starts after the stream's newest
+    /// entry when that is further than the stored position (a leader that died before
+    /// storing its position).
+    pub async fn start(app: &App, db: &Db, sink: Sink) -> Result<Reader, DbError> {
         let client = db.client().await?;
         let name = db.config.feed_name.clone();
         let stored: Option<i64> = match db.config.feed_start {
@@ -124,20 +141,27 @@ impl Reader {
                 .map(|r| r.get(0)),
             FeedStart::Now => None,
         };
-        let last = match stored {
-            Some(seq) => seq.max(0) as u64,
-            None => {
-                let head: i64 = client
-                    .query_one("SELECT coalesce(max(seq), 0) FROM nilecast_changes", &[])
-                    .await?
-                    .get(0);
-                head.max(0) as u64
-            }
-        };
+        let head: i64 = client
+            .query_one("SELECT coalesce(max(seq), 0) FROM nilecast_changes", &[])
+            .await?
+            .get(0);
+        let head = head.max(0) as u64;
         drop(client);
-        app.engine.set_floor(last);
+        let mut last = stored.map_or(head, |seq| seq.max(0) as u64);
+        match &sink {
+            Sink::Engine => app.engine.set_floor(last),
+            Sink::Stream { cluster, .. } => {
+                // Entries beyond the log's head are not this log's (a stream left from
+                // another deployment); they do not move the start.
+                let appended = cluster.stream_head().await.map_err(redis_error)?;
+                if appended <= head {
+                    last = last.max(appended);
+                }
+            }
+        }
         db.stats.feed_seq.store(last, Relaxed);
         let reader = Reader {
+            sink,
             name,
             batch: db.config.feed_batch,
             last,
@@ -229,7 +253,7 @@ impl Reader {
                     app.metrics.error(crate::error::ErrorCode::InvalidMessage);
                 }
             }
-            self.publish(app, db, &batch, next);
+            self.publish(app, db, &batch, next).await?;
             if blocked {
                 return Ok(Caught::Waiting);
             }
@@ -239,11 +263,23 @@ impl Reader {
         }
     }
 
-    fn publish(&mut self, app: &App, db: &Db, batch: &[Logged], through: u64) {
+    async fn publish(
+        &mut self,
+        app: &App,
+        db: &Db,
+        batch: &[Logged],
+        through: u64,
+    ) -> Result<(), DbError> {
         if through <= self.last {
-            return;
+            return Ok(());
         }
-        let published = app.engine.publish_logged(batch);
+        let published = match &self.sink {
+            Sink::Engine => app.engine.publish_logged(batch),
+            Sink::Stream { cluster, token } => cluster
+                .append_logged(token, batch)
+                .await
+                .map_err(redis_error)?,
+        };
         self.last = through;
         let stats = &db.stats;
         stats.feed_published.fetch_add(published as u64, Relaxed);
@@ -256,6 +292,7 @@ impl Reader {
                 .feed_lag_ms
                 .store(time::now_ms().saturating_sub(newest.timestamp_ms), Relaxed);
         }
+        Ok(())
     }
 
     /// Meeting a hole before `before` in a read made with `snapshot`: whether every seq
@@ -356,19 +393,29 @@ impl Backoff {
     }
 }
 
-/// Runs the feed until shutdown: connects, catches up, follows; on any database error
-/// reconnects with backoff and continues from the last seq.
+/// A stream append that failed, as a feed error: the feed retries it with backoff.
+fn redis_error(e: crate::cluster::ClusterError) -> DbError {
+    DbError::Unavailable(e.to_string())
+}
+
+/// Runs the feed into this node's engine until shutdown.
 pub async fn run(app: Arc<App>, db: Arc<Db>) {
+    run_into(app, db, Sink::Engine).await
+}
+
+/// Runs the feed until shutdown: connects, catches up, follows; on any database (or
+/// stream) error reconnects with backoff and continues from the last seq.
+pub async fn run_into(app: Arc<App>, db: Arc<Db>, sink: Sink) {
     let mut backoff = Backoff(0);
     let mut reader: Option<Reader> = None;
     loop {
-        let outcome = follow(&app, &db, &mut reader, &mut backoff).await;
+        let outcome = follow(&app, &db, &sink, &mut reader, &mut backoff).await;
         db.stats.feed_connected.store(false, Relaxed);
         match outcome {
             Ok(()) => return,
             Err(e) => {
                 db.stats.feed_reconnects.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, "change feed lost the database; reconnecting");
+                tracing::warn!(error = %e, "change feed interrupted; reconnecting");
             }
         }
         tokio::select! {
@@ -381,6 +428,7 @@ pub async fn run(app: Arc<App>, db: Arc<Db>) {
 async fn follow(
     app: &Arc<App>,
     db: &Arc<Db>,
+    sink: &Sink,
     reader: &mut Option<Reader>,
     backoff: &mut Backoff,
 ) -> Result<(), DbError> {
@@ -395,7 +443,7 @@ async fn follow(
         None
     };
     if reader.is_none() {
-        *reader = Some(Reader::start(app, db).await?);
+        *reader = Some(Reader::start(app, db, sink.clone()).await?);
     }
     let Some(reader) = reader.as_mut() else {
         return Ok(());
@@ -538,6 +586,7 @@ mod tests {
 
     fn reader() -> Reader {
         Reader {
+            sink: Sink::Engine,
             name: "t".into(),
             batch: 10,
             last: 5,

@@ -298,15 +298,18 @@ impl Db {
         }
     }
 
-    /// The `niledb` part of `/health`.
-    pub fn health(&self) -> Value {
+    /// The `niledb` part of `/health`. `tails` is false on a cluster's standby node,
+    /// whose feed does not run (the leader's does).
+    pub fn health(&self, tails: bool) -> Value {
         let s = &self.stats;
         let reachable = s.reachable.load(Relaxed);
         let connected = s.feed_connected.load(Relaxed);
         let seq = s.feed_seq.load(Relaxed);
         let head = s.log_head.load(Relaxed);
+        let healthy = reachable && (connected || !tails);
         json!({
-            "status": if reachable && connected { "healthy" } else { "degraded" },
+            "status": if healthy { "healthy" } else { "degraded" },
+            "feedRole": if tails { "tailing" } else { "standby" },
             "reachable": reachable,
             "changeDetection": self.config.detection.name(),
             "listenerConnected": connected,

@@ -4,6 +4,7 @@
 //! Architecture Invariant: HTTP handlers reach the engine only through `App`; they
 //! never hold a socket other than their own request's.
 
+pub mod peer;
 mod routes;
 
 use std::net::SocketAddr;

@@ -155,6 +155,9 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
             json_response(StatusCode::OK, &body)
         }
         ["metrics", "prometheus"] => prometheus(app),
+        ["clients"] if query_param(req.uri(), "scope").as_deref() == Some("cluster") => {
+            cluster_clients(app, &principal, &req).await
+        }
         ["clients"] => clients(app, &principal),
         ["alerts"] if app.db.is_some() => {
             let all = query_param(req.uri(), "all").as_deref() == Some("true");
@@ -273,11 +276,11 @@ async fn health(app: &App) -> Resp {
     let over_memory = app.over_memory();
     let shutting_down = app.shutdown.is_triggered();
     let niledb = match &app.db {
-        Some(db) => db.health(),
+        Some(db) => db.health(app.cluster.as_ref().is_none_or(|c| c.leading.load(Relaxed))),
         None => json!({ "status": "disabled" }),
     };
     let redis = match &app.cluster {
-        Some(cluster) => cluster.health().await,
+        Some(cluster) => cluster.health(app.db.is_some()).await,
         None => json!({ "status": "disabled" }),
     };
     let db_degraded = niledb["status"] == "degraded" || redis["status"] == "degraded";
@@ -339,6 +342,84 @@ fn clients(app: &App, principal: &Principal) -> Resp {
     if let Err(r) = principal.may_administer() {
         return error_response(&r);
     }
+    let list = local_clients(app, principal);
+    json_response(
+        StatusCode::OK,
+        &json!({ "count": list.len(), "node": &app.node_id, "clients": list }),
+    )
+}
+
+/// `GET /clients?scope=cluster`: this node's clients and every live member's, asked
+/// over HTTP with the caller's credentials (each node applies its own checks). A member
+/// that does not answer within two seconds is listed under `nodes` as unreachable.
+async fn cluster_clients(app: &App, principal: &Principal, req: &Request<Incoming>) -> Resp {
+    if let Err(r) = principal.may_administer() {
+        return error_response(&r);
+    }
+    let Some(cluster) = &app.cluster else {
+        return clients(app, principal);
+    };
+    let members = match cluster.members().await {
+        Ok(members) => members,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the cluster's members");
+            return error_response(&Refusal::new(
+                ErrorCode::Unavailable,
+                "Redis is unreachable: the cluster's members are unknown",
+            ));
+        }
+    };
+    // The same query without `scope`, so each member answers for itself alone.
+    let query: Vec<String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !kv.starts_with("scope="))
+        .map(str::to_string)
+        .collect();
+    let path = if query.is_empty() {
+        "/clients".to_string()
+    } else {
+        format!("/clients?{}", query.join("&"))
+    };
+    let authorization = req.headers().get(hyper::header::AUTHORIZATION).cloned();
+    let others = members.iter().filter(|m| m.node != app.node_id).map(|m| {
+        let (path, authorization) = (path.clone(), authorization.clone());
+        async move {
+            let answer = match &m.addr {
+                Some(addr) => crate::http::peer::get_json(addr, &path, authorization).await,
+                None => Err("no address announced".to_string()),
+            };
+            (m.node.clone(), answer)
+        }
+    });
+    let answers = futures_util::future::join_all(others).await;
+    let mine = local_clients(app, principal);
+    let mut nodes = vec![json!({ "node": &app.node_id, "status": "ok", "count": mine.len() })];
+    let mut list = mine;
+    for (node, answer) in answers {
+        match answer.and_then(|body| match body["clients"].as_array() {
+            Some(clients) => Ok(clients.clone()),
+            None => Err(format!("answered {body}")),
+        }) {
+            Ok(clients) => {
+                nodes.push(json!({ "node": node, "status": "ok", "count": clients.len() }));
+                list.extend(clients);
+            }
+            Err(error) => {
+                nodes.push(json!({ "node": node, "status": "unreachable", "error": error }))
+            }
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({ "count": list.len(), "nodes": nodes, "clients": list }),
+    )
+}
+
+/// This node's clients of the caller's tenant, by connection id.
+fn local_clients(app: &App, principal: &Principal) -> Vec<Value> {
     let mut list: Vec<Value> = app
         .sessions
         .iter()
@@ -360,14 +441,12 @@ fn clients(app: &App, principal: &Principal) -> Resp {
                 })).collect::<Vec<_>>(),
                 "queueDepth": s.outbox.len(),
                 "connectedSince": time::iso8601(s.connected_ms),
+                "node": &app.node_id,
             })
         })
         .collect();
     list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    json_response(
-        StatusCode::OK,
-        &json!({ "count": list.len(), "clients": list }),
-    )
+    list
 }
 
 fn alerts(app: &App, principal: &Principal, all: bool) -> Resp {

@@ -1,0 +1,61 @@
+//! The one request a node makes of another: a `GET` of its HTTP API, for
+//! `/clients?scope=cluster`.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, AUTHORIZATION, HOST};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// How long a member has to answer.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest answer read (a member with very many clients is cut off with an error).
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// `GET http://{addr}{path}` with the caller's `Authorization`; the JSON body of a 200.
+pub async fn get_json(
+    addr: &str,
+    path: &str,
+    authorization: Option<HeaderValue>,
+) -> Result<Value, String> {
+    tokio::time::timeout(TIMEOUT, get(addr, path, authorization))
+        .await
+        .map_err(|_| format!("{addr} did not answer within {} s", TIMEOUT.as_secs()))?
+}
+
+async fn get(addr: &str, path: &str, authorization: Option<HeaderValue>) -> Result<Value, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    tokio::spawn(connection);
+    let mut request = Request::get(path)
+        .header(HOST, addr)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    if let Some(value) = authorization {
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!(
+            "{addr} answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{addr}: not JSON: {e}"))
+}
