@@ -100,6 +100,8 @@ for name in $SERVERS; do
   scenario "$name" connections --connections "$HELD_CONNS"
 done
 
+# loadtest/cluster.sh's section survives a new comparison.
+CLUSTER_SECTION=$(sed -n '/<!-- cluster:begin -->/,/<!-- cluster:end -->/p' "$OUT" 2>/dev/null || true)
 {
   echo "# Load comparison"
   echo
@@ -133,4 +135,5 @@ done
   echo
   echo "</details>"
 } > "$OUT"
+if [ -n "$CLUSTER_SECTION" ]; then printf '\n%s\n' "$CLUSTER_SECTION" >> "$OUT"; fi
 echo "==> wrote $OUT"

@@ -12,6 +12,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use common::pg;
 use common::*;
 use serde_json::json;
 
@@ -287,4 +288,102 @@ async fn any_node_lists_the_clients_of_every_node() {
         .and_then(|n| n.iter().find(|n| n["node"] == "node-b").cloned())
         .expect("node-b is still a member for a few seconds");
     assert_eq!(gone["status"], "unreachable", "{partial}");
+}
+
+/// With a database: the leader (node A, behind a gate) loses Redis. It steps down,
+/// node B takes the lease over and goes on tailing the database from the stored
+/// position; when A is back it catches up from the stream. Clients on both nodes end
+/// with every logged change once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_redis_is_replaced_and_catches_up() {
+    let prefix = prefix();
+    let _keys = Keys(prefix.clone());
+    let db = pg::TestDb::create().await;
+    db.migrate("notify");
+    let gate = Gate::start().await;
+    let with_db = |name: &str, redis: &str| {
+        let mut env = db.env("notify");
+        env.extend([
+            ("REDIS_URL".to_string(), format!("redis://{redis}")),
+            ("REDIS_PREFIX".to_string(), prefix.clone()),
+            ("NODE_ID".to_string(), name.to_string()),
+            ("LEADER_LEASE_MS".to_string(), "1500".to_string()),
+        ]);
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        spawn_server(&refs)
+    };
+    let role = |port: u16| async move {
+        get_json(port, "/health").await["services"]["redis"]["role"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let a = with_db("node-a", &format!("127.0.0.1:{}", gate.port));
+    let led = wait_until(TIMEOUT, || async { role(a.port).await == "leader" }).await;
+    assert!(led, "{}", get_json(a.port, "/health").await);
+    let b = with_db("node-b", &redis_addr());
+    wait_members(&b, 2).await;
+    let mut on_a = Client::connect_path(a.port, "/ws?tenant=t1").await;
+    let mut on_b = Client::connect_path(b.port, "/ws?tenant=t1").await;
+    on_a.subscribe("/inventory", json!({})).await;
+    on_b.subscribe("/inventory", json!({})).await;
+    let mut published = Vec::new();
+    for i in 0..5 {
+        published
+            .push(publish_one(b.port, with_tenant(inv(&format!("g{i}"), "w1", 100), "t1")).await);
+    }
+    on_a.recv_seq("/inventory", "inventory:update", published[4])
+        .await;
+
+    gate.close();
+    // Published while A still holds the lease but cannot append: B must start from
+    // the stored position, not from the log's head.
+    for i in 5..10 {
+        published
+            .push(publish_one(b.port, with_tenant(inv(&format!("g{i}"), "w1", 100), "t1")).await);
+    }
+    let took_over = wait_until(TIMEOUT, || async {
+        role(b.port).await == "leader" && role(a.port).await == "standby"
+    })
+    .await;
+    assert!(
+        took_over,
+        "b leads, a stands by: {} {}",
+        get_json(a.port, "/health").await,
+        get_json(b.port, "/health").await
+    );
+    for i in 5..15 {
+        published
+            .push(publish_one(b.port, with_tenant(inv(&format!("g{i}"), "w1", 100), "t1")).await);
+    }
+    let last = *published.last().expect("seqs");
+    let got_b = on_b
+        .seqs_until("/inventory", "inventory:update", last)
+        .await;
+    assert_eq!(
+        got_b, published,
+        "node-b's client: every change once, in order"
+    );
+    gate.reopen();
+    let got_a = on_a
+        .seqs_until("/inventory", "inventory:update", last)
+        .await;
+    assert_eq!(
+        got_a,
+        published[5..].to_vec(),
+        "node-a's client: what was published while A was cut off, once, in order"
+    );
+    let logged: Vec<u64> = db
+        .client()
+        .await
+        .query(
+            "SELECT seq FROM nilecast_changes WHERE tenant_id = 't1' ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("read the log")
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .collect();
+    assert_eq!(logged, published);
 }

@@ -124,7 +124,7 @@ pub async fn db_latency(p: &Params, d: &DbParams) -> anyhow::Result<Run> {
         .query_one("SELECT coalesce(max(seq), 0) FROM nilecast_changes", &[])
         .await?
         .get(0);
-    let sampler = crate::scenarios::Sampler::start(p.server_pid);
+    let sampler = crate::scenarios::Sampler::start(&p.server_pids);
     let started = Instant::now();
     let until = started + p.duration;
     let writers = d.writers.max(1);

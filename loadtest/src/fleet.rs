@@ -14,9 +14,25 @@ use crate::stats::Receipts;
 /// Where and how the fleet connects.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub addr: String,
+    /// The server, or the nodes of a cluster: connection i goes to node i mod n.
+    pub addrs: Vec<String>,
     pub protocol: Protocol,
     pub ws_path: String,
+}
+
+impl Target {
+    /// Where changes are published: the first node.
+    pub fn publish_addr(&self) -> &str {
+        self.addrs.first().map_or("127.0.0.1:4001", String::as_str)
+    }
+
+    /// The node connection `i` goes to.
+    pub fn addr_for(&self, i: usize) -> &str {
+        match self.addrs.len() {
+            0 => self.publish_addr(),
+            n => &self.addrs[i % n],
+        }
+    }
 }
 
 /// Handshakes in flight at once: enough to open thousands of connections in seconds
@@ -69,6 +85,7 @@ impl Fleet {
                 let receipts = Arc::new(Mutex::new(Receipts::default()));
                 let task = tokio::spawn(run(
                     target.clone(),
+                    target.addr_for(i).to_string(),
                     key,
                     receipts.clone(),
                     control.clone(),
@@ -149,6 +166,7 @@ impl Fleet {
 
 async fn run(
     target: Target,
+    addr: String,
     key: usize,
     receipts: Arc<Mutex<Receipts>>,
     control: Arc<Control>,
@@ -159,8 +177,7 @@ async fn run(
     loop {
         let permit = gate.acquire().await;
         let setup = async {
-            let mut client =
-                Client::connect(&target.addr, target.protocol, &target.ws_path).await?;
+            let mut client = Client::connect(&addr, target.protocol, &target.ws_path).await?;
             client.subscribe(&products, since).await?;
             let mut early = Vec::new();
             client
@@ -182,7 +199,7 @@ async fn run(
             Ok(ok) => ok,
             Err(e) => {
                 if since.is_none() {
-                    eprintln!("connection to {} failed: {e:#}", target.addr);
+                    eprintln!("connection to {addr} failed: {e:#}");
                 }
                 control.failed.fetch_add(1, Relaxed);
                 return;

@@ -56,9 +56,11 @@ enum Scenario {
 struct RunArgs {
     #[arg(value_enum)]
     scenario: Scenario,
-    /// Server address (host:port). Loopback only in every documented command.
-    #[arg(long, default_value = "127.0.0.1:4001")]
-    addr: String,
+    /// Server address (host:port), or several nodes of one cluster separated by
+    /// commas: connection i goes to node i mod n, changes are published to the first.
+    /// Loopback only in every documented command.
+    #[arg(long, default_value = "127.0.0.1:4001", value_delimiter = ',')]
+    addr: Vec<String>,
     #[arg(long, value_enum, default_value_t = Protocol::Native)]
     protocol: Protocol,
     /// WebSocket path of the native protocol.
@@ -67,9 +69,10 @@ struct RunArgs {
     /// Label of the server in the results.
     #[arg(long, default_value = "nilecast")]
     server: String,
-    /// Server process id, to sample its CPU time and RSS from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Server process id, to sample its CPU time and RSS from /proc; several (the
+    /// nodes of a cluster) separated by commas are summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     #[arg(long, default_value_t = 1000)]
     connections: usize,
     /// Keys (products) the connections are spread over (`sharded`, `idle`).
@@ -141,12 +144,12 @@ async fn run(a: RunArgs) -> anyhow::Result<scenarios::Run> {
     );
     let p = Params {
         target: Target {
-            addr: a.addr,
+            addrs: a.addr,
             protocol: a.protocol,
             ws_path: a.ws_path,
         },
         server: a.server,
-        server_pid: a.server_pid,
+        server_pids: a.server_pid,
         connections: a.connections,
         keys: a.keys,
         rate: a.rate,

@@ -14,7 +14,7 @@ use crate::stats::{self, check_delivery, Delivery, Latency};
 pub struct Params {
     pub target: Target,
     pub server: String,
-    pub server_pid: Option<u32>,
+    pub server_pids: Vec<u32>,
     pub connections: usize,
     pub keys: usize,
     pub rate: f64,
@@ -59,22 +59,22 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Sampler {
     server: stats::ProcSample,
     me: stats::ProcSample,
-    pid: Option<u32>,
+    pids: Vec<u32>,
 }
 
 impl Sampler {
-    pub fn start(pid: Option<u32>) -> Sampler {
+    pub fn start(pids: &[u32]) -> Sampler {
         Sampler {
-            server: stats::sample(pid),
-            me: stats::sample(None),
-            pid,
+            server: stats::sample(pids),
+            me: stats::sample(&[]),
+            pids: pids.to_vec(),
         }
     }
 
     fn finish(&self, run: &mut Run) {
-        let server = stats::sample(self.pid);
-        let me = stats::sample(None);
-        if self.pid.is_some() {
+        let server = stats::sample(&self.pids);
+        let me = stats::sample(&[]);
+        if !self.pids.is_empty() {
             run.server_cpu_s = server.cpu_s - self.server.cpu_s;
             run.server_rss_kib = server.rss_kib;
             if run.delivery.delivered > 0 {
@@ -108,8 +108,14 @@ async fn publish_and_check(
     mut pick: impl FnMut() -> usize,
 ) -> anyhow::Result<(Vec<(u64, usize)>, Delivery, Latency, f64)> {
     let started = Instant::now();
-    let published =
-        publisher::run_at_rate(&p.target.addr, rate, duration, p.max_batch, &mut pick).await?;
+    let published = publisher::run_at_rate(
+        p.target.publish_addr(),
+        rate,
+        duration,
+        p.max_batch,
+        &mut pick,
+    )
+    .await?;
     let publish_time = started.elapsed().as_secs_f64();
     let subscribers_per_key =
         |key: usize| fleet.conns.iter().filter(|c| c.key == key).count() as u64;
@@ -132,7 +138,7 @@ async fn publish_and_check(
 /// `broadcast`: every connection on one key, changes at `rate`.
 pub async fn broadcast(p: &Params) -> anyhow::Result<Run> {
     let fleet = Fleet::open(&p.target, p.connections, |_| 0, OPEN_TIMEOUT).await;
-    let sampler = Sampler::start(p.server_pid);
+    let sampler = Sampler::start(&p.server_pids);
     let (published, delivery, latency, secs) =
         publish_and_check(p, &fleet, p.rate, p.duration, || 0).await?;
     let mut run = base_run(p, "broadcast", &fleet);
@@ -146,7 +152,7 @@ pub async fn broadcast(p: &Params) -> anyhow::Result<Run> {
 pub async fn sharded(p: &Params) -> anyhow::Result<Run> {
     let keys = p.keys.max(1);
     let fleet = Fleet::open(&p.target, p.connections, |i| i % keys, OPEN_TIMEOUT).await;
-    let sampler = Sampler::start(p.server_pid);
+    let sampler = Sampler::start(&p.server_pids);
     let mut rng = fastrand::Rng::with_seed(7);
     let (published, delivery, latency, secs) =
         publish_and_check(p, &fleet, p.rate, p.duration, move || rng.usize(..keys)).await?;
@@ -186,7 +192,7 @@ fn finish_run(
 
 /// `idle`: subscribed connections and no traffic; server RSS per connection.
 pub async fn idle(p: &Params) -> anyhow::Result<Run> {
-    let before = stats::sample(p.server_pid);
+    let before = stats::sample(&p.server_pids);
     let fleet = Fleet::open(
         &p.target,
         p.connections,
@@ -196,10 +202,10 @@ pub async fn idle(p: &Params) -> anyhow::Result<Run> {
     .await;
     // Let the server settle before reading its RSS: this is a measurement.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = stats::sample(p.server_pid);
+    let after = stats::sample(&p.server_pids);
     let mut run = base_run(p, "idle", &fleet);
     run.server_rss_kib = after.rss_kib;
-    if p.server_pid.is_some() && fleet.subscribed() > 0 {
+    if !p.server_pids.is_empty() && fleet.subscribed() > 0 {
         run.rss_per_connection_bytes = Some(
             (after.rss_kib.saturating_sub(before.rss_kib) * 1024) as f64
                 / fleet.subscribed() as f64,
@@ -219,7 +225,7 @@ pub async fn idle(p: &Params) -> anyhow::Result<Run> {
 /// duplicate deliveries stop the run at once.
 pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
     let fleet = Fleet::open(&p.target, p.connections, |_| 0, OPEN_TIMEOUT).await;
-    let sampler = Sampler::start(p.server_pid);
+    let sampler = Sampler::start(&p.server_pids);
     let mut rate = p.start_rate;
     let mut best: Option<(f64, f64, Delivery, Latency)> = None;
     let mut best_under_50: Option<f64> = None;
@@ -232,15 +238,15 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
         // CPU shares per step show which side was saturated: the server, or the load
         // generator (which must not be the limit).
         let (server_before, me_before, step_started) = (
-            stats::sample(p.server_pid),
-            stats::sample(None),
+            stats::sample(&p.server_pids),
+            stats::sample(&[]),
             Instant::now(),
         );
         let (published, delivery, latency, secs) =
             publish_and_check(p, &fleet, rate, p.step, || 0).await?;
         let wall = step_started.elapsed().as_secs_f64();
-        let server_share = (stats::sample(p.server_pid).cpu_s - server_before.cpu_s) / wall;
-        let loadgen_share = (stats::sample(None).cpu_s - me_before.cpu_s) / wall;
+        let server_share = (stats::sample(&p.server_pids).cpu_s - server_before.cpu_s) / wall;
+        let loadgen_share = (stats::sample(&[]).cpu_s - me_before.cpu_s) / wall;
         let per_s = delivery.delivered as f64 / secs;
         let complete = delivery.missing == 0 && delivery.duplicates == 0;
         let good = complete && latency.p99_ms <= 250.0;
@@ -291,7 +297,7 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
         run.latency = latency;
     }
     sampler.finish(&mut run);
-    if total.delivered > 0 && p.server_pid.is_some() {
+    if total.delivered > 0 && !p.server_pids.is_empty() {
         run.server_cpu_s_per_million = Some(run.server_cpu_s / total.delivered as f64 * 1e6);
     }
     run.extra.insert(
@@ -308,8 +314,8 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
 pub async fn reconnect_storm(p: &Params) -> anyhow::Result<Run> {
     let n = p.connections;
     let fleet = Fleet::open(&p.target, n, |_| 0, OPEN_TIMEOUT).await;
-    let sampler = Sampler::start(p.server_pid);
-    let addr = p.target.addr.clone();
+    let sampler = Sampler::start(&p.server_pids);
+    let addr = p.target.publish_addr().to_string();
     let (rate, duration, max_batch) = (p.rate, p.duration, p.max_batch);
     let publishing = tokio::spawn(async move {
         publisher::run_at_rate(&addr, rate, duration, max_batch, || 0).await
@@ -347,12 +353,12 @@ pub async fn reconnect_storm(p: &Params) -> anyhow::Result<Run> {
 /// `connections`: as many subscribed connections as will open (up to `connections`),
 /// then one broadcast to all of them.
 pub async fn connections(p: &Params) -> anyhow::Result<Run> {
-    let before = stats::sample(p.server_pid);
+    let before = stats::sample(&p.server_pids);
     let fleet = Fleet::open(&p.target, p.connections, |_| 0, OPEN_TIMEOUT).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let held = fleet.subscribed();
-    let after = stats::sample(p.server_pid);
-    let mut publisher = Publisher::connect(&p.target.addr).await?;
+    let after = stats::sample(&p.server_pids);
+    let mut publisher = Publisher::connect(p.target.publish_addr()).await?;
     let started = Instant::now();
     let seqs = publisher.publish(&[0]).await?;
     let reached_all = fleet.wait_delivered(held as u64, DRAIN).await;
@@ -373,7 +379,7 @@ pub async fn connections(p: &Params) -> anyhow::Result<Run> {
     run.delivery = check_delivery(&published, &open);
     run.latency = stats::latency(receipts.iter().map(|(_, r)| r));
     run.server_rss_kib = after.rss_kib;
-    if p.server_pid.is_some() && held > 0 {
+    if !p.server_pids.is_empty() && held > 0 {
         run.rss_per_connection_bytes =
             Some((after.rss_kib.saturating_sub(before.rss_kib) * 1024) as f64 / held as f64);
     }
@@ -399,12 +405,12 @@ mod tests {
         let server = nilecast::start(config).await.expect("start nilecast");
         let params = Params {
             target: Target {
-                addr: server.addr.to_string(),
+                addrs: vec![server.addr.to_string()],
                 protocol: Protocol::Native,
                 ws_path: "/ws".into(),
             },
             server: "nilecast".into(),
-            server_pid: Some(std::process::id()),
+            server_pids: vec![std::process::id()],
             connections: 6,
             keys: 3,
             rate: 100.0,

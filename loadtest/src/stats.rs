@@ -86,8 +86,25 @@ pub struct ProcSample {
 /// (USER_HZ); reading it would need libc for one constant.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-pub fn sample(pid: Option<u32>) -> ProcSample {
-    let dir = pid.map_or("/proc/self".to_string(), |p| format!("/proc/{p}"));
+/// CPU time and RSS of `pids` summed (several nodes of one cluster), or of this
+/// process when `pids` is empty.
+pub fn sample(pids: &[u32]) -> ProcSample {
+    if pids.is_empty() {
+        return sample_one("/proc/self");
+    }
+    pids.iter().map(|p| sample_one(&format!("/proc/{p}"))).fold(
+        ProcSample {
+            cpu_s: 0.0,
+            rss_kib: 0,
+        },
+        |a, b| ProcSample {
+            cpu_s: a.cpu_s + b.cpu_s,
+            rss_kib: a.rss_kib + b.rss_kib,
+        },
+    )
+}
+
+fn sample_one(dir: &str) -> ProcSample {
     let cpu_s = std::fs::read_to_string(format!("{dir}/stat"))
         .ok()
         .and_then(|stat| {
