@@ -196,20 +196,9 @@ impl Cluster {
     /// The seq of the stream's newest entry (0 when it is empty).
     pub async fn stream_head(&self) -> Result<u64, ClusterError> {
         let mut conn = self.conn().await?;
-        let last: RValue = redis::cmd("XREVRANGE")
-            .arg(self.key("changes"))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        let mut newest = Vec::new();
-        collect_entries(
-            &RValue::Array(vec![RValue::Array(vec![RValue::Nil, last])]),
-            &mut newest,
-        );
-        Ok(newest.first().map_or(0, |e| e.seq))
+        Ok(end_seq(&mut conn, &self.key("changes"), End::Newest)
+            .await?
+            .unwrap_or(0))
     }
 
     /// Takes the lease if nobody holds it.
@@ -344,9 +333,14 @@ fn entry_json(change: &Change, timestamp_ms: u64) -> String {
     .to_string()
 }
 
+/// The seq of a stream id `<seq>-1`.
+fn id_seq(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
 /// One stream entry as a change with its seq.
 fn entry_to_logged(id: &str, fields: &[RValue]) -> Option<Logged> {
-    let seq: u64 = id.split('-').next()?.parse().ok()?;
+    let seq = id_seq(id)?;
     let text = fields.chunks(2).find_map(|kv| match (&kv[0], kv.get(1)?) {
         (RValue::BulkString(k), RValue::BulkString(v)) if k == b"c" => std::str::from_utf8(v).ok(),
         _ => None,
@@ -385,30 +379,7 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
                 .await?;
             if !started {
                 // Start at the stream's end: what came before is not news.
-                let last: RValue = redis::cmd("XREVRANGE")
-                    .arg(&key)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut conn)
-                    .await?;
-                let seq = match &last {
-                    RValue::Array(items) => items.first().and_then(|e| match e {
-                        RValue::Array(pair) => match pair.first() {
-                            Some(RValue::BulkString(id)) => std::str::from_utf8(id)
-                                .ok()?
-                                .split('-')
-                                .next()?
-                                .parse()
-                                .ok(),
-                            _ => None,
-                        },
-                        _ => None,
-                    }),
-                    _ => None,
-                }
-                .unwrap_or(0);
+                let seq = end_seq(&mut conn, &key, End::Newest).await?.unwrap_or(0);
                 app.engine.set_floor(seq);
                 cluster.last_seq.store(seq, Relaxed);
                 started = true;
@@ -464,34 +435,76 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
     }
 }
 
-/// `XREAD` reply: `[[key, [[id, [field, value, ...]], ...]]]`.
+/// `XREAD` reply: `[[key, [entry, ...]]]`.
 fn collect_entries(reply: &RValue, out: &mut Vec<Logged>) {
     let RValue::Array(streams) = reply else {
         return;
     };
     for stream in streams {
-        let RValue::Array(parts) = stream else {
-            continue;
-        };
-        let Some(RValue::Array(entries)) = parts.get(1) else {
-            continue;
-        };
-        for entry in entries {
-            let RValue::Array(pair) = entry else { continue };
-            let (Some(RValue::BulkString(id)), Some(RValue::Array(fields))) =
-                (pair.first(), pair.get(1))
-            else {
-                continue;
-            };
-            match std::str::from_utf8(id)
-                .ok()
-                .and_then(|id| entry_to_logged(id, fields))
-            {
-                Some(logged) => out.push(logged),
-                None => tracing::warn!("a stream entry that is not a change; skipped"),
+        if let RValue::Array(parts) = stream {
+            if let Some(entries) = parts.get(1) {
+                collect_range(entries, out);
             }
         }
     }
+}
+
+/// `XRANGE` reply: `[[id, [field, value, ...]], ...]`.
+fn collect_range(reply: &RValue, out: &mut Vec<Logged>) {
+    let RValue::Array(entries) = reply else {
+        return;
+    };
+    for entry in entries {
+        let RValue::Array(pair) = entry else { continue };
+        let (Some(RValue::BulkString(id)), Some(RValue::Array(fields))) =
+            (pair.first(), pair.get(1))
+        else {
+            continue;
+        };
+        match std::str::from_utf8(id)
+            .ok()
+            .and_then(|id| entry_to_logged(id, fields))
+        {
+            Some(logged) => out.push(logged),
+            None => tracing::warn!("a stream entry that is not a change; skipped"),
+        }
+    }
+}
+
+enum End {
+    Oldest,
+    Newest,
+}
+
+/// The seq of the stream's oldest or newest entry, from its id (None when empty).
+async fn end_seq(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    end: End,
+) -> Result<Option<u64>, redis::RedisError> {
+    let (command, from, to) = match end {
+        End::Oldest => ("XRANGE", "-", "+"),
+        End::Newest => ("XREVRANGE", "+", "-"),
+    };
+    let reply: RValue = redis::cmd(command)
+        .arg(key)
+        .arg(from)
+        .arg(to)
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let RValue::Array(entries) = reply else {
+        return Ok(None);
+    };
+    let seq = match entries.first() {
+        Some(RValue::Array(pair)) => match pair.first() {
+            Some(RValue::BulkString(id)) => std::str::from_utf8(id).ok().and_then(id_seq),
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(seq)
 }
 
 /// Announces this node every two seconds until shutdown.
@@ -593,20 +606,8 @@ pub async fn replay(
 ) -> Result<crate::fanout::LogReplay, ClusterError> {
     let mut conn = cluster.conn().await?;
     let key = cluster.key("changes");
-    let first: RValue = redis::cmd("XRANGE")
-        .arg(&key)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut conn)
-        .await?;
-    let mut oldest = Vec::new();
-    collect_entries(
-        &RValue::Array(vec![RValue::Array(vec![RValue::Nil, first])]),
-        &mut oldest,
-    );
-    let trimmed = oldest.first().is_some_and(|e| e.seq > since + 1);
+    let oldest = end_seq(&mut conn, &key, End::Oldest).await?;
+    let trimmed = oldest.is_some_and(|seq| seq > since + 1);
     let mut records = Vec::new();
     let mut from = since;
     let mut gap = trimmed;
@@ -620,10 +621,7 @@ pub async fn replay(
             .query_async(&mut conn)
             .await?;
         let mut batch = Vec::new();
-        collect_entries(
-            &RValue::Array(vec![RValue::Array(vec![RValue::Nil, reply])]),
-            &mut batch,
-        );
+        collect_range(&reply, &mut batch);
         let Some(last) = batch.last() else { break };
         from = last.seq;
         for logged in batch {
