@@ -34,7 +34,13 @@ enum Command {
     /// Print a running server's /metrics.
     Metrics(Target),
     /// Print a running server's connected clients.
-    Clients(Target),
+    Clients {
+        #[command(flatten)]
+        target: Target,
+        /// Every node's clients (cluster mode), not only this node's.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Connect, subscribe, publish a probe change and report the round trip.
     Check(Target),
     /// Print an HS256 token signed with JWT_SECRET (development and scripts).
@@ -69,7 +75,14 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(*config),
         Command::Health(t) => client(cli::health(&t)),
         Command::Metrics(t) => client(cli::show(&t, "/metrics")),
-        Command::Clients(t) => client(cli::show(&t, "/clients")),
+        Command::Clients { target, cluster } => client(cli::show(
+            &target,
+            if cluster {
+                "/clients?scope=cluster"
+            } else {
+                "/clients"
+            },
+        )),
         Command::Check(t) => client(cli::check(&t)),
         Command::Migrate { db } => client(nilecast::db::check::migrate(&db)),
         Command::DbCheck { db } => client(nilecast::db::check::check(&db)),

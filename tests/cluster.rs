@@ -276,6 +276,20 @@ async fn any_node_lists_the_clients_of_every_node() {
     let nodes = all["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 2, "{all}");
     assert!(nodes.iter().all(|n| n["status"] == "ok"), "{all}");
+    // The operator's command asks the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nilecast"))
+        .args(["clients", "--cluster", "--url"])
+        .arg(format!("http://127.0.0.1:{}", a.port))
+        .output()
+        .expect("run nilecast clients --cluster");
+    assert!(out.status.success(), "{out:?}");
+    let printed: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("nilecast clients prints JSON");
+    assert_eq!(
+        printed["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "{printed}"
+    );
 
     // A member that stops answering is reported, not hidden, while it is still listed.
     let mut b = b;
