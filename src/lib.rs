@@ -1,6 +1,7 @@
 //! nilecast: a real-time broadcast engine. Changes come in from sources (the publish
-//! API, the built-in simulator, later PostgreSQL and Redis), each is encoded once, and
-//! every WebSocket client whose subscription matches gets the same bytes.
+//! API, the built-in simulator, PostgreSQL's change log, other nodes through Redis),
+//! each is encoded once, and every WebSocket client whose subscription matches gets the
+//! same bytes.
 //!
 //! # Code map
 //!
@@ -26,6 +27,8 @@
 //! - [`source`]: producers of changes (the simulator); [`store`]: query state.
 //! - [`db`]: PostgreSQL / Nile DB: schema, the change feed (change log in, engine
 //!   out), queries and writes, and the MySQL read fallback.
+//! - [`cluster`]: Redis cluster mode: the stream between nodes, membership, and the
+//!   lease under which one node tails the database.
 //! - [`auth`]: principals, JWT verification, and the one place that decides what they
 //!   may do; [`security`]: security events, client addresses, origin and per-address
 //!   limits.

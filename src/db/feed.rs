@@ -9,6 +9,10 @@
 //! the reader simply continues from its position, so a change is neither skipped nor
 //! published twice.
 //!
+//! In cluster mode the feed runs on the leader only and its sink is the Redis stream
+//! ([`Sink::Stream`]): the batch is appended under the log's seqs and every node
+//! publishes it from there (`cluster::lead`).
+//!
 //! # The horizon
 //!
 //! Seqs are taken before commit, so seq 11 can be visible while seq 10's transaction is
