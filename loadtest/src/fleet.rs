@@ -255,3 +255,20 @@ async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_go_round_the_nodes_and_changes_to_the_first() {
+        let target = Target {
+            addrs: vec!["a:1".into(), "b:2".into()],
+            protocol: Protocol::Native,
+            ws_path: "/ws".into(),
+        };
+        let spread: Vec<&str> = (0..4).map(|i| target.addr_for(i)).collect();
+        assert_eq!(spread, ["a:1", "b:2", "a:1", "b:2"]);
+        assert_eq!(target.publish_addr(), "a:1");
+    }
+}

@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn samples_this_process() {
-        let s = sample(None);
+        let s = sample(&[]);
         assert!(s.rss_kib > 0);
     }
 }
