@@ -304,6 +304,46 @@ async fn any_node_lists_the_clients_of_every_node() {
     assert_eq!(gone["status"], "unreachable", "{partial}");
 }
 
+/// A node on `db` in cluster mode, with a short leader lease.
+fn node_with_db(db: &pg::TestDb, name: &str, redis: &str, prefix: &str) -> TestServer {
+    let mut env = db.env("notify");
+    env.extend([
+        ("REDIS_URL".to_string(), format!("redis://{redis}")),
+        ("REDIS_PREFIX".to_string(), prefix.to_string()),
+        ("NODE_ID".to_string(), name.to_string()),
+        ("LEADER_LEASE_MS".to_string(), "1500".to_string()),
+    ]);
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    spawn_server(&refs)
+}
+
+/// A node's cluster role: `leader` or `standby`.
+async fn role(port: u16) -> String {
+    get_json(port, "/health").await["services"]["redis"]["role"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The seqs of a tenant's changes in the change log.
+async fn logged_seqs(db: &pg::TestDb, tenant: &str) -> Vec<u64> {
+    db.client()
+        .await
+        .query(
+            "SELECT seq FROM nilecast_changes WHERE tenant_id = $1 ORDER BY seq",
+            &[&tenant],
+        )
+        .await
+        .expect("read the log")
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .collect()
+}
+
+async fn publish_t1(port: u16, i: usize) -> u64 {
+    publish_one(port, with_tenant(inv(&format!("g{i}"), "w1", 100), "t1")).await
+}
+
 /// With a database: the leader (node A, behind a gate) loses Redis. It steps down,
 /// node B takes the lease over and goes on tailing the database from the stored
 /// position; when A is back it catches up from the stream. Clients on both nodes end
@@ -315,27 +355,10 @@ async fn a_leader_cut_off_from_redis_is_replaced_and_catches_up() {
     let db = pg::TestDb::create().await;
     db.migrate("notify");
     let gate = Gate::start().await;
-    let with_db = |name: &str, redis: &str| {
-        let mut env = db.env("notify");
-        env.extend([
-            ("REDIS_URL".to_string(), format!("redis://{redis}")),
-            ("REDIS_PREFIX".to_string(), prefix.clone()),
-            ("NODE_ID".to_string(), name.to_string()),
-            ("LEADER_LEASE_MS".to_string(), "1500".to_string()),
-        ]);
-        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        spawn_server(&refs)
-    };
-    let role = |port: u16| async move {
-        get_json(port, "/health").await["services"]["redis"]["role"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    };
-    let a = with_db("node-a", &format!("127.0.0.1:{}", gate.port));
+    let a = node_with_db(&db, "node-a", &format!("127.0.0.1:{}", gate.port), &prefix);
     let led = wait_until(TIMEOUT, || async { role(a.port).await == "leader" }).await;
     assert!(led, "{}", get_json(a.port, "/health").await);
-    let b = with_db("node-b", &redis_addr());
+    let b = node_with_db(&db, "node-b", &redis_addr(), &prefix);
     wait_members(&b, 2).await;
     let mut on_a = Client::connect_path(a.port, "/ws?tenant=t1").await;
     let mut on_b = Client::connect_path(b.port, "/ws?tenant=t1").await;
@@ -343,8 +366,7 @@ async fn a_leader_cut_off_from_redis_is_replaced_and_catches_up() {
     on_b.subscribe("/inventory", json!({})).await;
     let mut published = Vec::new();
     for i in 0..5 {
-        published
-            .push(publish_one(b.port, with_tenant(inv(&format!("g{i}"), "w1", 100), "t1")).await);
+        published.push(publish_t1(b.port, i).await);
     }
     on_a.recv_seq("/inventory", "inventory:update", published[4])
         .await;
@@ -353,8 +375,7 @@ async fn a_leader_cut_off_from_redis_is_replaced_and_catches_up() {
     // Published while A still holds the lease but cannot append: B must start from
     // the stored position, not from the log's head.
     for i in 5..10 {
-        published
-            .push(publish_one(b.port, with_tenant(inv(&format!("g{i}"), "w1", 100), "t1")).await);
+        published.push(publish_t1(b.port, i).await);
     }
     let took_over = wait_until(TIMEOUT, || async {
         role(b.port).await == "leader" && role(a.port).await == "standby"
@@ -367,8 +388,7 @@ async fn a_leader_cut_off_from_redis_is_replaced_and_catches_up() {
         get_json(b.port, "/health").await
     );
     for i in 5..15 {
-        published
-            .push(publish_one(b.port, with_tenant(inv(&format!("g{i}"), "w1", 100), "t1")).await);
+        published.push(publish_t1(b.port, i).await);
     }
     let last = *published.last().expect("seqs");
     let got_b = on_b
@@ -387,17 +407,59 @@ async fn a_leader_cut_off_from_redis_is_replaced_and_catches_up() {
         published[5..].to_vec(),
         "node-a's client: what was published while A was cut off, once, in order"
     );
-    let logged: Vec<u64> = db
-        .client()
+    assert_eq!(logged_seqs(&db, "t1").await, published);
+}
+
+/// With a database, Redis losing its data (the stream and the lease gone, as after a
+/// restart without persistence) loses nothing: the leader's appends are refused, it
+/// steps down, a node takes the lease again and appends from the stored position into
+/// a new stream, and every node reads on from its last seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_database_redis_losing_its_data_loses_nothing() {
+    let prefix = prefix();
+    let _keys = Keys(prefix.clone());
+    let db = pg::TestDb::create().await;
+    db.migrate("notify");
+    let a = node_with_db(&db, "node-a", &redis_addr(), &prefix);
+    let led = wait_until(TIMEOUT, || async { role(a.port).await == "leader" }).await;
+    assert!(led, "{}", get_json(a.port, "/health").await);
+    let b = node_with_db(&db, "node-b", &redis_addr(), &prefix);
+    wait_members(&b, 2).await;
+    let mut on_a = Client::connect_path(a.port, "/ws?tenant=t1").await;
+    let mut on_b = Client::connect_path(b.port, "/ws?tenant=t1").await;
+    on_a.subscribe("/inventory", json!({})).await;
+    on_b.subscribe("/inventory", json!({})).await;
+    let mut published = Vec::new();
+    for i in 0..5 {
+        published.push(publish_t1(b.port, i).await);
+    }
+    on_a.recv_seq("/inventory", "inventory:update", published[4])
+        .await;
+    on_b.recv_seq("/inventory", "inventory:update", published[4])
+        .await;
+
+    let client = redis::Client::open(format!("redis://{}", redis_addr())).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
         .await
-        .query(
-            "SELECT seq FROM nilecast_changes WHERE tenant_id = 't1' ORDER BY seq",
-            &[],
-        )
+        .expect("connect to redis");
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{prefix}:changes"))
+        .arg(format!("{prefix}:leader"))
+        .query_async(&mut conn)
         .await
-        .expect("read the log")
-        .iter()
-        .map(|r| r.get::<_, i64>(0) as u64)
-        .collect();
-    assert_eq!(logged, published);
+        .expect("delete the stream and the lease");
+    for i in 5..15 {
+        published.push(publish_t1(a.port, i).await);
+    }
+    let last = *published.last().expect("seqs");
+    for c in [&mut on_a, &mut on_b] {
+        let got = c.seqs_until("/inventory", "inventory:update", last).await;
+        assert_eq!(
+            got,
+            published[5..].to_vec(),
+            "every later change once, in order"
+        );
+    }
+    assert_eq!(logged_seqs(&db, "t1").await, published);
 }
