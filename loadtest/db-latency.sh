@@ -8,12 +8,17 @@
 #
 #   loadtest/db-latency.sh                       # notify and poll, 1,000 and 10,000 changes/s
 #   MODES=notify RATES=1000 DURATION=5 loadtest/db-latency.sh   # a quick look
+#
+# Mode `notify-cluster`: notify, with two nodes in Redis cluster mode (both pinned to
+# core 0; the local Redis): the leader tails the database into the stream, both nodes
+# publish from it, and the subscribers are split over the two nodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 DB=${DB:-nilecast_bench}
-MODES=${MODES:-"notify poll"}
+MODES=${MODES:-"notify poll notify-cluster"}
+REDIS=${REDIS:-127.0.0.1:6379}
 RATES=${RATES:-"1000 10000"}
 CONNS=${CONNS:-1000}
 KEYS=${KEYS:-100}
@@ -33,35 +38,64 @@ cargo build --release --locked -p nilecast -p nilecast-loadgen 2>&1 | tail -1
 NILECAST=target/release/nilecast
 LOADGEN=target/release/nilecast-loadgen
 
-PID=""
+PIDS=()
+PREFIX=""
 stop_server() {
-  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-    kill -TERM "$PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$PID" 2>/dev/null || true
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+  if [ -n "$PREFIX" ]; then
+    redis-cli -u "redis://$REDIS" --scan --pattern "$PREFIX:*" | xargs -r redis-cli -u "redis://$REDIS" del > /dev/null
+    PREFIX=""
   fi
-  PID=""
 }
-trap 'stop_server; rm -f "$RESULTS" "$LOG"' EXIT
+trap 'stop_server; rm -f "$RESULTS" "$LOG"*' EXIT
+
+# start_node PORT DETECTION [REDIS_PREFIX]: a node on the database, pinned to core 0,
+# with its feed (or, in cluster mode, its stream reader) connected.
+start_node() {
+  local port=$1 detection=$2 prefix=${3:-} log="$LOG.$1"
+  local -a cluster=()
+  [ -n "$prefix" ] && cluster=(REDIS_URL="redis://$REDIS" REDIS_PREFIX="$prefix" NODE_ID="node-$port")
+  env "${cluster[@]}" NILEDB_CONNECTION_STRING="$PG/$DB" CHANGE_DETECTION=$detection SIMULATE_RATE=0 \
+    MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 QUEUE_MAX_FRAMES=65536 \
+    WEBSOCKET_PORT=$port RUST_LOG=warn taskset -c 0 $NILECAST > "$log" 2>&1 &
+  PIDS+=($!)
+  local ready='"listenerConnected":true'
+  [ -n "$prefix" ] && ready='"connected":true'
+  for _ in $(seq 1 200); do
+    curl -s "http://127.0.0.1:$port/health" | grep -q "$ready" && return 0; sleep 0.1
+  done
+  echo "node on $port did not become ready" >&2; cat "$log" >&2; exit 1
+}
 
 for mode in $MODES; do
-  case $mode in notify) write=trigger ;; poll) write=log ;; *) echo "unknown mode $mode" >&2; exit 2 ;; esac
+  case $mode in
+    notify | notify-cluster) write=trigger; detection=notify ;;
+    poll) write=log; detection=poll ;;
+    *) echo "unknown mode $mode" >&2; exit 2 ;;
+  esac
   echo "==> $mode: fresh database $DB"
   psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-  NILEDB_CONNECTION_STRING="$PG/$DB" CHANGE_DETECTION=$mode $NILECAST migrate
+  NILEDB_CONNECTION_STRING="$PG/$DB" CHANGE_DETECTION=$detection $NILECAST migrate
   for rate in $RATES; do
-    NILEDB_CONNECTION_STRING="$PG/$DB" CHANGE_DETECTION=$mode SIMULATE_RATE=0 \
-      MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 QUEUE_MAX_FRAMES=65536 \
-      WEBSOCKET_PORT=$PORT RUST_LOG=warn taskset -c 0 $NILECAST > "$LOG" 2>&1 &
-    PID=$!
-    for _ in $(seq 1 100); do grep -q "listening" "$LOG" && break; sleep 0.1; done
-    for _ in $(seq 1 100); do
-      curl -s "http://127.0.0.1:$PORT/health" | grep -q '"listenerConnected":true' && break; sleep 0.1
-    done
+    addrs=127.0.0.1:$PORT
+    if [ "$mode" = notify-cluster ]; then
+      PREFIX="nilecast-dbbench-$$-$RANDOM"
+      start_node $PORT $detection "$PREFIX"
+      start_node $((PORT + 1)) $detection "$PREFIX"
+      addrs=127.0.0.1:$PORT,127.0.0.1:$((PORT + 1))
+    else
+      start_node $PORT $detection
+    fi
+    pids=$(IFS=,; echo "${PIDS[*]}")
     rows=$ROWS_PER_COMMIT
     if [ "$rows" = auto ]; then rows=$(( rate / 1000 > 1 ? rate / 1000 : 1 )); fi
     echo "==> $mode: $rate changes/s ($rows per commit), $CONNS subscribers over $KEYS products, ${DURATION}s"
-    taskset -c 1 $LOADGEN run db-latency --addr 127.0.0.1:$PORT --server-pid "$PID" --threads 1 \
+    taskset -c 1 $LOADGEN run db-latency --addr "$addrs" --server-pid "$pids" --threads 1 \
       --database-url "$PG/$DB" --write $write --writers "$WRITERS" --rows-per-commit "$rows" \
       --connections "$CONNS" --keys "$KEYS" --rate "$rate" --duration "$DURATION" \
       | sed "s/\"scenario\":\"db-latency\"/\"scenario\":\"db-latency\",\"mode\":\"$mode\"/" | tee -a "$RESULTS"
@@ -87,7 +121,9 @@ lines = [
     "Latency runs from the moment the writer sends the committing statement to the moment a subscriber has the "
     "frame (it includes the statement, the commit, the trigger or the application's own change-log insert, the "
     "feed's read and the fan-out). Server pinned to core 0, load generator to core 1, PostgreSQL unpinned; "
-    "the server's CPU is its own process only.", "",
+    "the server's CPU is its own process only. `notify-cluster`: notify with two nodes in Redis cluster mode, "
+    "both pinned to core 0 (the leader tails the database into the Redis stream, both publish from it; "
+    "subscribers split over the two; server CPU summed over both; Redis unpinned).", "",
     "| mode | target changes/s | rows per commit | committed changes/s | deliveries | missing | duplicates | p50 ms | p99 ms | p999 ms | max ms | server CPU s |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
