@@ -368,6 +368,19 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
     let mut started = false;
     let mut failures = 0u32;
     loop {
+        // With a database and an empty stream (a new deployment, or Redis lost its
+        // data), the leader appends after the feed's stored position: that is where
+        // this node starts, so a `sinceSeq` below it reads the change log. (Read
+        // before the stream: the position only grows, and the leader appends above it.)
+        let stored = match (&app.db, started) {
+            (Some(db), false) => crate::db::feed::stored_position(db)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "could not read the feed's stored position");
+                    None
+                }),
+            _ => None,
+        };
         let round = async {
             // XREAD blocks up to 500 ms: the reply may take longer than the default
             // response timeout.
@@ -379,7 +392,10 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
                 .await?;
             if !started {
                 // Start at the stream's end: what came before is not news.
-                let seq = end_seq(&mut conn, &key, End::Newest).await?.unwrap_or(0);
+                let seq = end_seq(&mut conn, &key, End::Newest)
+                    .await?
+                    .or(stored)
+                    .unwrap_or(0);
                 app.engine.set_floor(seq);
                 cluster.last_seq.store(seq, Relaxed);
                 started = true;

@@ -413,7 +413,8 @@ async fn a_leader_cut_off_from_redis_is_replaced_and_catches_up() {
 /// With a database, Redis losing its data (the stream and the lease gone, as after a
 /// restart without persistence) loses nothing: the leader's appends are refused, it
 /// steps down, a node takes the lease again and appends from the stored position into
-/// a new stream, and every node reads on from its last seq.
+/// a new stream, every node reads on from its last seq, and a node started meanwhile
+/// replays from the change log what came before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_database_redis_losing_its_data_loses_nothing() {
     let prefix = prefix();
@@ -449,6 +450,16 @@ async fn with_a_database_redis_losing_its_data_loses_nothing() {
         .query_async(&mut conn)
         .await
         .expect("delete the stream and the lease");
+    // A node starting on the empty stream starts at the feed's stored position, so a
+    // client resuming from before it reads the change log.
+    let c = node_with_db(&db, "node-c", &redis_addr(), &prefix);
+    wait_members(&c, 3).await;
+    let mut on_c = Client::connect_path(c.port, "/ws?tenant=t1").await;
+    let reply = on_c
+        .subscribe("/inventory", json!({ "sinceSeq": published[2] }))
+        .await;
+    assert_eq!(reply["replayed"], 2, "{reply}");
+    assert_eq!(reply["gap"], false, "{reply}");
     for i in 5..15 {
         published.push(publish_t1(a.port, i).await);
     }
@@ -461,5 +472,13 @@ async fn with_a_database_redis_losing_its_data_loses_nothing() {
             "every later change once, in order"
         );
     }
+    let got = on_c
+        .seqs_until("/inventory", "inventory:update", last)
+        .await;
+    assert_eq!(
+        got,
+        published[3..].to_vec(),
+        "node-c's client: the replay, then the rest"
+    );
     assert_eq!(logged_seqs(&db, "t1").await, published);
 }

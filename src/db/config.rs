@@ -132,8 +132,9 @@ pub struct DbConfig {
     )]
     pub feed_start: FeedStart,
 
-    /// Name under which the feed stores its position (one per deployment; nodes of one
-    /// cluster share it).
+    /// Name under which the feed stores its position: in Redis cluster mode the same on
+    /// every node (the leader's position); nodes sharing a database without Redis each
+    /// follow the log and need names of their own.
     #[arg(
         long = "feed-name",
         env = "FEED_NAME",

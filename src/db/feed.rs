@@ -127,31 +127,37 @@ pub enum Caught {
     Waiting,
 }
 
+/// The feed's stored position (`FEED_NAME`), if it has one.
+pub async fn stored_position(db: &Db) -> Result<Option<u64>, DbError> {
+    let client = db.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT seq FROM nilecast_feed_state WHERE name = $1",
+            &[&db.config.feed_name],
+        )
+        .await?;
+    Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+}
+
 impl Reader {
     /// Finds the start position (FEED_START) and, publishing to the engine, makes it
     /// the engine's floor. Publishing to the stream, starts after the stream's newest
     /// entry when that is further than the stored position (a leader that died before
     /// storing its position).
     pub async fn start(app: &App, db: &Db, sink: Sink) -> Result<Reader, DbError> {
-        let client = db.client().await?;
         let name = db.config.feed_name.clone();
-        let stored: Option<i64> = match db.config.feed_start {
-            FeedStart::Stored => client
-                .query_opt(
-                    "SELECT seq FROM nilecast_feed_state WHERE name = $1",
-                    &[&name],
-                )
-                .await?
-                .map(|r| r.get(0)),
+        let stored = match db.config.feed_start {
+            FeedStart::Stored => stored_position(db).await?,
             FeedStart::Now => None,
         };
+        let client = db.client().await?;
         let head: i64 = client
             .query_one("SELECT coalesce(max(seq), 0) FROM nilecast_changes", &[])
             .await?
             .get(0);
         let head = head.max(0) as u64;
         drop(client);
-        let mut last = stored.map_or(head, |seq| seq.max(0) as u64);
+        let mut last = stored.unwrap_or(head);
         match &sink {
             Sink::Engine => app.engine.set_floor(last),
             Sink::Stream { cluster, .. } => {
