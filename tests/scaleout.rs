@@ -492,5 +492,24 @@ async fn with_a_database_only_the_leader_tails_it() {
         0,
         "the standby's feed read nothing"
     );
+
+    // Stopped, the leader gives the lease up on its way out (it does not wait to
+    // expire), and the standby takes it.
+    let mut a = a;
+    a.sigterm();
+    assert!(
+        a.wait_exit(TIMEOUT).await.is_some(),
+        "node-a exits on SIGTERM"
+    );
+    let holder = Command::new("redis-cli")
+        .args(["GET", &format!("{prefix}:leader")])
+        .output()
+        .expect("redis-cli");
+    let holder = String::from_utf8_lossy(&holder.stdout).to_string();
+    assert!(
+        !holder.starts_with("node-a/"),
+        "node-a still holds the lease: {holder}"
+    );
+    wait_leader(b.port).await;
     delete_keys(&prefix);
 }
