@@ -314,6 +314,41 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Keeps a Socket.IO session for recovery on any node (cluster mode without a
+    /// database), for `ttl_ms`.
+    pub async fn keep_session(
+        &self,
+        pid: &str,
+        session: &crate::db::store::KeptSession,
+        ttl_ms: u64,
+    ) -> Result<(), ClusterError> {
+        let text = serde_json::to_string(session).map_err(|e| ClusterError(e.to_string()))?;
+        let mut conn = self.conn().await?;
+        let _: () = redis::cmd("SET")
+            .arg(self.key(&format!("sio:{pid}")))
+            .arg(text)
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes (once) the session kept under `pid`, if it has not expired.
+    pub async fn take_session(
+        &self,
+        pid: &str,
+    ) -> Result<Option<crate::db::store::KeptSession>, ClusterError> {
+        let mut conn = self.conn().await?;
+        let text: Option<String> = redis::cmd("GETDEL")
+            .arg(self.key(&format!("sio:{pid}")))
+            .query_async(&mut conn)
+            .await?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+}
+
 /// A live node of the cluster.
 pub struct Member {
     pub node: String,

@@ -513,3 +513,78 @@ async fn with_a_database_only_the_leader_tails_it() {
     wait_leader(b.port).await;
     delete_keys(&prefix);
 }
+
+/// An existing Socket.IO client behind nginx: its node is stopped (SIGTERM) while
+/// changes are published on the other; socket.io-client reconnects through nginx, lands
+/// on the other node and is recovered there (the session kept in the database, or in
+/// Redis without one) with every change it missed, once, in order.
+async fn socketio_failover(on: On) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("node_modules/socket.io-client").exists(),
+        "node_modules/socket.io-client is missing: run scripts/test.sh (or npm ci) first"
+    );
+    let db = TestDb::create().await;
+    db.migrate("notify");
+    let prefix = format!(
+        "nilecast-scale-{}-socketio-{}",
+        std::process::id(),
+        on as u8
+    );
+    let bus = match on {
+        On::Database => Bus::Database(&db),
+        On::Redis => Bus::Redis(prefix.clone()),
+        On::Both => Bus::Both(&db, prefix.clone()),
+    };
+    let a = node_on(&bus, "node-a");
+    let b = node_on(&bus, "node-b");
+    wait_ready(&bus, &a).await;
+    wait_ready(&bus, &b).await;
+    let nginx = Nginx::start(a.port, b.port).await;
+    // Where nginx sends 127.0.0.1 (Node's source address).
+    let probe = Client::connect_from(IpAddr::from([127, 0, 0, 1]), nginx.port, "/ws")
+        .await
+        .expect("connect through nginx");
+    let (mut victim, survivor) = if probe.established["node"] == "node-a" {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    drop(probe);
+    let mut child = Command::new("node")
+        .arg(root.join("tests/socketio/scenarios.mjs"))
+        .arg("failover")
+        .arg(format!("http://127.0.0.1:{}", nginx.port))
+        .arg(format!("http://127.0.0.1:{}", survivor.port))
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("run node (is Node.js installed?)");
+    let mut lines = Lines::of(&mut child);
+    lines.wait_for("ready");
+    victim.sigterm();
+    assert!(
+        victim.wait_exit(TIMEOUT).await.is_some(),
+        "the node stopped"
+    );
+    lines.wait_for("ok ");
+    let status = child.wait().expect("node exit");
+    assert!(status.success(), "node said: {:?}", lines.seen);
+    assert!(
+        lines.seen.iter().any(|l| l == "ok failover"),
+        "node said: {:?}",
+        lines.seen
+    );
+    delete_keys(&prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socketio_client_recovers_on_the_other_node() {
+    socketio_failover(On::Both).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_only_a_socketio_client_recovers_on_the_other_node() {
+    socketio_failover(On::Redis).await;
+}

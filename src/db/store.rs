@@ -341,6 +341,7 @@ pub async fn write_demo(db: &Db, changes: &[Change]) -> Result<(), DbError> {
 }
 
 /// A Socket.IO session kept for recovery (see `ws::socketio`).
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct KeptSession {
     pub tenant: String,
     pub user_id: String,

@@ -10,9 +10,11 @@
 //! Connection state recovery (socket.io-client 4.6+): the CONNECT reply carries a
 //! `pid`; each change event carries its seq, as a string, as its last argument (the
 //! offset). When the connection ends, each namespace's stream subscriptions are kept
-//! under its pid for `REPLAY_MAX_AGE_MS`; a client that reconnects with `{pid, offset}`
-//! gets them back, with every change after the offset replayed (from the ring or, with a
-//! database, the change log), and the same pid, so `socket.recovered` is true.
+//! under its pid for `REPLAY_MAX_AGE_MS` (in memory, and in the database or, in Redis
+//! cluster mode without one, in Redis, so any node can recover it); a client that
+//! reconnects with `{pid, offset}` gets them back, with every change after the offset
+//! replayed (from the ring, the change log or the cluster's stream), and the same pid,
+//! so `socket.recovered` is true.
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ use super::frame::OpCode;
 use super::input::Phase;
 use crate::app::App;
 use crate::auth::Principal;
+use crate::db::store::KeptSession;
 use crate::error::{close, ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
 use crate::namespace::{self, filter::Filter};
@@ -173,8 +176,50 @@ fn finish_connect(
     }
 }
 
+/// Where Socket.IO sessions are kept so that another node, or this one after a
+/// restart, can recover them: the database, or without one Redis in cluster mode.
+enum SharedSessions {
+    Database(Arc<crate::db::Db>),
+    Redis(Arc<crate::cluster::Cluster>),
+}
+
+impl SharedSessions {
+    fn of(app: &App) -> Option<SharedSessions> {
+        match (&app.db, &app.cluster) {
+            (Some(db), _) => Some(SharedSessions::Database(db.clone())),
+            (None, Some(cluster)) => Some(SharedSessions::Redis(cluster.clone())),
+            (None, None) => None,
+        }
+    }
+
+    async fn keep(&self, pid: &str, kept: &KeptSession, expires_ms: u64) -> Result<(), String> {
+        match self {
+            SharedSessions::Database(db) => {
+                crate::db::store::keep_session(db, pid, kept, expires_ms)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            SharedSessions::Redis(cluster) => cluster
+                .keep_session(pid, kept, expires_ms.saturating_sub(time::now_ms()))
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn take(&self, pid: &str) -> Result<Option<KeptSession>, String> {
+        match self {
+            SharedSessions::Database(db) => crate::db::store::take_session(db, pid)
+                .await
+                .map_err(|e| e.to_string()),
+            SharedSessions::Redis(cluster) => {
+                cluster.take_session(pid).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 impl Kept {
-    fn from_db(k: crate::db::store::KeptSession) -> Option<Kept> {
+    fn from_shared(k: KeptSession) -> Option<Kept> {
         Some(Kept {
             tenant: Arc::from(k.tenant.as_str()),
             user_id: Arc::from(k.user_id.as_str()),
@@ -286,13 +331,13 @@ impl Conn {
             .and_then(|o| o.parse::<u64>().ok());
         let pid = auth.get("pid").and_then(Value::as_str);
         let local = pid.and_then(|pid| self.app.socketio.kept.remove(pid));
-        match (local, pid, &self.app.db) {
-            (None, Some(pid), Some(db)) => {
-                let (app, session, db) = (self.app.clone(), self.session.clone(), db.clone());
+        match (local, pid, SharedSessions::of(&self.app)) {
+            (None, Some(pid), Some(shared)) => {
+                let (app, session) = (self.app.clone(), self.session.clone());
                 let (pid, path) = (pid.to_string(), path.to_string());
                 tokio::spawn(async move {
-                    let kept = match crate::db::store::take_session(&db, &pid).await {
-                        Ok(kept) => kept.and_then(Kept::from_db),
+                    let kept = match shared.take(&pid).await {
+                        Ok(kept) => kept.and_then(Kept::from_shared),
                         Err(e) => {
                             tracing::warn!(error = %e, "could not look up a Socket.IO session to recover");
                             None
@@ -436,18 +481,18 @@ impl Conn {
                     SubKind::Dashboard(_) => None,
                 })
                 .collect();
-            if let Some(db) = &self.app.db {
-                let kept = crate::db::store::KeptSession {
+            if let Some(shared) = SharedSessions::of(&self.app) {
+                let kept = KeptSession {
                     tenant: principal.tenant.to_string(),
                     user_id: principal.user_id.to_string(),
                     namespace: ns.path().to_string(),
                     filters: serde_json::to_value(&filters).unwrap_or(Value::Null),
                     since_seq: joined.joined_at_seq,
                 };
-                let (db, pid) = (db.clone(), joined.pid.clone());
+                let pid = joined.pid.clone();
                 // Tracked by the shutdown, so a graceful stop writes it before exiting.
                 self.app.shutdown.spawn(async move {
-                    if let Err(e) = crate::db::store::keep_session(&db, &pid, &kept, expires_ms).await {
+                    if let Err(e) = shared.keep(&pid, &kept, expires_ms).await {
                         tracing::warn!(error = %e, "could not keep a Socket.IO session for recovery");
                     }
                 });

@@ -29,8 +29,8 @@ function check(condition, message) {
   if (!condition) fail(message);
 }
 
-async function publish(changes) {
-  const res = await fetch(`${url}/publish`, {
+async function publish(changes, to = url) {
+  const res = await fetch(`${to}/publish`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify(changes),
@@ -221,6 +221,36 @@ const scenarios = {
 
   // With a database: the server restarts (another process, as another node would be)
   // while the client is away; the client recovers there. Prints what it received.
+  // Behind nginx: the test stops the node this socket is on once it prints "ready";
+  // changes are published on the other node (arg); the socket reconnects through nginx
+  // to the other node and is recovered there with what it missed.
+  async failover() {
+    const other = arg;
+    const inv = io(`${url}/inventory`, { ...opts, reconnectionDelay: 200, reconnectionDelayMax: 500 });
+    const got = [];
+    inv.on("inventory:update", (p, offset) => {
+      check(offset === String(p.seq), `offset ${offset} for seq ${p.seq}`);
+      got.push(p.seq);
+    });
+    await connected(inv);
+    await inv.emitWithAck("inventory:subscribe", { productIds: ["fo-1"] });
+    const change = (q) => ({ dataType: "inventory", data: { productId: "fo-1", warehouseId: "w", quantity: q } });
+    const before = await publish([change(100)], other);
+    while (!got.includes(before[0])) await new Promise((r) => setTimeout(r, 20));
+    const down = new Promise((resolve) => inv.once("disconnect", resolve));
+    console.log("ready");
+    await down;
+    const back = new Promise((resolve) => inv.once("connect", resolve));
+    const missed = await publish([1, 2, 3, 4, 5].map((i) => change(100 + i)), other);
+    await back;
+    check(inv.recovered === true, "the socket is recovered on the other node");
+    const after = await publish([change(200)], other);
+    while (!got.includes(after[0])) await new Promise((r) => setTimeout(r, 20));
+    const expected = [before[0], ...missed, after[0]];
+    check(JSON.stringify(got) === JSON.stringify(expected), `got ${JSON.stringify(got)}, expected ${JSON.stringify(expected)}`);
+    inv.disconnect();
+  },
+
   async "recovery-restart"() {
     const missed = Number(arg || 5);
     const inv = io(`${url}/inventory`, { ...opts, reconnectionDelay: 300, reconnectionDelayMax: 1000 });
