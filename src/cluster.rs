@@ -38,13 +38,14 @@ use crate::fanout::change::{Change, DataType};
 use crate::fanout::Logged;
 use crate::time;
 
-/// Appends changes (ARGV, JSON each) with consecutive seqs; returns the seqs.
+/// Appends changes (ARGV[2..], JSON each) with consecutive seqs, keeping about ARGV[1]
+/// entries; returns the seqs.
 const APPEND: &str = r"
 local out = {}
-for i = 1, #ARGV do
+for i = 2, #ARGV do
   local seq = redis.call('INCR', KEYS[1])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, seq .. '-1', 'c', ARGV[i])
-  out[i] = seq
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-1', 'c', ARGV[i])
+  out[i - 1] = seq
 end
 return out
 ";
@@ -57,20 +58,20 @@ if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 ";
 
-/// Appends change-log rows (ARGV[2..], seq and JSON in turn) under their own seqs, if
-/// this node (token ARGV[1]) holds the lease KEYS[1]; seqs at or below the stream's last
-/// id are skipped (already appended). Returns how many were added, or -1 when the lease
-/// is not ours.
+/// Appends change-log rows (ARGV[3..], seq and JSON in turn) under their own seqs,
+/// keeping about ARGV[2] entries, if this node (token ARGV[1]) holds the lease KEYS[1];
+/// seqs at or below the stream's last id are skipped (already appended). Returns how
+/// many were added, or -1 when the lease is not ours.
 const APPEND_LOGGED: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local last = 0
 local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #newest > 0 then last = tonumber(string.match(newest[1][1], '^(%d+)')) end
 local added = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local seq = tonumber(ARGV[i])
   if seq > last then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, ARGV[i] .. '-1', 'c', ARGV[i + 1])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-1', 'c', ARGV[i + 1])
     last = seq
     added = added + 1
   end
@@ -110,6 +111,8 @@ pub struct Cluster {
     /// Commands (appends, heartbeats); reconnects by itself.
     conn: tokio::sync::OnceCell<ConnectionManager>,
     prefix: String,
+    /// About how many entries the stream keeps (`REDIS_STREAM_MAX_LEN`).
+    stream_max_len: u64,
     pub connected: AtomicBool,
     pub reconnects: AtomicU64,
     /// The last stream seq this node published.
@@ -123,12 +126,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(url: &str, prefix: &str) -> Result<Arc<Cluster>, String> {
+    pub fn new(url: &str, prefix: &str, stream_max_len: u64) -> Result<Arc<Cluster>, String> {
         let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
         Ok(Arc::new(Cluster {
             client,
             conn: tokio::sync::OnceCell::new(),
             prefix: prefix.to_string(),
+            stream_max_len,
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
@@ -159,7 +163,10 @@ impl Cluster {
         let mut conn = self.conn().await?;
         let script = redis::Script::new(APPEND);
         let mut invocation = script.prepare_invoke();
-        invocation.key(self.key("seq")).key(self.key("changes"));
+        invocation
+            .key(self.key("seq"))
+            .key(self.key("changes"))
+            .arg(self.stream_max_len);
         for change in changes {
             invocation.arg(entry_json(change, time::now_ms()));
         }
@@ -183,7 +190,8 @@ impl Cluster {
         invocation
             .key(self.key("leader"))
             .key(self.key("changes"))
-            .arg(token);
+            .arg(token)
+            .arg(self.stream_max_len);
         for logged in batch {
             invocation
                 .arg(logged.seq)

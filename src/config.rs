@@ -385,6 +385,19 @@ pub struct Config {
     #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// About how many changes the Redis stream keeps (trimmed with `MAXLEN ~`). Without
+    /// a database this is how far back a `sinceSeq` replay beyond a node's ring reaches;
+    /// with one, replays read the change log and the stream only needs to cover a node's
+    /// reconnect.
+    #[arg(
+        long = "redis-stream-max-len",
+        env = "REDIS_STREAM_MAX_LEN",
+        value_name = "REDIS_STREAM_MAX_LEN",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u64).range(1000..)
+    )]
+    pub redis_stream_max_len: u64,
+
     /// With a database in cluster mode: the leader's lease in Redis, in ms. A standby
     /// takes over within about this long of the leader's death.
     #[arg(

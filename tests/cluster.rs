@@ -482,3 +482,54 @@ async fn with_a_database_redis_losing_its_data_loses_nothing() {
     );
     assert_eq!(logged_seqs(&db, "t1").await, published);
 }
+
+/// Without a database, a replay beyond a node's ring reads the stream, as far back as
+/// the stream reaches (`REDIS_STREAM_MAX_LEN`); from before that, the reply says `gap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_reach_as_far_back_as_the_stream_keeps() {
+    let prefix = prefix();
+    let _keys = Keys(prefix.clone());
+    let url = format!("redis://{}", redis_addr());
+    let server = spawn_server(&[
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+        ("REDIS_STREAM_MAX_LEN", "1000"),
+        ("REPLAY_MAX_CHANGES", "20"),
+    ]);
+    wait_members(&server, 1).await;
+    let mut seqs = Vec::new();
+    for batch in 0..6 {
+        let changes: Vec<_> = (0..500)
+            .map(|i| inv(&format!("r{}", batch * 500 + i), "w1", 100))
+            .collect();
+        seqs.extend(publish(server.port, &json!(changes)).await);
+    }
+    let last = *seqs.last().expect("seqs");
+    let caught_up = wait_until(TIMEOUT, || async {
+        get_json(server.port, "/health").await["services"]["redis"]["lastSeq"] == last
+    })
+    .await;
+    assert!(caught_up, "{}", get_json(server.port, "/health").await);
+
+    // 50 back: beyond the ring of 20, within the stream.
+    let mut recent = server.connect().await;
+    let reply = recent
+        .subscribe("/inventory", json!({ "sinceSeq": seqs[seqs.len() - 51] }))
+        .await;
+    assert_eq!(
+        (reply["replayed"].clone(), reply["gap"].clone()),
+        (json!(50), json!(false)),
+        "{reply}"
+    );
+    let got = recent
+        .seqs_until("/inventory", "inventory:update", last)
+        .await;
+    assert_eq!(got, seqs[seqs.len() - 50..].to_vec());
+
+    // From the first change: the stream was trimmed to about 1,000 since.
+    let mut old = server.connect().await;
+    let reply = old
+        .subscribe("/inventory", json!({ "sinceSeq": seqs[0] }))
+        .await;
+    assert_eq!(reply["gap"], true, "{reply}");
+}
