@@ -141,7 +141,7 @@ fn node_on(bus: &Bus, name: &str) -> TestServer {
         Bus::Redis(_) => {}
     }
     if let Some(prefix) = bus.redis_prefix() {
-        env.push(("REDIS_URL".into(), "redis://127.0.0.1:6379".into()));
+        env.push(("REDIS_URL".into(), redis_url()));
         env.push(("REDIS_PREFIX".into(), prefix.into()));
     }
     env.push(("NODE_ID".into(), name.into()));
@@ -196,12 +196,30 @@ async fn wait_leader(port: u16) {
     );
 }
 
-/// Deletes a test's Redis keys.
+/// The test Redis: `NILECAST_TEST_REDIS` (default `127.0.0.1:6379`).
+fn redis_url() -> String {
+    format!(
+        "redis://{}",
+        std::env::var("NILECAST_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
+    )
+}
+
+/// Deletes a test's Redis keys when dropped: declared before the nodes, it drops after
+/// them, so no heartbeat writes a key again.
+struct Keys(String);
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        delete_keys(&self.0);
+    }
+}
+
 fn delete_keys(prefix: &str) {
     let _ = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "redis-cli --scan --pattern '{prefix}:*' | xargs -r redis-cli del"
+            "redis-cli -u {url} --scan --pattern '{prefix}:*' | xargs -r redis-cli -u {url} del",
+            url = redis_url()
         ))
         .status();
 }
@@ -284,6 +302,7 @@ async fn failover_loses_nothing(signal: &str, on: On) {
     let db = TestDb::create().await;
     db.migrate("notify");
     let prefix = format!("nilecast-scale-{}-{signal}", std::process::id());
+    let _keys = Keys(prefix.clone());
     let bus = match on {
         On::Database => Bus::Database(&db),
         On::Redis => Bus::Redis(prefix.clone()),
@@ -351,7 +370,7 @@ async fn failover_loses_nothing(signal: &str, on: On) {
         .seqs_until("/inventory", "inventory:update", last)
         .await;
     match on {
-        On::Redis => delete_keys(&prefix),
+        On::Redis => {}
         On::Database | On::Both => {
             assert_eq!(
                 logged_seqs(&db).await,
@@ -366,7 +385,6 @@ async fn failover_loses_nothing(signal: &str, on: On) {
             redis["role"], "leader",
             "node-a took over the lease: {redis}"
         );
-        delete_keys(&prefix);
     }
     assert!(
         landed_on.iter().any(|n| n == "node-a"),
@@ -454,6 +472,7 @@ async fn with_a_database_only_the_leader_tails_it() {
     let db = TestDb::create().await;
     db.migrate("notify");
     let prefix = format!("nilecast-scale-{}-one-reader", std::process::id());
+    let _keys = Keys(prefix.clone());
     let bus = Bus::Both(&db, prefix.clone());
     let a = node_on(&bus, "node-a");
     wait_ready(&bus, &a).await;
@@ -502,7 +521,7 @@ async fn with_a_database_only_the_leader_tails_it() {
         "node-a exits on SIGTERM"
     );
     let holder = Command::new("redis-cli")
-        .args(["GET", &format!("{prefix}:leader")])
+        .args(["-u", &redis_url(), "GET", &format!("{prefix}:leader")])
         .output()
         .expect("redis-cli");
     let holder = String::from_utf8_lossy(&holder.stdout).to_string();
@@ -511,7 +530,6 @@ async fn with_a_database_only_the_leader_tails_it() {
         "node-a still holds the lease: {holder}"
     );
     wait_leader(b.port).await;
-    delete_keys(&prefix);
 }
 
 /// An existing Socket.IO client behind nginx: its node is stopped (SIGTERM) while
@@ -531,6 +549,7 @@ async fn socketio_failover(on: On) {
         std::process::id(),
         on as u8
     );
+    let _keys = Keys(prefix.clone());
     let bus = match on {
         On::Database => Bus::Database(&db),
         On::Redis => Bus::Redis(prefix.clone()),
@@ -576,7 +595,6 @@ async fn socketio_failover(on: On) {
         "node said: {:?}",
         lines.seen
     );
-    delete_keys(&prefix);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
