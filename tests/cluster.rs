@@ -306,12 +306,24 @@ async fn any_node_lists_the_clients_of_every_node() {
 
 /// A node on `db` in cluster mode, with a short leader lease.
 fn node_with_db(db: &pg::TestDb, name: &str, redis: &str, prefix: &str) -> TestServer {
+    node_with_db_from(db, name, redis, prefix, "stored")
+}
+
+/// [`node_with_db`] with `FEED_START`.
+fn node_with_db_from(
+    db: &pg::TestDb,
+    name: &str,
+    redis: &str,
+    prefix: &str,
+    feed_start: &str,
+) -> TestServer {
     let mut env = db.env("notify");
     env.extend([
         ("REDIS_URL".to_string(), format!("redis://{redis}")),
         ("REDIS_PREFIX".to_string(), prefix.to_string()),
         ("NODE_ID".to_string(), name.to_string()),
         ("LEADER_LEASE_MS".to_string(), "1500".to_string()),
+        ("FEED_START".to_string(), feed_start.to_string()),
     ]);
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     spawn_server(&refs)
@@ -355,10 +367,12 @@ async fn a_leader_cut_off_from_redis_is_replaced_and_catches_up() {
     let db = pg::TestDb::create().await;
     db.migrate("notify");
     let gate = Gate::start().await;
-    let a = node_with_db(&db, "node-a", &format!("127.0.0.1:{}", gate.port), &prefix);
+    // FEED_START=now: a new leader still goes on from what the stream holds.
+    let gated = format!("127.0.0.1:{}", gate.port);
+    let a = node_with_db_from(&db, "node-a", &gated, &prefix, "now");
     let led = wait_until(TIMEOUT, || async { role(a.port).await == "leader" }).await;
     assert!(led, "{}", get_json(a.port, "/health").await);
-    let b = node_with_db(&db, "node-b", &redis_addr(), &prefix);
+    let b = node_with_db_from(&db, "node-b", &redis_addr(), &prefix, "now");
     wait_members(&b, 2).await;
     let mut on_a = Client::connect_path(a.port, "/ws?tenant=t1").await;
     let mut on_b = Client::connect_path(b.port, "/ws?tenant=t1").await;

@@ -157,18 +157,26 @@ impl Reader {
             .get(0);
         let head = head.max(0) as u64;
         drop(client);
-        let mut last = stored.unwrap_or(head);
-        match &sink {
-            Sink::Engine => app.engine.set_floor(last),
+        let last = match &sink {
+            Sink::Engine => {
+                let last = stored.unwrap_or(head);
+                app.engine.set_floor(last);
+                last
+            }
             Sink::Stream { cluster, .. } => {
+                // A leader taking over goes on from what the stream holds (with
+                // FEED_START=now too: the previous leader's changes are not old news).
                 // Entries beyond the log's head are not this log's (a stream left from
-                // another deployment); they do not move the start.
+                // another deployment) and do not count.
                 let appended = cluster.stream_head().await.map_err(redis_error)?;
-                if appended <= head {
-                    last = last.max(appended);
+                match stored {
+                    _ if appended > head => stored.unwrap_or(head),
+                    Some(stored) => stored.max(appended),
+                    None if appended > 0 => appended,
+                    None => head,
                 }
             }
-        }
+        };
         db.stats.feed_seq.store(last, Relaxed);
         let reader = Reader {
             sink,
