@@ -33,21 +33,7 @@ cargo build --release --locked -p nilecast -p nilecast-loadgen 2>&1 | tail -1
 LOADGEN=target/release/nilecast-loadgen
 RESULTS=$(mktemp)
 LOGDIR=$(mktemp -d)
-PIDS=()
-PREFIX=""
-
-stop_nodes() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-  if [ -n "$PREFIX" ]; then
-    redis-cli -u "redis://$REDIS" --scan --pattern "$PREFIX:*" | xargs -r redis-cli -u "redis://$REDIS" del > /dev/null
-    PREFIX=""
-  fi
-}
+. loadtest/nodes.sh
 trap 'stop_nodes; rm -f "$RESULTS"' EXIT
 
 # start_node PORT [REDIS_PREFIX]: one node pinned to the server cores, ready.

@@ -38,21 +38,8 @@ cargo build --release --locked -p nilecast -p nilecast-loadgen 2>&1 | tail -1
 NILECAST=target/release/nilecast
 LOADGEN=target/release/nilecast-loadgen
 
-PIDS=()
-PREFIX=""
-stop_server() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-  if [ -n "$PREFIX" ]; then
-    redis-cli -u "redis://$REDIS" --scan --pattern "$PREFIX:*" | xargs -r redis-cli -u "redis://$REDIS" del > /dev/null
-    PREFIX=""
-  fi
-}
-trap 'stop_server; rm -f "$RESULTS" "$LOG"*' EXIT
+. loadtest/nodes.sh
+trap 'stop_nodes; rm -f "$RESULTS" "$LOG"*' EXIT
 
 # start_node PORT DETECTION [REDIS_PREFIX]: a node on the database, pinned to core 0,
 # with its feed (or, in cluster mode, its stream reader) connected.
@@ -99,7 +86,7 @@ for mode in $MODES; do
       --database-url "$PG/$DB" --write $write --writers "$WRITERS" --rows-per-commit "$rows" \
       --connections "$CONNS" --keys "$KEYS" --rate "$rate" --duration "$DURATION" \
       | sed "s/\"scenario\":\"db-latency\"/\"scenario\":\"db-latency\",\"mode\":\"$mode\"/" | tee -a "$RESULTS"
-    stop_server
+    stop_nodes
   done
 done
 

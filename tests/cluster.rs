@@ -356,6 +356,41 @@ async fn publish_t1(port: u16, i: usize) -> u64 {
     publish_one(port, with_tenant(inv(&format!("g{i}"), "w1", 100), "t1")).await
 }
 
+/// Node A leading (reaching Redis at `a_redis`), node B standing by, a `t1` client on
+/// each, and five changes published on B that A's client has received.
+struct LedPair {
+    a: TestServer,
+    b: TestServer,
+    on_a: Client,
+    on_b: Client,
+    published: Vec<u64>,
+}
+
+async fn led_pair(db: &pg::TestDb, prefix: &str, a_redis: &str, feed_start: &str) -> LedPair {
+    let a = node_with_db_from(db, "node-a", a_redis, prefix, feed_start);
+    let led = wait_until(TIMEOUT, || async { role(a.port).await == "leader" }).await;
+    assert!(led, "{}", get_json(a.port, "/health").await);
+    let b = node_with_db_from(db, "node-b", &redis_addr(), prefix, feed_start);
+    wait_members(&b, 2).await;
+    let mut on_a = Client::connect_path(a.port, "/ws?tenant=t1").await;
+    let mut on_b = Client::connect_path(b.port, "/ws?tenant=t1").await;
+    on_a.subscribe("/inventory", json!({})).await;
+    on_b.subscribe("/inventory", json!({})).await;
+    let mut published = Vec::new();
+    for i in 0..5 {
+        published.push(publish_t1(b.port, i).await);
+    }
+    on_a.recv_seq("/inventory", "inventory:update", published[4])
+        .await;
+    LedPair {
+        a,
+        b,
+        on_a,
+        on_b,
+        published,
+    }
+}
+
 /// With a database: the leader (node A, behind a gate) loses Redis. It steps down,
 /// node B takes the lease over and goes on tailing the database from the stored
 /// position; when A is back it catches up from the stream. Clients on both nodes end
@@ -369,21 +404,13 @@ async fn a_leader_cut_off_from_redis_is_replaced_and_catches_up() {
     let gate = Gate::start().await;
     // FEED_START=now: a new leader still goes on from what the stream holds.
     let gated = format!("127.0.0.1:{}", gate.port);
-    let a = node_with_db_from(&db, "node-a", &gated, &prefix, "now");
-    let led = wait_until(TIMEOUT, || async { role(a.port).await == "leader" }).await;
-    assert!(led, "{}", get_json(a.port, "/health").await);
-    let b = node_with_db_from(&db, "node-b", &redis_addr(), &prefix, "now");
-    wait_members(&b, 2).await;
-    let mut on_a = Client::connect_path(a.port, "/ws?tenant=t1").await;
-    let mut on_b = Client::connect_path(b.port, "/ws?tenant=t1").await;
-    on_a.subscribe("/inventory", json!({})).await;
-    on_b.subscribe("/inventory", json!({})).await;
-    let mut published = Vec::new();
-    for i in 0..5 {
-        published.push(publish_t1(b.port, i).await);
-    }
-    on_a.recv_seq("/inventory", "inventory:update", published[4])
-        .await;
+    let LedPair {
+        a,
+        b,
+        mut on_a,
+        mut on_b,
+        mut published,
+    } = led_pair(&db, &prefix, &gated, "now").await;
 
     gate.close();
     // Published while A still holds the lease but cannot append: B must start from
@@ -435,21 +462,13 @@ async fn with_a_database_redis_losing_its_data_loses_nothing() {
     let _keys = Keys(prefix.clone());
     let db = pg::TestDb::create().await;
     db.migrate("notify");
-    let a = node_with_db(&db, "node-a", &redis_addr(), &prefix);
-    let led = wait_until(TIMEOUT, || async { role(a.port).await == "leader" }).await;
-    assert!(led, "{}", get_json(a.port, "/health").await);
-    let b = node_with_db(&db, "node-b", &redis_addr(), &prefix);
-    wait_members(&b, 2).await;
-    let mut on_a = Client::connect_path(a.port, "/ws?tenant=t1").await;
-    let mut on_b = Client::connect_path(b.port, "/ws?tenant=t1").await;
-    on_a.subscribe("/inventory", json!({})).await;
-    on_b.subscribe("/inventory", json!({})).await;
-    let mut published = Vec::new();
-    for i in 0..5 {
-        published.push(publish_t1(b.port, i).await);
-    }
-    on_a.recv_seq("/inventory", "inventory:update", published[4])
-        .await;
+    let LedPair {
+        a,
+        b: _b,
+        mut on_a,
+        mut on_b,
+        mut published,
+    } = led_pair(&db, &prefix, &redis_addr(), "stored").await;
     on_b.recv_seq("/inventory", "inventory:update", published[4])
         .await;
 
