@@ -41,7 +41,10 @@ fn setup(keys: usize) -> (Arc<App>, Vec<Arc<Session>>) {
             let data = json!({ "productIds": [format!("p-{}", i % keys)] });
             let filter =
                 Filter::inventory(data.as_object().expect("object"), 100).expect("valid filter");
-            app.engine.subscribe(&session, filter, None, None, |_| None);
+            let grant = session.grant();
+            let _ = app
+                .engine
+                .subscribe(&session, &grant, filter, None, None, |_| None);
             session
         })
         .collect();

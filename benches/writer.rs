@@ -109,7 +109,7 @@ fn drain_and_write(c: &mut Criterion) {
                             outbox.send(frame.clone());
                         }
                         let started = Instant::now();
-                        outbox.drain_into(&mut batch, MAX_BATCH);
+                        outbox.drain_into(&mut batch, MAX_BATCH, usize::MAX);
                         strategy(&mut stream, &batch);
                         batch.clear();
                         spent += started.elapsed();

@@ -48,6 +48,8 @@ pub struct App {
     pub node_id: String,
     /// Redis cluster mode, when `REDIS_URL` is set.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Output bytes queued over every connection (`SERVER_QUEUE_MAX_BYTES`).
+    pub output: Arc<crate::fanout::outbox::Budget>,
     next_session: AtomicU64,
 }
 
@@ -75,7 +77,11 @@ impl App {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("node-{:08x}", fastrand::u32(..)));
+        let output = Arc::new(crate::fanout::outbox::Budget::new(
+            config.server_queue_max_bytes,
+        ));
         Arc::new(App {
+            output,
             config,
             metrics,
             store,
@@ -113,6 +119,9 @@ impl App {
             last_seq: self.engine.last_seq(),
             retained: self.engine.retained() as u64,
             active_alerts: self.alerts.active_count() as u64,
+            index_entries: self.engine.index_entries() as u64,
+            queued_bytes: self.output.used() as u64,
+            dashboard_groups: self.dashboards.group_count() as u64,
         }
     }
 

@@ -343,17 +343,36 @@ impl Cluster {
         Ok(())
     }
 
-    /// Takes (once) the session kept under `pid`, if it has not expired.
+    /// Takes (once) the session kept under `pid`, if it has not expired and belongs to
+    /// `tenant` and `user_id`: a pid presented by anyone else neither recovers nor
+    /// removes it. Read, checked here, then deleted only if still the same value, so of
+    /// two takers only one gets it.
     pub async fn take_session(
         &self,
         pid: &str,
+        tenant: &str,
+        user_id: &str,
     ) -> Result<Option<crate::db::store::KeptSession>, ClusterError> {
+        let key = self.key(&format!("sio:{pid}"));
         let mut conn = self.conn().await?;
-        let text: Option<String> = redis::cmd("GETDEL")
-            .arg(self.key(&format!("sio:{pid}")))
-            .query_async(&mut conn)
-            .await?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        let text: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        let Ok(kept) = serde_json::from_str::<crate::db::store::KeptSession>(&text) else {
+            return Ok(None);
+        };
+        if kept.tenant != tenant || kept.user_id != user_id {
+            return Ok(None);
+        }
+        let deleted: i64 = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        )
+        .key(&key)
+        .arg(&text)
+        .invoke_async(&mut conn)
+        .await?;
+        Ok((deleted == 1).then_some(kept))
     }
 }
 

@@ -156,6 +156,36 @@ pub struct Config {
     )]
     pub queue_max_frames: usize,
 
+    /// Bytes queued for one connection (broadcasts, replies and pongs alike) before the
+    /// slow-consumer policy applies.
+    #[arg(
+        long = "queue-max-bytes",
+        env = "QUEUE_MAX_BYTES",
+        value_name = "QUEUE_MAX_BYTES",
+        default_value_t = 1024 * 1024
+    )]
+    pub queue_max_bytes: usize,
+
+    /// Bytes queued over all connections above which new requests are refused with
+    /// `unavailable` (broadcasts still follow the slow-consumer policy).
+    #[arg(
+        long = "server-queue-max-bytes",
+        env = "SERVER_QUEUE_MAX_BYTES",
+        value_name = "SERVER_QUEUE_MAX_BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub server_queue_max_bytes: usize,
+
+    /// With auth on, a connection that has not authenticated within this many
+    /// milliseconds gets `auth:error` and is closed with 1008.
+    #[arg(
+        long = "auth-timeout-ms",
+        env = "AUTH_TIMEOUT_MS",
+        value_name = "AUTH_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub auth_timeout_ms: u64,
+
     /// What happens to a connection whose queue is full.
     #[arg(long = "slow-consumer-policy", env = "SLOW_CONSUMER_POLICY", value_name = "SLOW_CONSUMER_POLICY", value_enum, default_value_t = SlowConsumerPolicy::Disconnect)]
     pub slow_consumer_policy: SlowConsumerPolicy,
@@ -457,7 +487,10 @@ impl Config {
                 self.environment = node_env;
             }
         }
-        let positive: [(&str, u64); 11] = [
+        let positive: [(&str, u64); 14] = [
+            ("QUEUE_MAX_BYTES", self.queue_max_bytes as u64),
+            ("SERVER_QUEUE_MAX_BYTES", self.server_queue_max_bytes as u64),
+            ("AUTH_TIMEOUT_MS", self.auth_timeout_ms),
             ("MAX_CONNECTIONS", self.max_connections as u64),
             ("MAX_MESSAGE_BYTES", self.max_message_bytes as u64),
             ("MAX_BODY_BYTES", self.max_body_bytes as u64),

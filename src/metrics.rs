@@ -217,6 +217,9 @@ impl Metrics {
                 "socketioRecoveries": self.socketio_recoveries.load(Relaxed),
                 "queueDepth": gauges.queue_depth,
                 "subscriptions": gauges.subscriptions,
+                "indexEntries": gauges.index_entries,
+                "queuedBytes": gauges.queued_bytes,
+                "dashboardGroups": gauges.dashboard_groups,
                 "averageResponseTime": avg_ms,
                 "publishToWriteMs": {
                     "p50": self.publish_to_write.quantile_ms(0.5),
@@ -346,6 +349,24 @@ impl Metrics {
             gauges.subscriptions,
         );
         metric(
+            "nilecast_index_entries",
+            "gauge",
+            "Subscriptions in the subscription index, once per key.",
+            gauges.index_entries,
+        );
+        metric(
+            "nilecast_queued_bytes",
+            "gauge",
+            "Output bytes queued over all connections.",
+            gauges.queued_bytes,
+        );
+        metric(
+            "nilecast_dashboard_groups",
+            "gauge",
+            "Dashboard timer groups.",
+            gauges.dashboard_groups,
+        );
+        metric(
             "nilecast_alerts_active",
             "gauge",
             "Unacknowledged alerts.",
@@ -417,6 +438,12 @@ pub struct Gauges {
     pub last_seq: u64,
     pub retained: u64,
     pub active_alerts: u64,
+    /// (key, subscription) entries in the subscription index.
+    pub index_entries: u64,
+    /// Output bytes queued over all connections.
+    pub queued_bytes: u64,
+    /// Dashboard timer groups.
+    pub dashboard_groups: u64,
 }
 
 /// The process's resident set size, from /proc (Linux); 0 elsewhere.

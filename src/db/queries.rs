@@ -141,6 +141,21 @@ pub fn order_customer(tenant: &str, order_id: &str) -> Query {
     .push("", [Param::Text(order_id.to_string())])
 }
 
+/// The customer of an order as the change log last told it: an order published through
+/// `POST /publish` has a change-log row and no `orders` row.
+pub fn order_customer_logged(tenant: &str, order_id: &str) -> Query {
+    Query::new(
+        "order_customer_logged",
+        tenant,
+        "SELECT payload->>'customerId' AS customer_id
+         FROM nilecast_changes
+         WHERE tenant_id = ? AND data_type = 'orders' AND entity_id = ?
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .push("", [Param::Text(order_id.to_string())])
+    .pg_only()
+}
+
 pub fn alerts(tenant: &str, all: bool) -> Query {
     Query::new(
         "alerts",

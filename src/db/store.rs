@@ -387,14 +387,21 @@ pub async fn keep_session(
     Ok(())
 }
 
-/// Takes (once) the unexpired session kept under `pid`.
-pub async fn take_session(db: &Db, pid: &str) -> Result<Option<KeptSession>, DbError> {
+/// Takes (once) the unexpired session kept under `pid`, if it belongs to `tenant` and
+/// `user_id`: a pid presented by anyone else neither recovers nor removes it.
+pub async fn take_session(
+    db: &Db,
+    pid: &str,
+    tenant: &str,
+    user_id: &str,
+) -> Result<Option<KeptSession>, DbError> {
     let client = db.client().await?;
     let row = client
         .query_opt(
-            "DELETE FROM nilecast_recovery WHERE pid = $1 AND expires_at > now()
+            "DELETE FROM nilecast_recovery
+             WHERE pid = $1 AND tenant_id = $2 AND user_id = $3 AND expires_at > now()
              RETURNING tenant_id, user_id, namespace, filters, since_seq",
-            &[&pid],
+            &[&pid, &tenant, &user_id],
         )
         .await?;
     Ok(row.map(|r| KeptSession {

@@ -77,6 +77,8 @@ pub type List = Arc<Vec<Chunk>>;
 pub struct Index {
     lists: DashMap<u64, ArcSwap<Vec<Chunk>>>,
     writer: Mutex<()>,
+    /// (key, subscription) entries: a gauge, and how a leak would show.
+    entries: std::sync::atomic::AtomicUsize,
 }
 
 impl Index {
@@ -112,6 +114,8 @@ impl Index {
                 None => chunks.push(Arc::new(vec![sub.clone()])),
             }
             entry.store(Arc::new(chunks));
+            self.entries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -133,6 +137,8 @@ impl Index {
                         .filter(|s| s.id != sub_id)
                         .cloned()
                         .collect();
+                    self.entries
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     if shrunk.is_empty() {
                         chunks.remove(at);
                     } else {
@@ -153,5 +159,10 @@ impl Index {
     /// Number of keys in use.
     pub fn key_count(&self) -> usize {
         self.lists.len()
+    }
+
+    /// Number of (key, subscription) entries.
+    pub fn entry_count(&self) -> usize {
+        self.entries.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -28,7 +28,7 @@ use crate::error::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 use crate::namespace::filter::{change_keys, Filter};
 use crate::protocol::Wire;
-use crate::session::{Session, SubEntry, SubKind};
+use crate::session::{Grant, Session, SubEntry, SubKind};
 use crate::store::MemoryStore;
 use crate::time;
 use change::{Change, DataType, Keys, Namespace, Record};
@@ -75,6 +75,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     default_threshold: f64,
     next_subscription: AtomicU64,
+    /// `MAX_SUBSCRIPTIONS`, checked where a subscription is recorded.
+    max_subscriptions: usize,
     /// With a database, alerts raised under the publish lock go here (to be stored and
     /// logged, so they get a change-log seq) instead of being published at once.
     alert_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Alert>>,
@@ -112,6 +114,7 @@ impl Engine {
             metrics,
             default_threshold: config.low_stock_threshold,
             next_subscription: AtomicU64::new(1),
+            max_subscriptions: config.max_subscriptions,
             alert_sink: std::sync::OnceLock::new(),
         }
     }
@@ -306,7 +309,8 @@ impl Engine {
     /// Queues a record's frame on every matching subscription, once per connection.
     fn route(&self, record: &Record) {
         let ns = record.namespace();
-        let (mut queued, mut duplicates, mut dropped, mut overflows) = (0u64, 0u64, 0u64, 0u64);
+        // Overflows are counted where the connection closes, with replies' overflows.
+        let (mut queued, mut duplicates, mut dropped) = (0u64, 0u64, 0u64);
         for key in change_keys(&record.tenant, record.data_type, &record.keys) {
             let Some(list) = self.index.get(key) else {
                 continue;
@@ -329,8 +333,7 @@ impl Engine {
                         dropped += n;
                     }
                     Delivery::Duplicate => duplicates += 1,
-                    Delivery::Overflow => overflows += 1,
-                    Delivery::Closed => {}
+                    Delivery::Overflow | Delivery::Closed => {}
                 }
             }
         }
@@ -338,7 +341,6 @@ impl Engine {
             (&self.metrics.deliveries, queued),
             (&self.metrics.duplicates_suppressed, duplicates),
             (&self.metrics.dropped_frames, dropped),
-            (&self.metrics.slow_consumer_closes, overflows),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Relaxed);
@@ -346,7 +348,9 @@ impl Engine {
         }
     }
 
-    /// Registers a subscription. Under the publish lock, so that no change is routed in
+    /// Registers a subscription for `grant`'s principal, if the grant is still current
+    /// (None, and nothing registered or sent, when the connection closed or became
+    /// someone else meanwhile). Under the publish lock, so that no change is routed in
     /// between: records the subscription, queues the reply `reply` builds (if any), then
     /// the retained matching changes after `since` (never a seq the connection already
     /// has on that namespace, so order and uniqueness hold), then `initial` (the latest
@@ -354,13 +358,14 @@ impl Engine {
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
+        grant: &Grant,
         filter: Filter,
         since: Option<u64>,
         initial: Option<Arc<Record>>,
         reply: impl FnOnce(Subscribed) -> Option<Bytes>,
-    ) -> Subscribed {
+    ) -> Result<Subscribed, Refusal> {
         let state = self.state.lock();
-        self.subscribe_locked(&state, session, filter, since, None, initial, reply)
+        self.subscribe_locked(&state, session, grant, filter, since, None, initial, reply)
     }
 
     /// Like [`Engine::subscribe`] with `since`, for a replay that starts in the change
@@ -371,17 +376,27 @@ impl Engine {
     pub fn subscribe_after_log(
         &self,
         session: &Arc<Session>,
+        grant: &Grant,
         filter: Filter,
         since: u64,
         log: LogReplay,
         reply: impl FnOnce(Subscribed) -> Option<Bytes>,
-    ) -> Result<Subscribed, (LogReplay, Filter)> {
+    ) -> Result<Result<Subscribed, Refusal>, (LogReplay, Filter)> {
         let state = self.state.lock();
         // A log replay that is already short (a gap) is not worth extending.
         if !log.gap && state.ring.evicted_up_to() > log.through {
             return Err((log, filter));
         }
-        Ok(self.subscribe_locked(&state, session, filter, Some(since), Some(log), None, reply))
+        Ok(self.subscribe_locked(
+            &state,
+            session,
+            grant,
+            filter,
+            Some(since),
+            Some(log),
+            None,
+            reply,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -389,14 +404,18 @@ impl Engine {
         &self,
         state: &State,
         session: &Arc<Session>,
+        grant: &Grant,
         filter: Filter,
         since: Option<u64>,
         from_log: Option<LogReplay>,
         initial: Option<Arc<Record>>,
         reply: impl FnOnce(Subscribed) -> Option<Bytes>,
-    ) -> Subscribed {
+    ) -> Result<Subscribed, Refusal> {
+        if !session.is_current(grant) {
+            return Err(crate::session::superseded());
+        }
         let id = self.next_subscription.fetch_add(1, Relaxed);
-        let tenant = session.principal().tenant.clone();
+        let tenant = grant.principal.tenant.clone();
         let keys = filter.index_keys(&tenant);
         let ns = filter.namespace();
         let sub = Arc::new(Subscription {
@@ -440,14 +459,22 @@ impl Engine {
         };
         // Record the subscription before the reply goes out, so a client that has the
         // reply sees it in `/clients`; routing cannot see it before the reply anyway,
-        // because it waits for the publish lock held here.
+        // because it waits for the publish lock held here. The index first, then the
+        // session, which checks the grant under its lock: a connection that closes (or
+        // changes identity) in between either finds the entry and removes it from the
+        // index, or is seen here, and the entry is taken out again.
         self.index.insert(&keys, &sub);
-        session.add_subscription(SubEntry {
+        let entry = SubEntry {
             id,
             ns,
             keys: keys.into(),
             kind: SubKind::Stream(sub),
-        });
+        };
+        let keys = entry.keys.clone();
+        if let Err(refusal) = session.add_subscription(entry, grant, self.max_subscriptions) {
+            self.index.remove(&keys, id);
+            return Err(refusal);
+        }
         if let Some(frame) = reply(outcome) {
             outbox.send(frame);
         }
@@ -455,25 +482,29 @@ impl Engine {
             let (frame, _) = record.frames_for(session.wire);
             outbox.deliver(ns, record.seq, frame, None, 0);
         }
-        outcome
+        Ok(outcome)
     }
 
     /// Records a subscription that lives outside the index (dashboards), so that it
-    /// counts toward the limit, is listed, and can be unsubscribed.
+    /// counts toward the limit, is listed, and can be unsubscribed. None when `grant`
+    /// is no longer current or the connection is at its cap.
     pub fn register_external(
         &self,
         session: &Session,
+        grant: &Grant,
         ns: Namespace,
         filters: serde_json::Value,
-    ) -> u64 {
+    ) -> Result<u64, Refusal> {
         let id = self.next_subscription.fetch_add(1, Relaxed);
-        session.add_subscription(SubEntry {
+        let entry = SubEntry {
             id,
             ns,
             keys: Box::new([]),
             kind: SubKind::Dashboard(Box::new(filters)),
-        });
-        id
+        };
+        session
+            .add_subscription(entry, grant, self.max_subscriptions)
+            .map(|()| id)
     }
 
     /// Removes a connection's subscriptions on `ns`: the one with `id`, or all of them.
@@ -505,10 +536,19 @@ impl Engine {
         Ok(removed.into_iter().map(|e| e.id).collect())
     }
 
-    /// Removes every subscription of a closed connection.
+    /// Removes every subscription of a closed connection; nothing can subscribe on it
+    /// any more, deferred work included.
     pub fn drop_session(&self, session: &Session) {
-        let subs = std::mem::take(&mut *session.subs.lock());
-        for entry in subs {
+        for entry in session.close_subscriptions() {
+            self.index.remove(&entry.keys, entry.id);
+        }
+    }
+
+    /// The connection becomes another identity (user, tenant or roles): it loses every
+    /// subscription it made as the previous one, and work deferred under the previous
+    /// one does nothing.
+    pub fn switch_principal(&self, session: &Session, principal: Arc<crate::auth::Principal>) {
+        for entry in session.switch_principal(principal) {
             self.index.remove(&entry.keys, entry.id);
         }
     }
@@ -549,5 +589,10 @@ impl Engine {
 
     pub fn index_keys(&self) -> usize {
         self.index.key_count()
+    }
+
+    /// Subscriptions in the index, counted once per key they are registered under.
+    pub fn index_entries(&self) -> usize {
+        self.index.entry_count()
     }
 }

@@ -2,8 +2,13 @@
 //! pushes) and the connection's task (which drains).
 //!
 //! The queue is a `VecDeque` behind a `parking_lot::Mutex`, bounded by
-//! `QUEUE_MAX_FRAMES`: `push` never waits for the writer, so the broadcaster never
-//! awaits a client, and when the queue is full the slow-consumer policy applies.
+//! `QUEUE_MAX_FRAMES` and by `QUEUE_MAX_BYTES`: `push` never waits for the writer, so
+//! the broadcaster never awaits a client, and when the queue is full (in frames or in
+//! bytes, replies and pongs counted like broadcasts) the slow-consumer policy applies.
+//! Bytes matter as much as frames: one reply can be hundreds of KB, and a client that
+//! asks for many and never reads would otherwise hold the server's memory hostage.
+//! Every outbox also counts its queued bytes into the server-wide [`Budget`]
+//! (`SERVER_QUEUE_MAX_BYTES`), which request handling consults before doing new work.
 //!
 //! Why a mutex and not crossbeam's lock-free `SegQueue`: both sides hold the lock for
 //! one push or one take, a few nanoseconds, never across an await, and an empty
@@ -14,7 +19,10 @@
 //! task is a flag and a stored waker.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
+use std::sync::Arc;
 use std::task::Context;
 
 use bytes::Bytes;
@@ -58,11 +66,61 @@ pub enum Delivery {
     Overflow,
 }
 
+/// The server-wide budget of queued output bytes, shared by every outbox. Broadcasts
+/// are never refused for it (each connection's own limits and the slow-consumer
+/// policy deal with those); new request work is, while it is spent.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Budget {
+        Budget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    pub fn unlimited() -> Budget {
+        Budget::new(usize::MAX)
+    }
+
+    /// Bytes queued over all connections.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn is_spent(&self) -> bool {
+        self.used() >= self.max
+    }
+
+    fn add(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// The queue and its size in bytes, under one lock.
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Outgoing>,
+    bytes: usize,
+}
+
 pub struct Outbox {
-    queue: Mutex<VecDeque<Outgoing>>,
+    queue: Mutex<Queue>,
     /// The queue's length, readable without the lock (gauges, `/clients`).
     len: AtomicU32,
     capacity: u32,
+    /// `QUEUE_MAX_BYTES`. A single frame larger than this is still queued when the
+    /// queue is empty, or it could never be sent.
+    max_bytes: u32,
+    budget: Arc<Budget>,
     policy: SlowConsumerPolicy,
     state: AtomicU8,
     close_code: AtomicU16,
@@ -84,12 +142,32 @@ pub struct Outbox {
     waker: AtomicWaker,
 }
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.budget.sub(self.queue.get_mut().bytes);
+    }
+}
+
 impl Outbox {
+    /// An outbox bounded by `capacity` frames only (benches and unit tests).
     pub fn new(capacity: usize, policy: SlowConsumerPolicy) -> Outbox {
+        Outbox::with_limits(capacity, usize::MAX, policy, Arc::new(Budget::unlimited()))
+    }
+
+    /// An outbox bounded by `capacity` frames and `max_bytes` bytes, counting into the
+    /// server-wide `budget`.
+    pub fn with_limits(
+        capacity: usize,
+        max_bytes: usize,
+        policy: SlowConsumerPolicy,
+        budget: Arc<Budget>,
+    ) -> Outbox {
         Outbox {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             len: AtomicU32::new(0),
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
+            budget,
             policy,
             state: AtomicU8::new(state::OPEN),
             close_code: AtomicU16::new(0),
@@ -179,9 +257,15 @@ impl Outbox {
         if !self.is_open() {
             return Delivery::Closed;
         }
+        let size = item.frame.len();
         let mut outcome = Delivery::Queued;
         let mut queue = self.queue.lock();
-        if queue.len() >= self.capacity as usize {
+        let full = |q: &Queue| {
+            !q.frames.is_empty()
+                && (q.frames.len() >= self.capacity as usize
+                    || q.bytes + size > self.max_bytes as usize)
+        };
+        if full(&queue) {
             match self.policy {
                 SlowConsumerPolicy::Disconnect => {
                     drop(queue);
@@ -192,35 +276,62 @@ impl Outbox {
                     };
                 }
                 SlowConsumerPolicy::DropOldest => {
-                    if queue.pop_front().is_some() {
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
-                        outcome = Delivery::DroppedOldest(1);
+                    let mut dropped = 0;
+                    while full(&queue) {
+                        let Some(old) = queue.frames.pop_front() else {
+                            break;
+                        };
+                        queue.bytes -= old.frame.len();
+                        self.budget.sub(old.frame.len());
+                        dropped += 1;
+                    }
+                    if dropped > 0 {
+                        self.dropped.fetch_add(dropped, Ordering::Relaxed);
+                        outcome = Delivery::DroppedOldest(dropped);
                     }
                 }
             }
         }
-        queue.push_back(item);
-        self.len.store(queue.len() as u32, Ordering::Relaxed);
+        queue.frames.push_back(item);
+        queue.bytes += size;
+        self.budget.add(size);
+        self.len.store(queue.frames.len() as u32, Ordering::Relaxed);
         drop(queue);
         self.wake();
         outcome
     }
 
-    /// Moves up to `max` queued frames into `out`. An emptied queue gives its memory
-    /// back, so an idle connection holds none.
-    pub fn drain_into(&self, out: &mut impl Extend<Outgoing>, max: usize) {
+    /// Moves queued frames into `out`: up to `max_frames`, and no more than `max_bytes`
+    /// (but always at least one frame). An emptied queue gives its memory back, so an
+    /// idle connection holds none.
+    pub fn drain_into(&self, out: &mut impl Extend<Outgoing>, max_frames: usize, max_bytes: usize) {
         let mut queue = self.queue.lock();
-        let n = queue.len().min(max);
-        out.extend(queue.drain(..n));
-        if queue.is_empty() {
-            *queue = VecDeque::new();
+        let (mut n, mut bytes) = (0, 0);
+        for item in queue.frames.iter().take(max_frames) {
+            if n > 0 && bytes + item.frame.len() > max_bytes {
+                break;
+            }
+            n += 1;
+            bytes += item.frame.len();
         }
-        self.len.store(queue.len() as u32, Ordering::Relaxed);
+        out.extend(queue.frames.drain(..n));
+        queue.bytes -= bytes;
+        self.budget.sub(bytes);
+        if queue.frames.is_empty() {
+            queue.frames = VecDeque::new();
+        }
+        self.len.store(queue.frames.len() as u32, Ordering::Relaxed);
+    }
+
+    /// Bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.queue.lock().bytes
     }
 
     /// Discards everything queued.
     pub fn discard(&self) {
         let taken = std::mem::take(&mut *self.queue.lock());
+        self.budget.sub(taken.bytes);
         self.len.store(0, Ordering::Relaxed);
         drop(taken);
     }
@@ -289,6 +400,47 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    #[test]
+    fn bytes_are_bounded_and_counted_into_the_budget() {
+        let budget = Arc::new(Budget::new(250));
+        let outbox = Outbox::with_limits(100, 200, SlowConsumerPolicy::Disconnect, budget.clone());
+        let big = Bytes::from(vec![0u8; 90]);
+        assert_eq!(outbox.send(big.clone()), Delivery::Queued);
+        assert_eq!(outbox.send(big.clone()), Delivery::Queued);
+        assert_eq!(budget.used(), 180);
+        assert_eq!(outbox.send(big.clone()), Delivery::Overflow);
+        assert_eq!(outbox.close_code(), 1013);
+        outbox.discard();
+        assert_eq!(budget.used(), 0);
+
+        let drop_oldest =
+            Outbox::with_limits(100, 200, SlowConsumerPolicy::DropOldest, budget.clone());
+        for _ in 0..5 {
+            drop_oldest.send(big.clone());
+        }
+        assert_eq!(drop_oldest.len(), 2);
+        assert_eq!(drop_oldest.take_dropped(), 3);
+        assert!(!budget.is_spent());
+        drop_oldest.send(Bytes::from(vec![0u8; 100]));
+        assert_eq!(budget.used(), 190);
+        drop(drop_oldest);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_drain_stops_at_its_byte_limit_but_takes_one_frame_at_least() {
+        let outbox = Outbox::new(100, SlowConsumerPolicy::Disconnect);
+        for n in 0..4 {
+            outbox.send(Bytes::from(vec![n; 100]));
+        }
+        let mut out = Vec::new();
+        outbox.drain_into(&mut out, 10, 50);
+        assert_eq!(out.len(), 1);
+        outbox.drain_into(&mut out, 10, 250);
+        assert_eq!(out.len(), 3);
+        assert_eq!(outbox.bytes(), 100);
+    }
+
     fn frame(n: u8) -> Bytes {
         Bytes::from(vec![n])
     }
@@ -339,7 +491,7 @@ mod tests {
             outbox.deliver(Namespace::Inventory, u64::from(seq), &frame(seq), None, 0);
         }
         let mut out = Vec::new();
-        outbox.drain_into(&mut out, 10);
+        outbox.drain_into(&mut out, 10, usize::MAX);
         let kept: Vec<u8> = out.iter().map(|o| o.frame[0]).collect();
         assert_eq!(kept, vec![4, 5]);
         assert_eq!(outbox.take_dropped(), 3);

@@ -1,6 +1,9 @@
 //! `/dashboard`: widget sets computed once per interval and shared.
 //!
-//! Subscribers are grouped by (tenant, `metricsInterval`). Each group has one task that
+//! Subscribers are grouped by (tenant, `metricsInterval`), and the interval a client
+//! asks for is served as the nearest of [`INTERVALS_MS`] at or below it, so a tenant
+//! has at most that many groups: every distinct interval would otherwise be a timer
+//! that recomputes every widget, a lever a client could pull a hundred times. Each group has one task that
 //! computes the tenant's widgets once per tick and builds one `dashboard:data` frame per
 //! distinct (dashboardId, widget list) and one `dashboard:metrics:live` frame, which
 //! every member then gets a clone of. A group's task ends when its last member leaves.
@@ -36,6 +39,22 @@ const MIN_INTERVAL_MS: u64 = 1000;
 const DEFAULT_INTERVAL_MS: u64 = 5000;
 /// An hour: longer intervals are more likely a unit mistake than a wish.
 const MAX_INTERVAL_MS: u64 = 3_600_000;
+/// The intervals dashboards are served at: round figures a person would pick, from
+/// the floor to the ceiling. Eleven, so eleven groups per tenant at most.
+pub const INTERVALS_MS: [u64; 11] = [
+    1000, 2000, 5000, 10_000, 15_000, 30_000, 60_000, 300_000, 900_000, 1_800_000, 3_600_000,
+];
+
+/// The interval a dashboard asking for `asked` ms is served at: the largest of
+/// [`INTERVALS_MS`] not above it, so updates come at least as often as asked.
+pub fn served_interval(asked: u64) -> u64 {
+    INTERVALS_MS
+        .iter()
+        .rev()
+        .find(|&&i| i <= asked)
+        .copied()
+        .unwrap_or(MIN_INTERVAL_MS)
+}
 
 #[derive(Clone)]
 struct Member {
@@ -94,14 +113,17 @@ pub fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     if interval > MAX_INTERVAL_MS {
         return Err(invalid("metricsInterval must be at most 3600000 ms"));
     }
+    let interval = served_interval(interval);
     check_capacity(ctx)?;
 
     let filters =
         json!({ "dashboardId": dashboard_id, "widgets": widgets, "metricsInterval": interval });
-    let id = ctx
-        .app
-        .engine
-        .register_external(ctx.session, Namespace::Dashboard, filters.clone());
+    let id = ctx.app.engine.register_external(
+        ctx.session,
+        &ctx.grant,
+        Namespace::Dashboard,
+        filters.clone(),
+    )?;
     ctx.reply(
         "dashboard:subscribed",
         &subscribed_json(
@@ -142,6 +164,11 @@ impl Dashboards {
         let group = Arc::new(Mutex::new(vec![member]));
         groups.insert(key.clone(), group.clone());
         app.shutdown.spawn(run_group(app.clone(), key, group));
+    }
+
+    /// Timer groups running.
+    pub fn group_count(&self) -> usize {
+        self.groups.lock().len()
     }
 
     /// Removes the listed subscriptions of a session.
@@ -296,5 +323,24 @@ impl Counters {
             "alertsActive": app.alerts.active_count(),
             "rssBytes": app.metrics.rss_bytes.load(Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_are_served_from_the_small_set() {
+        assert_eq!(served_interval(1000), 1000);
+        assert_eq!(served_interval(1999), 1000);
+        assert_eq!(served_interval(2000), 2000);
+        assert_eq!(served_interval(7000), 5000);
+        assert_eq!(served_interval(3_600_000), 3_600_000);
+        let distinct: std::collections::BTreeSet<u64> = (1000..=MAX_INTERVAL_MS)
+            .step_by(997)
+            .map(served_interval)
+            .collect();
+        assert_eq!(distinct.len(), INTERVALS_MS.len());
     }
 }

@@ -23,7 +23,7 @@ use crate::fanout::{subscription_name, LogReplay, Subscribed};
 use crate::protocol::native::Request;
 use crate::protocol::Wire;
 use crate::security::{self, Event};
-use crate::session::Session;
+use crate::session::{superseded, too_many_subscriptions, Grant, Session};
 use crate::time;
 use filter::Filter;
 
@@ -32,18 +32,24 @@ pub struct Ctx<'a> {
     pub app: &'a Arc<App>,
     pub session: &'a Arc<Session>,
     pub principal: Arc<Principal>,
+    /// What the request is checked as; deferred work carries it.
+    pub grant: Grant,
     pub ns: Namespace,
     pub ack: Option<u64>,
     pub event: &'a str,
 }
 
 /// The owned half of a [`Ctx`], for a reply that comes after an await (a database
-/// query runs in a task of its own; the connection goes on meanwhile).
+/// query runs in a task of its own; the connection goes on meanwhile). It carries the
+/// grant the request was checked under: once the connection has closed or become
+/// another principal, its replies are not sent (the request is refused instead) and
+/// its subscriptions are not made.
 #[derive(Clone)]
 pub struct Later {
     pub app: Arc<App>,
     pub session: Arc<Session>,
     pub principal: Arc<Principal>,
+    pub grant: Grant,
     pub ns: Namespace,
     pub ack: Option<u64>,
     pub event: Arc<str>,
@@ -63,7 +69,13 @@ impl Later {
         reply_frame(self.session.wire, self.ns, self.ack, event, data)
     }
 
+    /// Sends the reply, unless the connection is no longer what the request was
+    /// checked as (then the request is refused as [`superseded`]).
     pub fn reply(&self, event: &str, data: &Value) {
+        if !self.session.is_current(&self.grant) {
+            self.refuse(&superseded());
+            return;
+        }
         self.session.outbox.send(self.reply_frame(event, data));
     }
 
@@ -117,6 +129,7 @@ impl Ctx<'_> {
             app: self.app.clone(),
             session: self.session.clone(),
             principal: self.principal.clone(),
+            grant: self.grant.clone(),
             ns: self.ns,
             ack: self.ack,
             event: Arc::from(self.event),
@@ -169,10 +182,12 @@ const EVENTS: [(&str, Namespace); 15] = [
 pub fn handle(app: &Arc<App>, session: &Arc<Session>, req: &Request) -> Result<(), Refusal> {
     let ns = Namespace::parse(&req.ns)
         .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown namespace"))?;
+    let grant = session.grant();
     let ctx = Ctx {
         app,
         session,
-        principal: session.principal(),
+        principal: grant.principal.clone(),
+        grant,
         ns,
         ack: req.ack,
         event: &req.event,
@@ -287,10 +302,13 @@ fn login(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
         || before.tenant != principal.tenant
         || before.roles != principal.roles
     {
-        ctx.app.engine.drop_session(ctx.session);
+        ctx.app
+            .engine
+            .switch_principal(ctx.session, Arc::new(principal.clone()));
         ctx.app.dashboards.remove_session(ctx.session.id);
+    } else {
+        ctx.session.principal.store(Arc::new(principal.clone()));
     }
-    ctx.session.principal.store(Arc::new(principal.clone()));
     ctx.reply(
         "auth:success",
         &json!({
@@ -303,13 +321,12 @@ fn login(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The cap, checked early so that a full connection's subscribe costs nothing; it is
+/// checked again where the subscription is recorded.
 fn check_capacity(ctx: &Ctx) -> Result<(), Refusal> {
     let max = ctx.config().max_subscriptions;
     if ctx.session.subscription_count() >= max {
-        return Err(Refusal::new(
-            ErrorCode::TooManySubscriptions,
-            format!("at most {max} subscriptions per connection"),
-        ));
+        return Err(too_many_subscriptions(max));
     }
     Ok(())
 }
@@ -317,12 +334,28 @@ fn check_capacity(ctx: &Ctx) -> Result<(), Refusal> {
 /// The filter a subscribe on `ns` asks for, narrowed to what the principal may see.
 fn stream_filter(ctx: &Ctx, data: &Map<String, Value>) -> Result<Filter, Refusal> {
     let max = ctx.config().max_filter_values;
-    let own = ctx.principal.own_user_only();
-    match ctx.ns {
-        Namespace::Inventory => Filter::inventory(data, max),
-        Namespace::Orders => {
-            let mut filter = Filter::orders(data, max)?;
-            if let (Some(user), Filter::Orders { customer_ids, .. }) = (own, &mut filter) {
+    let filter = match ctx.ns {
+        Namespace::Inventory => Filter::inventory(data, max)?,
+        Namespace::Orders => Filter::orders(data, max)?,
+        Namespace::Customer => Filter::customer(data, max)?,
+        Namespace::Notifications => Filter::notifications(data, max, None)?,
+        Namespace::Root | Namespace::Dashboard => {
+            return Err(Refusal::new(ErrorCode::UnknownEvent, "unknown event"))
+        }
+    };
+    authorize(&ctx.principal, filter)
+}
+
+/// Narrows `filter` to what `principal` may read, or refuses it: the namespace must be
+/// one its roles read, a customer's order subscriptions are pinned to its own orders
+/// (naming another customer is `forbidden`) and its notifications to its own. One rule
+/// for a fresh subscribe and a recovered one (Socket.IO), whoever made the filter.
+pub fn authorize(principal: &Principal, mut filter: Filter) -> Result<Filter, Refusal> {
+    principal.may_read(filter.namespace())?;
+    let own = principal.own_user_only();
+    match &mut filter {
+        Filter::Orders { customer_ids, .. } => {
+            if let Some(user) = own {
                 if customer_ids
                     .as_ref()
                     .is_some_and(|ids| ids.iter().any(|c| &**c != user))
@@ -334,14 +367,11 @@ fn stream_filter(ctx: &Ctx, data: &Map<String, Value>) -> Result<Filter, Refusal
                 }
                 *customer_ids = Some(vec![Box::from(user)].into_boxed_slice());
             }
-            Ok(filter)
         }
-        Namespace::Customer => Filter::customer(data, max),
-        Namespace::Notifications => Filter::notifications(data, max, own),
-        Namespace::Root | Namespace::Dashboard => {
-            Err(Refusal::new(ErrorCode::UnknownEvent, "unknown event"))
-        }
+        Filter::Notifications { for_user, .. } => *for_user = own.map(Box::from),
+        Filter::Inventory { .. } | Filter::Customer { .. } => {}
     }
+    Ok(filter)
 }
 
 /// The `*:subscribed` payload.
@@ -368,34 +398,47 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
             ctx.defer(move |later| async move {
                 let reply =
                     |outcome| Some(later.reply_frame(&event, &subscribed_json(outcome, &filters)));
-                subscribe_from_log(&later.app, &later.session, filter, since, reply).await
+                subscribe_from_log(
+                    &later.app,
+                    &later.session,
+                    &later.grant,
+                    filter,
+                    since,
+                    reply,
+                )
+                .await
             });
             return Ok(());
         }
     }
     ctx.app
         .engine
-        .subscribe(ctx.session, filter, since, None, |outcome| {
+        .subscribe(ctx.session, &ctx.grant, filter, since, None, |outcome| {
             Some(ctx.reply_frame(&event, &subscribed_json(outcome, &filters)))
-        });
+        })?;
     Ok(())
 }
 
 /// Subscribes with a replay that starts in the change log: reads the log up to the
 /// ring's floor, and when the ring has moved on meanwhile, reads the rest and tries
-/// again.
+/// again. Reads and subscribes as `grant`'s principal, and does neither once the grant
+/// is no longer current.
 async fn subscribe_from_log(
     app: &Arc<App>,
     session: &Arc<Session>,
+    grant: &Grant,
     mut filter: Filter,
     since: u64,
     reply: impl Fn(Subscribed) -> Option<Bytes>,
 ) -> Result<(), Refusal> {
     let engine = &app.engine;
-    let tenant = session.principal().tenant.clone();
+    let tenant = grant.principal.tenant.clone();
     let ns = filter.namespace();
     let mut log: Option<LogReplay> = None;
     for _ in 0..8 {
+        if !session.is_current(grant) {
+            return Err(superseded());
+        }
         let from = log.as_ref().map_or(since, |l| l.through);
         let through = engine.ring_floor();
         let more = match (&app.db, &app.cluster) {
@@ -429,8 +472,8 @@ async fn subscribe_from_log(
                 l
             }
         };
-        match engine.subscribe_after_log(session, filter, since, merged, &reply) {
-            Ok(_) => return Ok(()),
+        match engine.subscribe_after_log(session, grant, filter, since, merged, &reply) {
+            Ok(outcome) => return outcome.map(|_| ()),
             Err((l, f)) => (log, filter) = (Some(l), f),
         }
     }
@@ -441,20 +484,35 @@ async fn subscribe_from_log(
 }
 
 /// Subscribes `session` again with `filter`, replaying every change after `since`, with
-/// no reply (Socket.IO connection state recovery).
-pub fn resubscribe(app: &Arc<App>, session: &Arc<Session>, filter: Filter, since: u64) {
+/// no reply (Socket.IO connection state recovery). The filter is checked as a fresh
+/// subscribe's would be, against the principal the connection is now (its roles may
+/// have changed since the filter was made), and counts toward the subscription cap.
+pub fn resubscribe(
+    app: &Arc<App>,
+    session: &Arc<Session>,
+    grant: &Grant,
+    filter: Filter,
+    since: u64,
+) -> Result<(), Refusal> {
+    let filter = authorize(&grant.principal, filter)?;
+    let max = app.config.max_subscriptions;
+    if session.subscription_count() >= max {
+        return Err(too_many_subscriptions(max));
+    }
     if app.has_log() && since < app.engine.ring_floor() {
-        let (app, session) = (app.clone(), session.clone());
+        let (app, session, grant) = (app.clone(), session.clone(), grant.clone());
         tokio::spawn(async move {
-            if let Err(refusal) = subscribe_from_log(&app, &session, filter, since, |_| None).await
+            if let Err(refusal) =
+                subscribe_from_log(&app, &session, &grant, filter, since, |_| None).await
             {
                 tracing::warn!(connection = session.id, error = %refusal.message, "could not recover a subscription");
             }
         });
-        return;
+        return Ok(());
     }
     app.engine
-        .subscribe(session, filter, Some(since), None, |_| None);
+        .subscribe(session, grant, filter, Some(since), None, |_| None)
+        .map(|_| ())
 }
 
 /// Reads `subscriptionId`: `"sub-7"` (as the server names it) or `7`.
@@ -521,16 +579,29 @@ fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
                 .await
                 .map_err(refuse)?;
             let latest = crate::db::queries::records(&later.app.engine, &rows.value).pop();
-            let owner = db
-                .read(&crate::db::queries::order_customer(tenant, &order_id))
-                .await
-                .map_err(refuse)?;
-            let owner = owner
-                .value
-                .first()
-                .and_then(|r| r.get("customerId"))
-                .and_then(Value::as_str)
-                .map(String::from);
+            let customer = |rows: &[Map<String, Value>]| {
+                rows.first()
+                    .and_then(|r| r.get("customerId"))
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            };
+            let mut owner = customer(
+                &db.read(&crate::db::queries::order_customer(tenant, &order_id))
+                    .await
+                    .map_err(refuse)?
+                    .value,
+            );
+            if owner.is_none() {
+                // Published through `POST /publish`: only the change log knows it.
+                owner = customer(
+                    &db.read(&crate::db::queries::order_customer_logged(
+                        tenant, &order_id,
+                    ))
+                    .await
+                    .map_err(refuse)?
+                    .value,
+                );
+            }
             follow_order(&later, order_id, latest, owner)
         });
         return Ok(());
@@ -548,8 +619,13 @@ fn follow_order(
     latest: Option<Arc<crate::fanout::change::Record>>,
     owner: Option<String>,
 ) -> Result<(), Refusal> {
+    // A customer tracks an order only when it is known to be its own: an order whose
+    // owner is unknown is refused like another customer's (its tracking carries an
+    // address and a tracking number), and so is a tracking change that names another
+    // customer itself.
     if let Some(user) = ctx.principal.own_user_only() {
-        if owner.as_deref().is_some_and(|o| o != user) {
+        let record_customer = latest.as_ref().and_then(|r| r.keys.customer_id.as_deref());
+        if owner.as_deref() != Some(user) || record_customer.is_some_and(|c| c != user) {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 "customers may only track their own orders",
@@ -579,15 +655,15 @@ fn follow_order(
         Some(_) => {
             ctx.app
                 .engine
-                .subscribe(&ctx.session, filter, None, None, |_| {
+                .subscribe(&ctx.session, &ctx.grant, filter, None, None, |_| {
                     Some(ctx.reply_frame("orders:tracking", &reply))
-                });
+                })?;
         }
         None => {
             // Without ack the answer is the latest tracking change itself, if any.
             ctx.app
                 .engine
-                .subscribe(&ctx.session, filter, None, latest, |_| None);
+                .subscribe(&ctx.session, &ctx.grant, filter, None, latest, |_| None)?;
         }
     }
     Ok(())

@@ -95,7 +95,12 @@ pub fn start(
     let _ = stream.set_nodelay(true);
     let config = &app.config;
     let now = time::now_ms();
-    let outbox = Outbox::new(config.queue_max_frames, config.slow_consumer_policy);
+    let outbox = Outbox::with_limits(
+        config.queue_max_frames,
+        config.queue_max_bytes,
+        config.slow_consumer_policy,
+        app.output.clone(),
+    );
     let wire = match mode {
         Mode::SocketIo => Wire::SocketIo,
         Mode::Native | Mode::Echo => Wire::Native,
@@ -279,6 +284,10 @@ impl Conn {
     fn begin_close(&mut self) {
         if self.phase == Phase::Open {
             self.phase = Phase::Closing;
+        }
+        if self.outbox().close_code() == close::TRY_AGAIN_LATER {
+            // Over its queue's frames or bytes, broadcasts and replies alike.
+            self.app.metrics.slow_consumer_closes.fetch_add(1, Relaxed);
         }
         let flush = self.outbox().close_flushes();
         if !flush {

@@ -70,7 +70,9 @@ impl Conn {
         self.session.touch(time::now_ms());
         match frame.opcode {
             OpCode::Ping => {
-                if self.phase == Phase::Open {
+                // Pings count toward the rate limit like messages: answering them is
+                // work, and a pong is output. A ping over the limit gets no pong.
+                if self.phase == Phase::Open && matches!(self.admit(), Some(Ok(()))) {
                     self.outbox()
                         .send(frame::server_frame(OpCode::Pong, &frame.payload));
                 }
@@ -220,6 +222,11 @@ impl Conn {
         let refusal = match (&parsed, admitted) {
             (_, Err(r)) => Some(r),
             (Err(bad), Ok(())) => Some(bad.refusal.clone()),
+            // While the server-wide output budget is spent, no new work is taken on.
+            (Ok(_), Ok(())) if self.app.output.is_spent() => Some(Refusal::new(
+                ErrorCode::Unavailable,
+                "the server is short of output memory; try again",
+            )),
             (Ok(req), Ok(())) => namespace::handle(&self.app, &self.session, req).err(),
         };
         let Some(refusal) = refusal else {

@@ -101,9 +101,19 @@ pub fn open_packet(
     out
 }
 
-/// A random pid: 128 bits, hex.
-fn new_pid() -> Box<str> {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).into_boxed_str()
+/// A random pid: 128 bits from the operating system's cryptographic source, hex. Who
+/// knows a pid may try to recover its session, so it must not be guessable from other
+/// pids (as a fast non-cryptographic generator's output is). None if the source fails.
+fn new_pid() -> Option<Box<str>> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).ok()?;
+    Some(
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into_boxed_str(),
+    )
 }
 
 /// `40<ns,>{...}` or `44<ns,>{...}`: a CONNECT reply or CONNECT_ERROR.
@@ -128,7 +138,8 @@ fn finish_connect(
     kept: Option<(Box<str>, Kept)>,
     offset: Option<u64>,
 ) {
-    let principal = session.principal();
+    let grant = session.grant();
+    let principal = grant.principal.clone();
     // Recovered only when every change after the offset can still be replayed: from
     // the ring, or with a database from the change log. Otherwise a fresh session.
     let replayable = |since: u64| app.has_log() || since >= app.engine.ring_floor();
@@ -138,9 +149,22 @@ fn finish_connect(
             && kept.user_id == principal.user_id
             && replayable(offset.unwrap_or(kept.since_default))
     });
-    let pid = recovered
-        .as_ref()
-        .map_or_else(new_pid, |(pid, _)| pid.clone());
+    let pid = match &recovered {
+        Some((pid, _)) => pid.clone(),
+        None => match new_pid() {
+            Some(pid) => pid,
+            None => {
+                tracing::error!("the operating system's random source failed");
+                app.metrics.error(ErrorCode::Internal);
+                session.outbox.send(connect_frame(
+                    b'4',
+                    path,
+                    &json!({ "message": "internal error", "data": { "code": "internal" } }),
+                ));
+                return;
+            }
+        },
+    };
     let sid = format!("{}-{}", session.connection_id(), ns as usize);
     app.socketio.live.entry(session.id).or_default().joined[ns as usize] = Some(Joined {
         pid: pid.clone(),
@@ -166,9 +190,15 @@ fn finish_connect(
         ));
     }
     if let Some((_, kept)) = recovered {
+        // Each subscription is checked as a fresh subscribe's would be, against the
+        // roles the connection has now, and counts toward the cap: what is refused is
+        // not restored.
         let since = offset.unwrap_or(kept.since_default);
         for filter in kept.filters {
-            namespace::resubscribe(app, session, filter, since);
+            if let Err(refusal) = namespace::resubscribe(app, session, &grant, filter, since) {
+                app.metrics.error(refusal.code);
+                tracing::debug!(connection = session.id, error = %refusal.message, "a kept subscription was not restored");
+            }
         }
         app.metrics
             .socketio_recoveries
@@ -206,14 +236,22 @@ impl SharedSessions {
         }
     }
 
-    async fn take(&self, pid: &str) -> Result<Option<KeptSession>, String> {
+    async fn take(
+        &self,
+        pid: &str,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<KeptSession>, String> {
         match self {
-            SharedSessions::Database(db) => crate::db::store::take_session(db, pid)
+            SharedSessions::Database(db) => {
+                crate::db::store::take_session(db, pid, tenant, user_id)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            SharedSessions::Redis(cluster) => cluster
+                .take_session(pid, tenant, user_id)
                 .await
                 .map_err(|e| e.to_string()),
-            SharedSessions::Redis(cluster) => {
-                cluster.take_session(pid).await.map_err(|e| e.to_string())
-            }
         }
     }
 }
@@ -330,13 +368,23 @@ impl Conn {
             .and_then(Value::as_str)
             .and_then(|o| o.parse::<u64>().ok());
         let pid = auth.get("pid").and_then(Value::as_str);
-        let local = pid.and_then(|pid| self.app.socketio.kept.remove(pid));
+        // A kept session is taken only by its own tenant and user: a pid presented by
+        // anyone else leaves it where it is.
+        let principal = self.session.principal();
+        let local = pid.and_then(|pid| {
+            self.app.socketio.kept.remove_if(pid, |_, k| {
+                k.tenant == principal.tenant && k.user_id == principal.user_id
+            })
+        });
         match (local, pid, SharedSessions::of(&self.app)) {
             (None, Some(pid), Some(shared)) => {
                 let (app, session) = (self.app.clone(), self.session.clone());
                 let (pid, path) = (pid.to_string(), path.to_string());
                 tokio::spawn(async move {
-                    let kept = match shared.take(&pid).await {
+                    let kept = match shared
+                        .take(&pid, &principal.tenant, &principal.user_id)
+                        .await
+                    {
                         Ok(kept) => kept.and_then(Kept::from_shared),
                         Err(e) => {
                             tracing::warn!(error = %e, "could not look up a Socket.IO session to recover");
@@ -369,7 +417,15 @@ impl Conn {
                             "this connection is authenticated as another user",
                         ));
                     }
-                    self.session.principal.store(Arc::new(p));
+                    if current.roles == p.roles && current.authenticated {
+                        // A refreshed token of the same identity.
+                        self.session.principal.store(Arc::new(p));
+                    } else {
+                        // Other roles (or a first login): what was subscribed under the
+                        // previous ones goes, as with `auth:login`.
+                        self.app.engine.switch_principal(&self.session, Arc::new(p));
+                        self.app.dashboards.remove_session(self.session.id);
+                    }
                     Ok(())
                 }
                 Err(fault) => {
@@ -530,7 +586,7 @@ mod tests {
 
     #[test]
     fn pids_are_unique_and_hex() {
-        let (a, b) = (new_pid(), new_pid());
+        let (a, b) = (new_pid().expect("pid"), new_pid().expect("pid"));
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));

@@ -25,6 +25,10 @@ use crate::time;
 /// are 50-75 KB, about what a socket send buffer takes in one go; more would only make
 /// one batch's latency worse.
 pub const MAX_BATCH: usize = 256;
+/// Bytes taken from the queue per batch (one frame at least, whatever its size): about
+/// what a loopback socket takes in one `writev`. It also bounds what a connection
+/// whose socket is full holds outside its queue, where the byte budgets do not see it.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// Buffers per `writev` call (Linux allows 1024).
 const MAX_IOV: usize = 256;
 
@@ -67,7 +71,7 @@ pub fn take(app: &App, outbox: &Outbox, wire: Wire, pending: &mut Pending) -> bo
         latency: LocalHistogram::default(),
         stamped: false,
     };
-    outbox.drain_into(&mut batch, MAX_BATCH);
+    outbox.drain_into(&mut batch, MAX_BATCH, MAX_BATCH_BYTES);
     if batch.count == 0 {
         return false;
     }

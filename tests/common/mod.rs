@@ -106,6 +106,14 @@ const SCRUBBED_ENV: &[&str] = &[
 
 static SERVER_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// The server binary under test: the one this build made, or `NILECAST_TEST_BIN` (to
+/// run the same black-box tests against another build, e.g. the one before a fix).
+pub fn server_bin() -> PathBuf {
+    std::env::var_os("NILECAST_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nilecast")))
+}
+
 // ---------------------------------------------------------------------------
 // Server process
 // ---------------------------------------------------------------------------
@@ -134,7 +142,7 @@ pub fn spawn_server(envs: &[(&str, &str)]) -> TestServer {
     ));
     std::fs::create_dir_all(&dir).expect("create temp dir for the server");
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nilecast"));
+    let mut cmd = Command::new(server_bin());
     cmd.arg("serve")
         .current_dir(&dir)
         .stdin(Stdio::null())

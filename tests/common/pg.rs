@@ -84,7 +84,7 @@ impl TestDb {
 
     /// Runs `nilecast migrate` as a user would; panics unless it succeeds.
     pub fn migrate(&self, detection: &str) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_nilecast"))
+        let out = Command::new(super::server_bin())
             .arg("migrate")
             .env("NILEDB_CONNECTION_STRING", &self.url)
             .env("CHANGE_DETECTION", detection)
@@ -101,7 +101,7 @@ impl TestDb {
 
     /// Runs `nilecast db-check`; returns (success, stdout).
     pub fn db_check(&self, detection: &str) -> (bool, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_nilecast"))
+        let out = Command::new(super::server_bin())
             .arg("db-check")
             .env("NILEDB_CONNECTION_STRING", &self.url)
             .env("CHANGE_DETECTION", detection)
