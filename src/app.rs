@@ -171,8 +171,13 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
     };
     let cluster = match &config.redis_url {
         Some(url) => Some(
-            crate::cluster::Cluster::new(url, &config.redis_prefix, config.redis_stream_max_len)
-                .map_err(std::io::Error::other)?,
+            crate::cluster::Cluster::new(
+                url,
+                &config.redis_prefix,
+                config.redis_stream_max_len,
+                config.cluster_secret.clone(),
+            )
+            .map_err(std::io::Error::other)?,
         ),
         None => None,
     };

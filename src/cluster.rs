@@ -123,12 +123,27 @@ pub struct Cluster {
     pub leading: AtomicBool,
     /// How many times this node took the lease.
     pub takeovers: AtomicU64,
+    /// `CLUSTER_SECRET`, or the one the cluster keeps in Redis (see [`Cluster::secret`]).
+    secret: tokio::sync::OnceCell<String>,
 }
 
+/// The header that carries the cluster secret on a node-to-node request.
+pub const SECRET_HEADER: &str = "x-nilecast-cluster-secret";
+
 impl Cluster {
-    pub fn new(url: &str, prefix: &str, stream_max_len: u64) -> Result<Arc<Cluster>, String> {
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        stream_max_len: u64,
+        secret: Option<String>,
+    ) -> Result<Arc<Cluster>, String> {
         let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?;
+        let configured = tokio::sync::OnceCell::new();
+        if let Some(secret) = secret {
+            let _ = configured.set(secret);
+        }
         Ok(Arc::new(Cluster {
+            secret: configured,
             client,
             conn: tokio::sync::OnceCell::new(),
             prefix: prefix.to_string(),
@@ -144,6 +159,33 @@ impl Cluster {
 
     fn key(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)
+    }
+
+    /// The secret nodes authenticate their requests to each other with:
+    /// `CLUSTER_SECRET` when set, else 256 random bits that the first node to ask
+    /// stores in Redis (`SET NX`) for every node to read. Whoever reads Redis is inside
+    /// the cluster already; a client of the HTTP API is not.
+    pub async fn secret(&self) -> Result<String, ClusterError> {
+        self.secret
+            .get_or_try_init(|| async {
+                let mut bytes = [0u8; 32];
+                getrandom::getrandom(&mut bytes)
+                    .map_err(|e| ClusterError(format!("random source: {e}")))?;
+                let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let key = self.key("secret");
+                let mut conn = self.conn().await?;
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&fresh)
+                    .arg("NX")
+                    .query_async(&mut conn)
+                    .await?;
+                let kept: Option<String> =
+                    redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                kept.ok_or_else(|| ClusterError("the cluster secret vanished from Redis".into()))
+            })
+            .await
+            .cloned()
     }
 
     async fn conn(&self) -> Result<ConnectionManager, ClusterError> {
@@ -288,8 +330,9 @@ impl Cluster {
             .collect())
     }
 
-    /// The `redis` part of `/health`.
-    pub async fn health(&self, with_database: bool) -> Value {
+    /// The `redis` part of `/health`. Members' addresses are listed only when
+    /// `addresses` (a staff caller): they are where the nodes' HTTP APIs listen.
+    pub async fn health(&self, with_database: bool, addresses: bool) -> Value {
         let state = async { Ok::<_, ClusterError>((self.members().await?, self.leader().await?)) };
         let state = tokio::time::timeout(Duration::from_secs(1), state).await;
         let connected = self.connected.load(Relaxed);
@@ -304,7 +347,14 @@ impl Cluster {
             body["connected"] = json!(connected);
             body["members"] = members
                 .iter()
-                .map(|m| json!({ "node": m.node, "address": m.addr, "lastSeen": time::iso8601(m.last_seen_ms) }))
+                .map(|m| {
+                    let mut member =
+                        json!({ "node": m.node, "lastSeen": time::iso8601(m.last_seen_ms) });
+                    if addresses {
+                        member["address"] = json!(m.addr);
+                    }
+                    member
+                })
                 .collect();
             if with_database {
                 body["leader"] = json!(leader);

@@ -439,6 +439,17 @@ pub struct Config {
     )]
     pub leader_lease_ms: u64,
 
+    /// Shared secret that authenticates the nodes' requests to each other (the
+    /// `/clients?scope=cluster` fan-out). Default: a random secret the cluster keeps
+    /// in Redis under `<REDIS_PREFIX>:secret`.
+    #[arg(
+        long = "cluster-secret",
+        env = "CLUSTER_SECRET",
+        value_name = "CLUSTER_SECRET",
+        hide_env_values = true
+    )]
+    pub cluster_secret: Option<String>,
+
     /// Prefix of every Redis key nilecast uses (one per deployment).
     #[arg(
         long = "redis-prefix",
@@ -522,6 +533,9 @@ impl Config {
         }
         if self.rate_limit_close_multiple < 1 {
             return Err("RATE_LIMIT_CLOSE_MULTIPLE must be at least 1".into());
+        }
+        if self.cluster_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err("CLUSTER_SECRET must be at least 32 bytes".into());
         }
         if self.max_header_bytes < 8192 {
             return Err("MAX_HEADER_BYTES must be at least 8192".into());

@@ -566,3 +566,57 @@ async fn replays_reach_as_far_back_as_the_stream_keeps() {
         .await;
     assert_eq!(reply["gap"], true, "{reply}");
 }
+
+/// `/clients?scope=cluster`, however the query spells `scope`, asks each member once,
+/// with a fixed node-to-node request that cannot fan out again; that route refuses a
+/// caller without the cluster secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_listing_asks_each_member_once() {
+    let prefix = prefix();
+    let _keys = Keys(prefix.clone());
+    let a = node("node-a", &redis_addr(), &prefix);
+    let b = node("node-b", &redis_addr(), &prefix);
+    wait_members(&a, 2).await;
+    wait_members(&b, 2).await;
+    let _on_b = Client::connect_path(b.port, "/ws?tenant=t1").await;
+    let requests = |port: u16| async move {
+        get_json(port, "/metrics").await["server"]["totalRequests"]
+            .as_u64()
+            .expect("totalRequests")
+    };
+    for path in [
+        "/clients?scope=cluster&tenant=t1",
+        "/clients?%73cope=cluster&tenant=t1",
+        "/clients?%73%63%6f%70%65=%63luster&tenant=t1",
+    ] {
+        let before = requests(b.port).await;
+        let listed = tokio::time::timeout(TIMEOUT, get_json(a.port, path))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer"));
+        let after = requests(b.port).await;
+        // One request from node a, and the /metrics read that measures `after`.
+        assert!(
+            after - before <= 2,
+            "{path}: node b served {} requests for one listing",
+            after - before
+        );
+        assert_eq!(listed["count"], 1, "{path}: {listed}");
+        assert!(
+            listed["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["status"] == "ok")),
+            "{path}: {listed}"
+        );
+    }
+    let refused = http_get(b.port, "/cluster/clients?tenant=t1").await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    let forged = http_request_with(
+        b.port,
+        "GET",
+        "/cluster/clients?tenant=t1",
+        &[("x-nilecast-cluster-secret", "guess")],
+        None,
+    )
+    .await;
+    assert_eq!(forged.status, 403, "{}", forged.text());
+}

@@ -1,11 +1,13 @@
-//! The one request a node makes of another: a `GET` of its HTTP API, for
-//! `/clients?scope=cluster`.
+//! The one request a node makes of another: a `GET` of its node-to-node route
+//! `/cluster/clients`, for `/clients?scope=cluster`, authenticated with the cluster
+//! secret. The caller's own credentials are never forwarded: the address comes from
+//! Redis, and a token is not to be handed to whatever answers there.
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
-use hyper::header::{HeaderValue, AUTHORIZATION, HOST};
+use hyper::header::{HeaderName, HeaderValue, HOST};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -15,18 +17,14 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest answer read (a member with very many clients is cut off with an error).
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
-/// `GET http://{addr}{path}` with the caller's `Authorization`; the JSON body of a 200.
-pub async fn get_json(
-    addr: &str,
-    path: &str,
-    authorization: Option<HeaderValue>,
-) -> Result<Value, String> {
-    tokio::time::timeout(TIMEOUT, get(addr, path, authorization))
+/// `GET http://{addr}{path}` with the cluster secret; the JSON body of a 200.
+pub async fn get_json(addr: &str, path: &str, secret: &str) -> Result<Value, String> {
+    tokio::time::timeout(TIMEOUT, get(addr, path, secret))
         .await
         .map_err(|_| format!("{addr} did not answer within {} s", TIMEOUT.as_secs()))?
 }
 
-async fn get(addr: &str, path: &str, authorization: Option<HeaderValue>) -> Result<Value, String> {
+async fn get(addr: &str, path: &str, secret: &str) -> Result<Value, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
@@ -38,9 +36,11 @@ async fn get(addr: &str, path: &str, authorization: Option<HeaderValue>) -> Resu
         .header(HOST, addr)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    if let Some(value) = authorization {
-        request.headers_mut().insert(AUTHORIZATION, value);
-    }
+    let secret = HeaderValue::from_str(secret).map_err(|e| e.to_string())?;
+    request.headers_mut().insert(
+        HeaderName::from_static(crate::cluster::SECRET_HEADER),
+        secret,
+    );
     let response = sender
         .send_request(request)
         .await

@@ -78,6 +78,7 @@ fn allowed_methods(path: &str) -> Option<&'static [Method]> {
         | ["metrics"]
         | ["metrics", "prometheus"]
         | ["clients"]
+        | ["cluster", "clients"]
         | ["alerts"]
         | ["test"]
         | ["demo"]
@@ -146,7 +147,13 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
     };
     match segments.as_slice() {
         [] => json_response(StatusCode::OK, &info(app)),
-        ["health"] => health(app).await,
+        ["health"] => {
+            // Members' addresses are a staff detail.
+            let staff =
+                super::identify(&app, &req, remote).is_ok_and(|p| p.may_administer().is_ok());
+            health(&app, staff).await
+        }
+        ["cluster", "clients"] => member_clients(&app, &req, remote).await,
         ["metrics"] => {
             let mut body = app.metrics.to_json(&app.gauges());
             if let Some(db) = &app.db {
@@ -156,9 +163,9 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
         }
         ["metrics", "prometheus"] => prometheus(app),
         ["clients"] if query_param(req.uri(), "scope").as_deref() == Some("cluster") => {
-            cluster_clients(app, &principal, &req).await
+            cluster_clients(&app, &principal, &req).await
         }
-        ["clients"] => clients(app, &principal),
+        ["clients"] => clients(&app, &principal, &req),
         ["alerts"] if app.db.is_some() => {
             let all = query_param(req.uri(), "all").as_deref() == Some("true");
             db_alerts(app, &principal, all).await
@@ -272,7 +279,7 @@ fn info(app: &App) -> Value {
     })
 }
 
-async fn health(app: &App) -> Resp {
+async fn health(app: &App, staff: bool) -> Resp {
     let over_memory = app.over_memory();
     let shutting_down = app.shutdown.is_triggered();
     let niledb = match &app.db {
@@ -280,7 +287,7 @@ async fn health(app: &App) -> Resp {
         None => json!({ "status": "disabled" }),
     };
     let redis = match &app.cluster {
-        Some(cluster) => cluster.health(app.db.is_some()).await,
+        Some(cluster) => cluster.health(app.db.is_some(), staff).await,
         None => json!({ "status": "disabled" }),
     };
     let db_degraded = niledb["status"] == "degraded" || redis["status"] == "degraded";
@@ -338,73 +345,183 @@ fn prometheus(app: &App) -> Resp {
     response
 }
 
-fn clients(app: &App, principal: &Principal) -> Resp {
+/// Default and largest `limit` of `/clients`.
+const CLIENTS_PAGE: usize = 100;
+const CLIENTS_PAGE_MAX: usize = 1000;
+/// Members asked by one `/clients?scope=cluster`: a bound on the fan-out whatever
+/// Redis lists (a cluster of more nodes than this is listed in part, and says so).
+const MEMBERS_ASKED_MAX: usize = 64;
+/// A subscription's filters longer than this (as JSON) are listed as truncated: a
+/// connection may hold 100 subscriptions of 100 values per field, and `/clients`
+/// echoing all of it for every connection would be a reply as large as the caller
+/// likes.
+const FILTERS_ECHO_MAX: usize = 1024;
+
+/// `?limit=` and `?after=` of a `/clients` listing.
+struct Page {
+    limit: usize,
+    /// List connections with an id above this one.
+    after: u64,
+}
+
+impl Page {
+    fn of(req: &Request<Incoming>) -> Result<Page, Refusal> {
+        let limit = match query_param(req.uri(), "limit") {
+            None => CLIENTS_PAGE,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if n > 0 => n.min(CLIENTS_PAGE_MAX),
+                _ => {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidFilter,
+                        "limit must be a positive integer",
+                    ))
+                }
+            },
+        };
+        let after = match query_param(req.uri(), "after") {
+            None => 0,
+            Some(a) => a
+                .strip_prefix("c-")
+                .unwrap_or(&a)
+                .parse::<u64>()
+                .map_err(|_| Refusal::new(ErrorCode::InvalidFilter, "after must be a client id"))?,
+        };
+        Ok(Page { limit, after })
+    }
+}
+
+/// `GET /clients[?limit=&after=]`: this node's clients of the caller's tenant, by
+/// connection id, a page at a time; `next` is the `after` of the next page.
+fn clients(app: &App, principal: &Principal, req: &Request<Incoming>) -> Resp {
     if let Err(r) = principal.may_administer() {
         return error_response(&r);
     }
-    let list = local_clients(app, principal);
+    let page = match Page::of(req) {
+        Ok(page) => page,
+        Err(r) => return error_response(&r),
+    };
+    let (list, next) = local_clients(app, &principal.tenant, &page);
     json_response(
         StatusCode::OK,
-        &json!({ "count": list.len(), "node": &app.node_id, "clients": list }),
+        &json!({ "count": list.len(), "node": &app.node_id, "clients": list, "next": next }),
     )
 }
 
-/// `GET /clients?scope=cluster`: this node's clients and every live member's, asked
-/// over HTTP with the caller's credentials (each node applies its own checks). A member
+/// `GET /cluster/clients?tenant=&limit=&after=`: the node-to-node listing behind
+/// `/clients?scope=cluster`. It answers for this node alone and never asks another, so
+/// no request can fan out twice; it takes the cluster secret, not a user's token.
+async fn member_clients(app: &App, req: &Request<Incoming>, remote: SocketAddr) -> Resp {
+    let Some(cluster) = &app.cluster else {
+        return not_found("no such endpoint");
+    };
+    let presented = req
+        .headers()
+        .get(crate::cluster::SECRET_HEADER)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    let secret = match cluster.secret().await {
+        Ok(secret) => secret,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the cluster secret");
+            return error_response(&Refusal::new(
+                ErrorCode::Unavailable,
+                "Redis is unreachable: the cluster secret is unknown",
+            ));
+        }
+    };
+    if !constant_time_eq(&presented, secret.as_bytes()) {
+        security::record(
+            &app.metrics,
+            Event::TokenRefused,
+            remote,
+            "a node-to-node request without the cluster secret",
+        );
+        let refusal = Refusal::new(
+            ErrorCode::Forbidden,
+            "this endpoint is for the cluster's nodes",
+        );
+        app.metrics.error(refusal.code);
+        return error_response(&refusal);
+    }
+    let page = match Page::of(req) {
+        Ok(page) => page,
+        Err(r) => return error_response(&r),
+    };
+    let tenant = query_param(req.uri(), "tenant").unwrap_or_default();
+    let (list, next) = local_clients(app, &tenant, &page);
+    json_response(
+        StatusCode::OK,
+        &json!({ "count": list.len(), "node": &app.node_id, "clients": list, "next": next }),
+    )
+}
+
+/// Whether `a` and `b` are equal, in a time that does not tell how much of them is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /clients?scope=cluster`: this node's clients and every live member's (at most
+/// [`MEMBERS_ASKED_MAX`]), each member asked once with a fixed node-to-node request
+/// (`/cluster/clients`, the caller's tenant and page, the cluster secret). A member
 /// that does not answer within two seconds is listed under `nodes` as unreachable.
 async fn cluster_clients(app: &App, principal: &Principal, req: &Request<Incoming>) -> Resp {
     if let Err(r) = principal.may_administer() {
         return error_response(&r);
     }
     let Some(cluster) = &app.cluster else {
-        return clients(app, principal);
+        return clients(app, principal, req);
+    };
+    let page = match Page::of(req) {
+        Ok(page) => page,
+        Err(r) => return error_response(&r),
+    };
+    let unavailable = |e: crate::cluster::ClusterError| {
+        tracing::warn!(error = %e, "could not reach Redis for the cluster's members");
+        error_response(&Refusal::new(
+            ErrorCode::Unavailable,
+            "Redis is unreachable: the cluster's members are unknown",
+        ))
     };
     let members = match cluster.members().await {
         Ok(members) => members,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not list the cluster's members");
-            return error_response(&Refusal::new(
-                ErrorCode::Unavailable,
-                "Redis is unreachable: the cluster's members are unknown",
-            ));
-        }
+        Err(e) => return unavailable(e),
     };
-    // The same query without `scope`, so each member answers for itself alone.
-    let query: Vec<String> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|kv| !kv.is_empty() && !kv.starts_with("scope="))
-        .map(str::to_string)
-        .collect();
-    let path = if query.is_empty() {
-        "/clients".to_string()
-    } else {
-        format!("/clients?{}", query.join("&"))
+    let secret = match cluster.secret().await {
+        Ok(secret) => secret,
+        Err(e) => return unavailable(e),
     };
-    let authorization = req.headers().get(hyper::header::AUTHORIZATION).cloned();
-    let others = members.iter().filter(|m| m.node != app.node_id).map(|m| {
-        let (path, authorization) = (path.clone(), authorization.clone());
+    let path = format!(
+        "/cluster/clients?tenant={}&limit={}&after={}",
+        percent_encode(&principal.tenant),
+        page.limit,
+        page.after
+    );
+    let others: Vec<_> = members.iter().filter(|m| m.node != app.node_id).collect();
+    let left_out = others.len().saturating_sub(MEMBERS_ASKED_MAX);
+    let asks = others.into_iter().take(MEMBERS_ASKED_MAX).map(|m| {
+        let (path, secret) = (&path, &secret);
         async move {
             let answer = match &m.addr {
-                Some(addr) => crate::http::peer::get_json(addr, &path, authorization).await,
+                Some(addr) => crate::http::peer::get_json(addr, path, secret).await,
                 None => Err("no address announced".to_string()),
             };
             (m.node.clone(), answer)
         }
     });
-    let answers = futures_util::future::join_all(others).await;
-    let mine = local_clients(app, principal);
-    let mut nodes = vec![json!({ "node": &app.node_id, "status": "ok", "count": mine.len() })];
+    let answers = futures_util::future::join_all(asks).await;
+    let (mine, next) = local_clients(app, &principal.tenant, &page);
+    let mut nodes =
+        vec![json!({ "node": &app.node_id, "status": "ok", "count": mine.len(), "next": next })];
     let mut list = mine;
     for (node, answer) in answers {
         match answer.and_then(|body| match body["clients"].as_array() {
-            Some(clients) => Ok(clients.clone()),
+            Some(clients) => Ok((clients.clone(), body["next"].clone())),
             None => Err(format!("answered {body}")),
         }) {
-            Ok(clients) => {
-                nodes.push(json!({ "node": node, "status": "ok", "count": clients.len() }));
+            Ok((clients, next)) => {
+                nodes.push(
+                    json!({ "node": node, "status": "ok", "count": clients.len(), "next": next }),
+                );
                 list.extend(clients);
             }
             Err(error) => {
@@ -414,22 +531,51 @@ async fn cluster_clients(app: &App, principal: &Principal, req: &Request<Incomin
     }
     json_response(
         StatusCode::OK,
-        &json!({ "count": list.len(), "nodes": nodes, "clients": list }),
+        &json!({ "count": list.len(), "nodes": nodes, "clients": list, "membersNotAsked": left_out }),
     )
 }
 
-/// This node's clients of the caller's tenant, by connection id.
-fn local_clients(app: &App, principal: &Principal) -> Vec<Value> {
-    let mut list: Vec<Value> = app
+/// Percent-encodes a query value.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// This node's clients of `tenant` after `page.after`, by connection id, at most
+/// `page.limit`; and the id to ask `after` for the next page, when there is one.
+fn local_clients(app: &App, tenant: &str, page: &Page) -> (Vec<Value>, Option<String>) {
+    let mut sessions: Vec<Arc<crate::session::Session>> = app
         .sessions
         .iter()
-        .filter(|s| s.principal().tenant == principal.tenant)
+        .filter(|s| s.id > page.after && *s.principal().tenant == *tenant)
+        .map(|s| s.value().clone())
+        .collect();
+    sessions.sort_unstable_by_key(|s| s.id);
+    let next = (sessions.len() > page.limit).then(|| sessions[page.limit - 1].connection_id());
+    sessions.truncate(page.limit);
+    let list = sessions
+        .iter()
         .map(|s| {
             let p = s.principal();
             let subs = s.subs.lock();
             let mut namespaces: Vec<&str> = subs.iter().map(|e| e.ns.path()).collect();
             namespaces.sort_unstable();
             namespaces.dedup();
+            let filters = |e: &crate::session::SubEntry| {
+                let filters = e.filters_json();
+                let size = filters.to_string().len();
+                if size > FILTERS_ECHO_MAX {
+                    json!({ "truncated": true, "bytes": size })
+                } else {
+                    filters
+                }
+            };
             json!({
                 "id": s.connection_id(),
                 "remoteAddress": s.remote.to_string(),
@@ -437,7 +583,7 @@ fn local_clients(app: &App, principal: &Principal) -> Vec<Value> {
                 "tenant": &*p.tenant,
                 "namespaces": namespaces,
                 "subscriptions": subs.iter().map(|e| json!({
-                    "id": crate::fanout::subscription_name(e.id), "namespace": e.ns.path(), "filters": e.filters_json(),
+                    "id": crate::fanout::subscription_name(e.id), "namespace": e.ns.path(), "filters": filters(e),
                 })).collect::<Vec<_>>(),
                 "queueDepth": s.outbox.len(),
                 "connectedSince": time::iso8601(s.connected_ms),
@@ -445,8 +591,7 @@ fn local_clients(app: &App, principal: &Principal) -> Vec<Value> {
             })
         })
         .collect();
-    list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    list
+    (list, next)
 }
 
 fn alerts(app: &App, principal: &Principal, all: bool) -> Resp {

@@ -339,6 +339,7 @@ mod tests {
         assert_eq!(served_interval(3_600_000), 3_600_000);
         let distinct: std::collections::BTreeSet<u64> = (1000..=MAX_INTERVAL_MS)
             .step_by(997)
+            .chain([MAX_INTERVAL_MS])
             .map(served_interval)
             .collect();
         assert_eq!(distinct.len(), INTERVALS_MS.len());
