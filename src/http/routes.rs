@@ -150,10 +150,10 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
         ["health"] => {
             // Members' addresses are a staff detail.
             let staff =
-                super::identify(&app, &req, remote).is_ok_and(|p| p.may_administer().is_ok());
-            health(&app, staff).await
+                super::identify(app, &req, remote).is_ok_and(|p| p.may_administer().is_ok());
+            health(app, staff).await
         }
-        ["cluster", "clients"] => member_clients(&app, &req, remote).await,
+        ["cluster", "clients"] => member_clients(app, &req, remote).await,
         ["metrics"] => {
             let mut body = app.metrics.to_json(&app.gauges());
             if let Some(db) = &app.db {
@@ -163,9 +163,9 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
         }
         ["metrics", "prometheus"] => prometheus(app),
         ["clients"] if query_param(req.uri(), "scope").as_deref() == Some("cluster") => {
-            cluster_clients(&app, &principal, &req).await
+            cluster_clients(app, &principal, &req).await
         }
-        ["clients"] => clients(&app, &principal, &req),
+        ["clients"] => clients(app, &principal, &req),
         ["alerts"] if app.db.is_some() => {
             let all = query_param(req.uri(), "all").as_deref() == Some("true");
             db_alerts(app, &principal, all).await
