@@ -372,24 +372,36 @@ async fn housekeeping(app: Arc<App>) {
 }
 
 /// Closes connections whose token has expired (plus the configured leeway): an
-/// `auth:error {code: token_expired}`, then 1008. Checked every second.
+/// `auth:error {code: token_expired}`, then 1008; and connections that have not
+/// authenticated within `AUTH_TIMEOUT_MS`: `auth:error {code: unauthorized}`, then 1008
+/// (with auth on such a connection can do nothing but log in, so one that does not is
+/// only holding a socket). Checked every second.
 fn close_expired(app: &App, now_ms: u64) {
     if app.config.verifier.is_none() {
         return;
     }
     let leeway_ms = app.config.jwt_leeway_s.saturating_mul(1000);
     for session in app.sessions.iter() {
-        let expired = session
-            .principal()
+        let principal = session.principal();
+        let expired = principal
             .expires_ms
             .is_some_and(|exp| exp.saturating_add(leeway_ms) <= now_ms);
-        if !expired || !session.outbox.is_open() {
+        let unauthenticated = !principal.authenticated
+            && now_ms.saturating_sub(session.connected_ms) >= app.config.auth_timeout_ms;
+        if !(expired || unauthenticated) || !session.outbox.is_open() {
             continue;
         }
-        let refusal = crate::error::Refusal::new(
-            crate::error::ErrorCode::TokenExpired,
-            "token has expired; reconnect with a fresh one",
-        );
+        let refusal = if expired {
+            crate::error::Refusal::new(
+                crate::error::ErrorCode::TokenExpired,
+                "token has expired; reconnect with a fresh one",
+            )
+        } else {
+            crate::error::Refusal::new(
+                crate::error::ErrorCode::Unauthorized,
+                "no valid token within the login deadline (AUTH_TIMEOUT_MS)",
+            )
+        };
         app.metrics.error(refusal.code);
         session.outbox.send(
             session
@@ -398,11 +410,15 @@ fn close_expired(app: &App, now_ms: u64) {
         );
         security::record(
             &app.metrics,
-            Event::TokenExpired,
+            if expired {
+                Event::TokenExpired
+            } else {
+                Event::TokenRefused
+            },
             session.remote,
             &format!(
-                "connection {}: token expired; closing with 1008",
-                session.id
+                "connection {}: {}; closing with 1008",
+                session.id, refusal.message
             ),
         );
         session.outbox.close(close::POLICY, true);

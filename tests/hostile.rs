@@ -113,12 +113,23 @@ async fn a_login_during_a_deferred_subscribe_shows_nothing_of_the_new_identity()
     let server = database_server(&db, &[("REPLAY_MAX_CHANGES", "4")]).await;
     let port = server.port;
     let victim = "t-victim";
+    // History enough that reading it from the log takes the deferred subscribes a
+    // while: the login is handled meanwhile.
     let mut history = Vec::new();
-    for i in 0..40 {
+    for i in 0..1000 {
         history.push(order(&format!("o-v-{i}"), "c-victim", "pending"));
         history.push(activity("c-victim", "page_view"));
     }
-    publish_in(port, victim, history).await;
+    let last = *publish_in(port, victim, history)
+        .await
+        .last()
+        .expect("seqs");
+    // Once the feed has published the history, the ring has moved past it.
+    let fed = wait_until(Duration::from_secs(20), || async move {
+        metrics(port).await["changes"]["lastSeq"].as_u64() >= Some(last)
+    })
+    .await;
+    assert!(fed, "the feed did not publish the history");
 
     let staff = token("staff-a", "t-attacker", &["staff"]);
     let customer = token("c-att", victim, &["customer"]);
@@ -193,7 +204,14 @@ async fn a_deferred_subscribe_of_a_closed_connection_leaves_nothing_behind() {
     let changes: Vec<Value> = (0..200)
         .map(|i| inv(&format!("p-{i}"), "w-1", 50))
         .collect();
-    publish_in(port, "t-a", changes).await;
+    let last = *publish_in(port, "t-a", changes).await.last().expect("seqs");
+    // Once the feed has published them, `sinceSeq: 0` is below the ring and the
+    // subscribes read the change log.
+    let fed = wait_until(Duration::from_secs(20), || async move {
+        metrics(port).await["changes"]["lastSeq"].as_u64() >= Some(last)
+    })
+    .await;
+    assert!(fed, "the feed did not publish the changes");
     let staff = token("staff-a", "t-a", &["staff"]);
     for _ in 0..40 {
         let mut c = RawClient::connect(port, &format!("/ws?token={staff}")).await;
@@ -776,4 +794,32 @@ async fn dashboard_intervals_come_from_a_small_set() {
         groups.is_some_and(|g| g <= 12),
         "dashboard groups: {groups:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// 7. Connections that never authenticate.
+// ---------------------------------------------------------------------------
+
+/// With auth on, a connection that has not logged in within `AUTH_TIMEOUT_MS` is told
+/// and closed with 1008; one that logged in meanwhile stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_logs_in_is_closed_at_the_deadline() {
+    let server = spawn_server(&[("JWT_SECRET", SECRET), ("AUTH_TIMEOUT_MS", "1000")]);
+    let port = server.port;
+    let mut idle = RawClient::connect(port, "/ws").await;
+    let mut member = Client::connect(port).await;
+    let login = member
+        .request(
+            "/",
+            "auth:login",
+            json!({ "token": token("u-1", "t-a", &["staff"]) }),
+        )
+        .await;
+    assert_eq!(login["tenantId"], "t-a", "{login}");
+    let (told, _) = idle
+        .recv_matching("auth:error", |f| f["event"] == "auth:error")
+        .await;
+    assert_eq!(told["data"]["code"], "unauthorized", "{told}");
+    assert_eq!(idle.expect_close(TIMEOUT).await, Some(1008));
+    member.assert_usable().await;
 }
