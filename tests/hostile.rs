@@ -138,26 +138,29 @@ async fn a_login_during_a_deferred_subscribe_shows_nothing_of_the_new_identity()
         .next_json(TIMEOUT)
         .await
         .expect("connection:established");
+    // The burst's ack ids are the client's first three, so that its later requests
+    // get ids of their own.
+    let acks: Vec<u64> = (0..3).map(|_| attacker.next_ack_id()).collect();
     let mut burst = frame(
         "/orders",
         "orders:subscribe",
         json!({"sinceSeq": 0}),
-        Some(1),
+        Some(acks[0]),
     );
     burst.extend(frame(
         "/customer",
         "customer:subscribe",
         json!({"sinceSeq": 0}),
-        Some(2),
+        Some(acks[1]),
     ));
     burst.extend(frame(
         "/",
         "auth:login",
         json!({ "token": customer }),
-        Some(3),
+        Some(acks[2]),
     ));
     assert!(attacker.send_bytes(&burst).await);
-    let login = attacker.recv_ack(3).await;
+    let login = attacker.recv_ack(acks[2]).await;
     assert_eq!(login["tenantId"], victim, "{login}");
 
     // As the customer now: its own orders, live, as the marker.
