@@ -115,12 +115,27 @@ pub struct TestServer {
     pub port: u16,
     pub child: Child,
     dir: PathBuf,
+    /// The server's stderr (its log), line by line as it comes.
+    log: mpsc::Receiver<String>,
 }
 
-/// Starts the server with `WEBSOCKET_PORT=0 SIMULATE_RATE=0 RUST_LOG=warn` plus `envs`,
-/// in a fresh temporary working directory, and waits (30 s) for its
-/// `nilecast listening on <ip>:<port>` line.
-pub fn spawn_server(envs: &[(&str, &str)]) -> TestServer {
+/// How [`spawn_server_with`] and [`run_server_to_exit`] start the server, beyond what
+/// [`spawn_server`] does.
+#[derive(Default, Clone, Copy)]
+pub struct ServerOptions<'a> {
+    /// Variables set after the defaults (they win).
+    pub envs: &'a [(&'a str, &'a str)],
+    /// Defaults of [`spawn_server`] to leave unset, e.g. `SIMULATE_RATE` to see the
+    /// server's own default.
+    pub unset: &'a [&'a str],
+    /// Written to `.env` in the server's working directory before it starts.
+    pub dotenv: Option<&'a str>,
+    /// Arguments after `serve`.
+    pub args: &'a [&'a str],
+}
+
+/// A fresh temporary working directory for one server process.
+fn server_dir() -> PathBuf {
     let n = SERVER_COUNTER.fetch_add(1, Ordering::SeqCst);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -133,31 +148,66 @@ pub fn spawn_server(envs: &[(&str, &str)]) -> TestServer {
         nanos
     ));
     std::fs::create_dir_all(&dir).expect("create temp dir for the server");
+    dir
+}
 
+/// `nilecast serve` in `dir` with the scrubbed environment and the options applied.
+fn server_command(dir: &std::path::Path, options: &ServerOptions) -> Command {
+    if let Some(contents) = options.dotenv {
+        std::fs::write(dir.join(".env"), contents).expect("write the server's .env");
+    }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nilecast"));
     cmd.arg("serve")
-        .current_dir(&dir)
+        .args(options.args)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
-    cmd.env("WEBSOCKET_PORT", "0")
-        .env("SIMULATE_RATE", "0")
-        .env("RUST_LOG", "warn");
-    for (k, v) in envs {
+    for (k, v) in [
+        ("WEBSOCKET_PORT", "0"),
+        ("SIMULATE_RATE", "0"),
+        ("RUST_LOG", "warn"),
+    ] {
+        if !options.unset.contains(&k) {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in options.envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn the nilecast binary");
+    cmd
+}
+
+/// Starts the server with `WEBSOCKET_PORT=0 SIMULATE_RATE=0 RUST_LOG=warn` plus `envs`,
+/// in a fresh temporary working directory, and waits (30 s) for its
+/// `nilecast listening on <ip>:<port>` line.
+pub fn spawn_server(envs: &[(&str, &str)]) -> TestServer {
+    spawn_server_with(ServerOptions {
+        envs,
+        ..ServerOptions::default()
+    })
+}
+
+/// [`spawn_server`] with more control: defaults left unset, a `.env` file, arguments.
+pub fn spawn_server_with(options: ServerOptions) -> TestServer {
+    let dir = server_dir();
+    let mut child = server_command(&dir, &options)
+        .spawn()
+        .expect("spawn the nilecast binary");
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     // Server logs go through the test's captured output: shown only when a test fails
-    // (threads spawned from a test thread inherit its output capture).
+    // (threads spawned from a test thread inherit its output capture). They also go to
+    // a channel, for the tests that wait for a log line.
+    let (log_tx, log) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             eprintln!("[nilecast] {line}");
+            let _ = log_tx.send(line);
         }
     });
 
@@ -194,7 +244,58 @@ pub fn spawn_server(envs: &[(&str, &str)]) -> TestServer {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("cannot parse a port from {line:?}"));
     assert_ne!(port, 0, "server reported port 0: {line:?}");
-    TestServer { port, child, dir }
+    TestServer {
+        port,
+        child,
+        dir,
+        log,
+    }
+}
+
+/// How a server process that was expected to exit ended.
+#[derive(Debug)]
+pub struct ServerExit {
+    /// None when it was still running at the deadline (it is killed then).
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the server with `options` and waits up to `timeout` for it to exit on its own
+/// (start-up refusals, `--help`); a server still running then is killed.
+pub fn run_server_to_exit(options: ServerOptions, timeout: Duration) -> ServerExit {
+    let dir = server_dir();
+    let mut child = server_command(&dir, &options)
+        .spawn()
+        .expect("spawn the nilecast binary");
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exit = ServerExit {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    exit
 }
 
 impl TestServer {
@@ -228,6 +329,22 @@ impl TestServer {
 
     pub async fn connect(&self) -> Client {
         Client::connect(self.port).await
+    }
+
+    /// Waits up to `timeout` for a log line (stderr) containing `needle` and returns
+    /// it; Err with the lines seen meanwhile when none came. Blocks the calling thread:
+    /// use it from a multi-thread runtime.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<String, Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(line) => seen.push(line),
+                Err(_) => return Err(seen),
+            }
+        }
     }
 }
 
