@@ -23,6 +23,29 @@ pub enum SlowConsumerPolicy {
     DropOldest,
 }
 
+/// Where the server runs. Only two behaviours exist; `test`, which test runners put in
+/// `NODE_ENV`, is development.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Environment {
+    #[default]
+    Development,
+    Production,
+}
+
+impl Environment {
+    /// Reads the value of `variable`. Anything unknown is an error, so a typo such as
+    /// `prod` can not silently run a production deployment in development mode.
+    pub fn parse(variable: &str, value: &str) -> Result<Environment, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "development" | "test" => Ok(Environment::Development),
+            "production" => Ok(Environment::Production),
+            _ => Err(format!(
+                "{variable} is {value:?}: it must be development, production or test"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// TCP port for HTTP and WebSocket (0 picks a free port).
@@ -438,25 +461,31 @@ pub struct Config {
     #[arg(skip)]
     pub trusted: Vec<crate::security::IpRange>,
 
-    /// `production` turns off the `/test` page. `NODE_ENV` is read too, for the seed's
-    /// deployments.
-    #[arg(
-        long = "env",
-        env = "NILECAST_ENV",
-        value_name = "NILECAST_ENV",
-        default_value = "development"
-    )]
-    pub environment: String,
+    /// `development` (the default), `production`, or `test` (the same as development).
+    /// Production turns off the `/test` and `/demo` pages, needs a JWT key and leaves the
+    /// simulator off unless SIMULATE_RATE is set. When unset, `NODE_ENV` is read, for the
+    /// seed's deployments. Any other value in either stops start-up.
+    #[arg(long = "env", env = "NILECAST_ENV", value_name = "NILECAST_ENV")]
+    pub environment_setting: Option<String>,
+
+    /// The environment `validate` resolved from NILECAST_ENV or NODE_ENV.
+    #[arg(skip)]
+    pub environment: Environment,
 }
 
 impl Config {
     /// Checks what clap's types cannot, and names the variable at fault.
     pub fn validate(&mut self) -> Result<(), String> {
-        if self.environment == "development" {
-            if let Ok(node_env) = std::env::var("NODE_ENV") {
-                self.environment = node_env;
+        // NILECAST_ENV wins over NODE_ENV; an empty value counts as unset, as it does
+        // for the other optional settings.
+        let node_env = std::env::var("NODE_ENV").ok();
+        self.environment = match (self.environment_setting.as_deref(), node_env.as_deref()) {
+            (Some(value), _) if !value.trim().is_empty() => {
+                Environment::parse("NILECAST_ENV", value)?
             }
-        }
+            (_, Some(value)) if !value.trim().is_empty() => Environment::parse("NODE_ENV", value)?,
+            _ => Environment::Development,
+        };
         let positive: [(&str, u64); 11] = [
             ("MAX_CONNECTIONS", self.max_connections as u64),
             ("MAX_MESSAGE_BYTES", self.max_message_bytes as u64),
@@ -508,7 +537,7 @@ impl Config {
     }
 
     pub fn is_production(&self) -> bool {
-        self.environment.eq_ignore_ascii_case("production")
+        self.environment == Environment::Production
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -544,5 +573,25 @@ impl Config {
         config.max_connections_per_ip = 0;
         config.upgrades_per_ip_per_s = 0;
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environments_are_development_or_production_and_nothing_else() {
+        let parse = |v| Environment::parse("NILECAST_ENV", v);
+        assert_eq!(parse("development"), Ok(Environment::Development));
+        assert_eq!(parse("test"), Ok(Environment::Development));
+        assert_eq!(parse("Production"), Ok(Environment::Production));
+        let err = parse("prod").expect_err("a typo is refused");
+        assert!(
+            err.contains("NILECAST_ENV") && err.contains("prod"),
+            "{err}"
+        );
+        let err = Environment::parse("NODE_ENV", "staging").expect_err("unknown");
+        assert!(err.starts_with("NODE_ENV"), "{err}");
     }
 }

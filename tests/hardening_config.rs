@@ -1,0 +1,101 @@
+//! Regression tests for the configuration and door hardening of issue 13: start-up
+//! refusals (environment, `.env`), the simulator's default, secrets in `--help`, CORS,
+//! JWT `crit` and lifetime, and the per-address limits and body deadline of plain HTTP.
+//! Each runs the real binary and talks to it over real sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SECRET: &str = "nilecast-hardening-secret-of-32-bytes-or-more";
+
+fn unix_now() -> i64 {
+    now_ms() / 1000
+}
+
+fn signed(claims: &Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign HS256")
+}
+
+/// A staff token of tenant `t-a` that expires `lifetime_s` from now.
+fn token_for(lifetime_s: i64) -> String {
+    signed(&json!({
+        "sub": "u-1", "tenant_id": "t-a", "roles": ["staff"], "exp": unix_now() + lifetime_s,
+    }))
+}
+
+/// An HS256 token whose header carries `crit`, an extension this server does not know.
+fn token_with_crit() -> String {
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let header = json!({"alg": "HS256", "typ": "JWT", "crit": ["x-must"], "x-must": "yes"});
+    let claims =
+        json!({"sub": "u-1", "tenant_id": "t-a", "roles": ["staff"], "exp": unix_now() + 600});
+    let message = format!("{}.{}", b64(&header), b64(&claims));
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .expect("sign the crit token");
+    format!("{message}.{signature}")
+}
+
+/// Runs a server that is expected to refuse to start, and returns its stderr.
+fn refused_start(options: ServerOptions) -> String {
+    let exit = run_server_to_exit(options, TIMEOUT);
+    let status = exit.status.unwrap_or_else(|| {
+        panic!(
+            "the server did not exit within {TIMEOUT:?} (it started); stderr: {}",
+            exit.stderr
+        )
+    });
+    assert!(
+        !status.success(),
+        "the server exited 0; stderr: {}",
+        exit.stderr
+    );
+    exit.stderr
+}
+
+// ---------------------------------------------------------------------------
+// 1. The environment is development or production; anything else stops start-up.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_environment_is_refused_naming_its_variable() {
+    let stderr = refused_start(ServerOptions {
+        envs: &[("NILECAST_ENV", "prod"), ("JWT_SECRET", SECRET)],
+        ..ServerOptions::default()
+    });
+    assert!(
+        stderr.contains("NILECAST_ENV") && stderr.contains("prod"),
+        "the refusal must name NILECAST_ENV and the value: {stderr}"
+    );
+    let stderr = refused_start(ServerOptions {
+        envs: &[("NODE_ENV", "staging"), ("JWT_SECRET", SECRET)],
+        ..ServerOptions::default()
+    });
+    assert!(
+        stderr.contains("NODE_ENV") && stderr.contains("staging"),
+        "the refusal must name NODE_ENV and the value: {stderr}"
+    );
+
+    // NODE_ENV=test (what test runners set) is development: the test page is served.
+    let server = spawn_server(&[("NODE_ENV", "test")]);
+    assert_eq!(http_get(server.port, "/test").await.status, 200);
+    // NILECAST_ENV=production (any case) is production: the test page is gone.
+    let server = spawn_server(&[("NILECAST_ENV", "Production"), ("JWT_SECRET", SECRET)]);
+    assert_eq!(http_get(server.port, "/test").await.status, 404);
+}
