@@ -2,15 +2,61 @@
 //! default and its validation, in one struct.
 //!
 //! Values come from (highest first) command-line flags, environment variables, a `.env`
-//! file in the working directory (loaded by `main.rs` before parsing), then the defaults
-//! below. `nilecast serve --help` is generated from this file, so the doc comment on a
+//! file in the working directory (read by [`load_dotenv`], which `main.rs` calls before
+//! parsing; a malformed one stops start-up), then the defaults below. `nilecast serve --help` is generated from this file, so the doc comment on a
 //! field is its documentation. Each flag's value name is its environment variable, which
 //! makes a bad value's error message name the variable a user actually set.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
+
+/// Loads the `.env` file of the working directory (or, as dotenvy looks for it, of the
+/// nearest parent that has one) into the environment, without overriding variables
+/// already set. No file is fine; a file that can not be read or has a malformed line is
+/// an error naming the file and the line, because dotenvy stops at the first bad line
+/// and a start-up that went on would run without every setting after it.
+pub fn load_dotenv() -> Result<Option<PathBuf>, String> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| format!("cannot read the working directory to look for .env: {e}"))?;
+    let Some(path) = cwd
+        .ancestors()
+        .map(|dir| dir.join(".env"))
+        .find(|candidate| candidate.is_file())
+    else {
+        return Ok(None);
+    };
+    match dotenvy::from_path(&path) {
+        Ok(()) => Ok(Some(path)),
+        Err(dotenvy::Error::LineParse(line, index)) => {
+            let contents = std::fs::read_to_string(&path).unwrap_or_default();
+            let at = match line_number(&contents, &line) {
+                Some(n) => format!("line {n}"),
+                None => "a line".to_string(),
+            };
+            Err(format!(
+                "{}: {at} is not a setting (NAME=value), at character {}: {}",
+                path.display(),
+                index + 1,
+                line.lines().next().unwrap_or_default().trim()
+            ))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The 1-based number of the line of `contents` where dotenvy's failing `statement`
+/// starts. dotenvy reports the statement, not its position, and a statement (a quoted
+/// value) may span lines, so its first line is what is looked for.
+fn line_number(contents: &str, statement: &str) -> Option<usize> {
+    let first = statement.lines().next()?.trim();
+    contents
+        .lines()
+        .position(|l| l.trim() == first)
+        .map(|i| i + 1)
+}
 
 /// What to do with a connection whose outgoing queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -579,6 +625,13 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_dotenv_statement_is_found_by_its_first_line() {
+        let contents = "A=1\n\nTHIS IS NOT A SETTING\nB=2\n";
+        assert_eq!(line_number(contents, "THIS IS NOT A SETTING"), Some(3));
+        assert_eq!(line_number(contents, "nowhere"), None);
+    }
 
     #[test]
     fn environments_are_development_or_production_and_nothing_else() {

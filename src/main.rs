@@ -59,8 +59,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // A `.env` file in the working directory supplies variables not already set.
-    let _ = dotenvy::dotenv();
+    // A `.env` file in the working directory supplies variables not already set. A
+    // malformed one stops every command: whatever it failed to set (a JWT key, a
+    // database) would otherwise be missing without a word.
+    if let Err(message) = nilecast::config::load_dotenv() {
+        eprintln!("error: invalid .env file {message}");
+        return ExitCode::from(2);
+    }
     let mut args: Vec<String> = std::env::args().collect();
     let first = args.get(1).map(String::as_str);
     if first.is_none()

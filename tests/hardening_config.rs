@@ -99,3 +99,26 @@ async fn an_unknown_environment_is_refused_naming_its_variable() {
     let server = spawn_server(&[("NILECAST_ENV", "Production"), ("JWT_SECRET", SECRET)]);
     assert_eq!(http_get(server.port, "/test").await.status, 404);
 }
+
+// ---------------------------------------------------------------------------
+// 2. A malformed `.env` stops start-up, naming the file and the line.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_dotenv_line_stops_start_up() {
+    let stderr = refused_start(ServerOptions {
+        dotenv: Some("NODE_ID=from-dotenv\nTHIS IS NOT A SETTING\nCORS_ORIGIN=https://a.example\n"),
+        ..ServerOptions::default()
+    });
+    assert!(
+        stderr.contains(".env") && stderr.contains("line 2"),
+        "the refusal must name the .env file and line 2: {stderr}"
+    );
+
+    // A well-formed .env is loaded (and a missing one, as in every other test, is fine).
+    let server = spawn_server_with(ServerOptions {
+        dotenv: Some("# a comment\nNODE_ID=from-dotenv\n"),
+        ..ServerOptions::default()
+    });
+    assert_eq!(get_json(server.port, "/").await["node"], "from-dotenv");
+}
