@@ -276,12 +276,19 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
 
     /// Simulated changes per second from the built-in demo simulator; 0 turns it off.
+    /// Default: 20 when neither production (NILECAST_ENV), a database nor REDIS_URL is
+    /// configured, so `cargo run` shows live demo data; otherwise 0, because with a
+    /// database the simulator writes demo rows into its tables and with Redis it
+    /// publishes them to every node. Set it to turn the simulator on anywhere.
     #[arg(
         long = "simulate-rate",
         env = "SIMULATE_RATE",
-        value_name = "SIMULATE_RATE",
-        default_value_t = 20.0
+        value_name = "SIMULATE_RATE"
     )]
+    pub simulate_rate_setting: Option<f64>,
+
+    /// The simulator's rate `validate` resolved from SIMULATE_RATE and the default.
+    #[arg(skip)]
     pub simulate_rate: f64,
 
     /// Stock at or below this raises a `low_stock` alert (severity high), unless the
@@ -553,9 +560,17 @@ impl Config {
                 return Err(format!("{name} must be greater than 0"));
             }
         }
-        if !(self.simulate_rate.is_finite() && self.simulate_rate >= 0.0) {
-            return Err("SIMULATE_RATE must be a number >= 0".into());
-        }
+        self.simulate_rate = match self.simulate_rate_setting {
+            Some(rate) if !(rate.is_finite() && rate >= 0.0) => {
+                return Err("SIMULATE_RATE must be a number >= 0".into())
+            }
+            Some(rate) => rate,
+            None => default_simulate_rate(
+                self.is_production(),
+                self.db.enabled(),
+                self.redis_url.as_deref().is_some_and(|u| !u.is_empty()),
+            ),
+        };
         if !self.low_stock_threshold.is_finite() || !self.out_of_stock_threshold.is_finite() {
             return Err("LOW_STOCK_THRESHOLD and OUT_OF_STOCK_THRESHOLD must be numbers".into());
         }
@@ -615,10 +630,23 @@ impl Config {
         }
         let mut config = Wrapper::parse_from(["nilecast"]).config;
         config.port = 0;
+        config.simulate_rate_setting = Some(0.0);
         config.simulate_rate = 0.0;
         config.max_connections_per_ip = 0;
         config.upgrades_per_ip_per_s = 0;
         config
+    }
+}
+
+/// The simulator's rate when SIMULATE_RATE is not set: on only for a bare development
+/// server, where its demo data is the point; never where it would write into a real
+/// deployment's database or stream.
+fn default_simulate_rate(production: bool, database: bool, redis: bool) -> f64 {
+    // 20 changes a second keeps the test page lively without flooding a browser.
+    if production || database || redis {
+        0.0
+    } else {
+        20.0
     }
 }
 
@@ -631,6 +659,14 @@ mod tests {
         let contents = "A=1\n\nTHIS IS NOT A SETTING\nB=2\n";
         assert_eq!(line_number(contents, "THIS IS NOT A SETTING"), Some(3));
         assert_eq!(line_number(contents, "nowhere"), None);
+    }
+
+    #[test]
+    fn the_simulator_is_on_by_default_only_for_a_bare_development_server() {
+        assert_eq!(default_simulate_rate(false, false, false), 20.0);
+        assert_eq!(default_simulate_rate(true, false, false), 0.0);
+        assert_eq!(default_simulate_rate(false, true, false), 0.0);
+        assert_eq!(default_simulate_rate(false, false, true), 0.0);
     }
 
     #[test]

@@ -185,6 +185,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Tests and scripts wait for this exact line on stdout.
     println!("nilecast listening on {}", server.addr);
     tracing::info!(addr = %server.addr, simulate_rate = simulate, "serving; open http://{}/test to watch live events", server.addr);
+    // Said in so many words: the simulator's default depends on the rest of the
+    // configuration (on only without production, a database or Redis).
+    if simulate > 0.0 {
+        tracing::info!(
+            "simulator is on: {simulate} demo changes per second (SIMULATE_RATE=0 turns it off)"
+        );
+    } else {
+        tracing::info!("simulator is off (SIMULATE_RATE turns it on)");
+    }
 
     signals.wait().await;
     tracing::info!("shutting down: closing connections with 1001");

@@ -122,3 +122,60 @@ async fn a_malformed_dotenv_line_stops_start_up() {
     });
     assert_eq!(get_json(server.port, "/").await["node"], "from-dotenv");
 }
+
+// ---------------------------------------------------------------------------
+// 3. The simulator is on by default only without production, database or Redis.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_is_on_by_default_only_in_development() {
+    let changes_published = |port: u16| async move {
+        metrics(port).await["changes"]["published"]
+            .as_u64()
+            .expect("metrics.changes.published")
+    };
+
+    // Production, no SIMULATE_RATE: the start log says the simulator is off.
+    let mut production = spawn_server_with(ServerOptions {
+        envs: &[
+            ("NILECAST_ENV", "production"),
+            ("JWT_SECRET", SECRET),
+            ("RUST_LOG", "info"),
+        ],
+        unset: &["SIMULATE_RATE"],
+        ..ServerOptions::default()
+    });
+    let line = production
+        .wait_for_log("simulator is", TIMEOUT)
+        .unwrap_or_else(|seen| panic!("no `simulator is ...` line in the start log: {seen:#?}"));
+    assert!(line.contains("simulator is off"), "{line}");
+    assert_eq!(changes_published(production.port).await, 0);
+
+    // No configuration at all: the simulator runs (what `cargo run` shows).
+    let mut plain = spawn_server_with(ServerOptions {
+        envs: &[("RUST_LOG", "info")],
+        unset: &["SIMULATE_RATE"],
+        ..ServerOptions::default()
+    });
+    let line = plain
+        .wait_for_log("simulator is", TIMEOUT)
+        .unwrap_or_else(|seen| panic!("no `simulator is ...` line in the start log: {seen:#?}"));
+    assert!(line.contains("simulator is on"), "{line}");
+    let port = plain.port;
+    assert!(
+        wait_until(TIMEOUT, || async move { changes_published(port).await > 0 }).await,
+        "the default development server published no simulated change"
+    );
+
+    // An explicit SIMULATE_RATE wins, even in production.
+    let explicit = spawn_server(&[
+        ("NILECAST_ENV", "production"),
+        ("JWT_SECRET", SECRET),
+        ("SIMULATE_RATE", "50"),
+    ]);
+    let port = explicit.port;
+    assert!(
+        wait_until(TIMEOUT, || async move { changes_published(port).await > 0 }).await,
+        "SIMULATE_RATE=50 in production published no simulated change"
+    );
+}
