@@ -458,7 +458,13 @@ pub struct Config {
     /// Redis for cluster mode: changes travel between nodes through a Redis Stream with
     /// one global seq. With a database, one node (the lease holder) tails the database
     /// into the stream.
-    #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
+    /// (`--help` hides its value: the URL may carry a password.)
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        hide_env_values = true
+    )]
     pub redis_url: Option<String>,
 
     /// About how many changes the Redis stream keeps (trimmed with `MAXLEN ~`). Without
@@ -667,6 +673,38 @@ mod tests {
         assert_eq!(default_simulate_rate(true, false, false), 0.0);
         assert_eq!(default_simulate_rate(false, true, false), 0.0);
         assert_eq!(default_simulate_rate(false, false, true), 0.0);
+    }
+
+    /// `--help` prints `[env: NAME=value]` for every set variable unless told not to:
+    /// any setting that can hold a credential must be.
+    #[test]
+    fn help_hides_the_values_of_settings_that_can_hold_credentials() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let command = Wrapper::command();
+        let secret_like = [
+            "_PASSWORD",
+            "_SECRET",
+            "_URL",
+            "_CONNECTION_STRING",
+            "_TOKEN",
+        ];
+        let mut checked = 0;
+        for arg in command.get_arguments() {
+            let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                continue;
+            };
+            if secret_like.iter().any(|s| env.ends_with(s)) {
+                checked += 1;
+                assert!(arg.is_hide_env_values_set(), "--help would print {env}");
+            }
+        }
+        // REDIS_URL, NILEDB_CONNECTION_STRING, NILEDB_PASSWORD, DB_PASSWORD, JWT_SECRET.
+        assert!(checked >= 5, "only {checked} credential settings found");
     }
 
     #[test]

@@ -179,3 +179,36 @@ async fn the_simulator_is_on_by_default_only_in_development() {
         "SIMULATE_RATE=50 in production published no simulated change"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 4. `serve --help` shows no credentials.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_does_not_print_credentials() {
+    let exit = run_server_to_exit(
+        ServerOptions {
+            envs: &[
+                ("REDIS_URL", "redis://:redis-s3cret@127.0.0.1:6379/0"),
+                (
+                    "NILEDB_CONNECTION_STRING",
+                    "postgres://nile:pg-s3cret@127.0.0.1:5432/app",
+                ),
+                ("NILEDB_PASSWORD", "nile-s3cret"),
+                ("DB_PASSWORD", "mysql-s3cret"),
+                ("JWT_SECRET", "jwt-s3cret-jwt-s3cret-jwt-s3cret-jwt"),
+            ],
+            args: &["--help"],
+            ..ServerOptions::default()
+        },
+        TIMEOUT,
+    );
+    assert!(
+        exit.status.is_some_and(|s| s.success()),
+        "serve --help failed: {exit:?}"
+    );
+    assert!(exit.stdout.contains("REDIS_URL"), "{}", exit.stdout);
+    for line in exit.stdout.lines().filter(|l| l.contains("s3cret")) {
+        panic!("serve --help shows a credential: {line}");
+    }
+}
