@@ -112,7 +112,9 @@ pub struct Config {
     )]
     pub bind: IpAddr,
 
-    /// Allowed browser origins for the HTTP API, comma-separated; `*` allows any.
+    /// Allowed browser origins for the HTTP API and WebSocket upgrades, comma-separated,
+    /// compared without case. A listed origin gets CORS answers with credentials; `*`
+    /// allows any origin, without credentials (`Access-Control-Allow-Origin: *`).
     #[arg(
         long = "cors-origin",
         env = "CORS_ORIGIN",
@@ -582,6 +584,10 @@ impl Config {
         }
         if self.cors_origin.iter().any(|o| o.trim().is_empty()) {
             return Err("CORS_ORIGIN has an empty entry".into());
+        }
+        // `a, b` is a natural way to write a list; the spaces are not part of an origin.
+        for origin in &mut self.cors_origin {
+            *origin = origin.trim().to_string();
         }
         if self.rate_limit_close_multiple < 1 {
             return Err("RATE_LIMIT_CLOSE_MULTIPLE must be at least 1".into());

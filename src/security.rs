@@ -154,10 +154,17 @@ pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpRange]) -
 pub fn origin_allowed(origin: Option<&[u8]>, allowed: &[String]) -> bool {
     match origin {
         None => true,
-        Some(origin) => allowed
-            .iter()
-            .any(|a| a == "*" || a.as_bytes().eq_ignore_ascii_case(origin)),
+        Some(origin) => allowed.iter().any(|a| a == "*") || origin_listed(origin, allowed),
     }
+}
+
+/// Is `origin` one of the origins `CORS_ORIGIN` names (not merely allowed by `*`)? The
+/// comparison ignores ASCII case, as scheme and host do; every origin check goes
+/// through here so that the HTTP API and the WebSocket upgrade agree.
+pub fn origin_listed(origin: &[u8], allowed: &[String]) -> bool {
+    allowed
+        .iter()
+        .any(|a| a != "*" && a.trim().as_bytes().eq_ignore_ascii_case(origin))
 }
 
 /// Per-address limits: connections held at once, and upgrades per second (a token
@@ -271,6 +278,9 @@ mod tests {
         assert!(origin_allowed(Some(b"https://shop.example"), &list));
         assert!(!origin_allowed(Some(b"https://evil.example"), &list));
         assert!(origin_allowed(Some(b"https://evil.example"), &["*".into()]));
+        assert!(origin_allowed(Some(b"HTTPS://Shop.Example"), &list));
+        assert!(origin_listed(b"https://SHOP.example", &list));
+        assert!(!origin_listed(b"https://evil.example", &["*".into()]));
     }
 
     #[test]

@@ -212,3 +212,94 @@ async fn help_does_not_print_credentials() {
         panic!("serve --help shows a credential: {line}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// 5. CORS: `*` is anonymous; listed origins, compared without case, get credentials.
+// ---------------------------------------------------------------------------
+
+async fn preflight(port: u16, origin: &str) -> HttpResponse {
+    http_request_with(
+        port,
+        "OPTIONS",
+        "/publish",
+        &[
+            ("Origin", origin),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            ),
+        ],
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_star_never_allows_credentials() {
+    let server = spawn_server(&[("CORS_ORIGIN", "*")]);
+    let port = server.port;
+    let origin = [("Origin", "https://anyone.example")];
+    let r = http_request_with(port, "GET", "/health", &origin, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{r:?}");
+    assert_eq!(r.header("access-control-allow-credentials"), None, "{r:?}");
+    let r = preflight(port, "https://anyone.example").await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{r:?}");
+    assert_eq!(r.header("access-control-allow-credentials"), None, "{r:?}");
+    assert!(r
+        .header("access-control-allow-methods")
+        .is_some_and(|m| m.contains("POST")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_listed_origins_get_credentials_whatever_their_case() {
+    let server = spawn_server(&[("CORS_ORIGIN", "https://shop.example,https://Admin.Example")]);
+    let port = server.port;
+    for origin in [
+        "https://shop.example",
+        "https://SHOP.Example",
+        "https://admin.example",
+    ] {
+        let r = http_request_with(port, "GET", "/health", &[("Origin", origin)], None).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some(origin),
+            "{origin}: {r:?}"
+        );
+        assert_eq!(
+            r.header("access-control-allow-credentials"),
+            Some("true"),
+            "{origin}: {r:?}"
+        );
+        assert!(
+            r.header("vary").is_some_and(|v| v.contains("Origin")),
+            "{origin}: {r:?}"
+        );
+        let r = preflight(port, origin).await;
+        assert_eq!(r.status, 204, "{r:?}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some(origin),
+            "{r:?}"
+        );
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+        // The WebSocket Origin check compares the same way.
+        let r = upgrade_response(port, "/ws", &[("Origin", origin)]).await;
+        assert_eq!(r.status, 101, "upgrade from {origin}: {}", r.text());
+    }
+    let r = http_request_with(
+        port,
+        "GET",
+        "/health",
+        &[("Origin", "https://evil.example")],
+        None,
+    )
+    .await;
+    assert_eq!(r.header("access-control-allow-origin"), None, "{r:?}");
+    assert_eq!(r.header("access-control-allow-credentials"), None, "{r:?}");
+    let r = upgrade_response(port, "/ws", &[("Origin", "https://evil.example")]).await;
+    r.assert_error(403, "forbidden");
+}

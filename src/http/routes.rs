@@ -48,23 +48,28 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
     response
 }
 
-/// Adds CORS headers for an allowed browser origin.
+/// Adds CORS headers (PROTOCOL.md section 7). An origin that `CORS_ORIGIN` lists,
+/// compared without case, is echoed with `Access-Control-Allow-Credentials`; `*` lets
+/// any page read the answers but never with credentials, so a visitor's cookies or HTTP
+/// auth never serve a page the operator did not name.
 fn cors(app: &App, origin: Option<&HeaderValue>, response: &mut Resp) {
-    let Some(origin) = origin else { return };
     let allowed = &app.config.cors_origin;
-    let ok = allowed
-        .iter()
-        .any(|o| o == "*" || origin.to_str().is_ok_and(|v| v == o));
-    if !ok {
-        return;
-    }
     let headers = response.headers_mut();
-    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    headers.insert(
-        ACCESS_CONTROL_ALLOW_CREDENTIALS,
-        HeaderValue::from_static("true"),
-    );
-    headers.append(VARY, HeaderValue::from_static("Origin"));
+    // With named origins the answer depends on the request's Origin, so a shared cache
+    // must not hand one origin's answer to another.
+    if allowed.iter().any(|o| o != "*") {
+        headers.append(VARY, HeaderValue::from_static("Origin"));
+    }
+    let Some(origin) = origin else { return };
+    if security::origin_listed(origin.as_bytes(), allowed) {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    } else if allowed.iter().any(|o| o == "*") {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    }
 }
 
 /// The methods each known path takes.
