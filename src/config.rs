@@ -396,6 +396,17 @@ pub struct Config {
     )]
     pub jwt_max_bytes: usize,
 
+    /// Longest a token may still be valid, in seconds: a token whose `exp` lies further
+    /// ahead than this (plus JWT_LEEWAY_S) is refused as `unauthorized`. 604800 (7 days)
+    /// by default; `nilecast token` mints tokens for an hour.
+    #[arg(
+        long = "jwt-max-lifetime-s",
+        env = "JWT_MAX_LIFETIME_S",
+        value_name = "JWT_MAX_LIFETIME_S",
+        default_value_t = 7 * 24 * 3600
+    )]
+    pub jwt_max_lifetime_s: u64,
+
     /// A connection still sending once it has sent this many times its rate limit
     /// within the window is closed with 1008.
     #[arg(
@@ -547,7 +558,7 @@ impl Config {
             (_, Some(value)) if !value.trim().is_empty() => Environment::parse("NODE_ENV", value)?,
             _ => Environment::Development,
         };
-        let positive: [(&str, u64); 11] = [
+        let positive: [(&str, u64); 12] = [
             ("MAX_CONNECTIONS", self.max_connections as u64),
             ("MAX_MESSAGE_BYTES", self.max_message_bytes as u64),
             ("MAX_BODY_BYTES", self.max_body_bytes as u64),
@@ -562,6 +573,7 @@ impl Config {
             ("HEARTBEAT_INTERVAL_MS", self.heartbeat_interval_ms),
             ("HEARTBEAT_TIMEOUT_MS", self.heartbeat_timeout_ms),
             ("HANDSHAKE_TIMEOUT_MS", self.handshake_timeout_ms),
+            ("JWT_MAX_LIFETIME_S", self.jwt_max_lifetime_s),
         ];
         for (name, value) in positive {
             if value == 0 {

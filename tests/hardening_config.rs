@@ -303,3 +303,60 @@ async fn cors_listed_origins_get_credentials_whatever_their_case() {
     let r = upgrade_response(port, "/ws", &[("Origin", "https://evil.example")]).await;
     r.assert_error(403, "forbidden");
 }
+
+// ---------------------------------------------------------------------------
+// 6. JWT: `crit` headers and lifetimes beyond JWT_MAX_LIFETIME_S are refused.
+// ---------------------------------------------------------------------------
+
+/// The token is refused `unauthorized` at the upgrade (401) and at `auth:login`;
+/// returns the upgrade's message.
+async fn refused_everywhere(port: u16, token: &str, what: &str) -> String {
+    let r = upgrade_response(port, &format!("/ws?token={token}"), &[]).await;
+    assert_eq!(r.status, 401, "{what} at the upgrade: {}", r.text());
+    r.assert_error(401, "unauthorized");
+    let mut c = Client::connect(port).await;
+    c.emit("/", "auth:login", json!({ "token": token })).await;
+    let e = c.recv_event("/", "auth:error").await;
+    assert_error_obj(&e, "unauthorized");
+    r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_crit_headers_and_far_expiries_are_refused() {
+    let server = spawn_server(&[("JWT_SECRET", SECRET)]);
+    let port = server.port;
+    refused_everywhere(port, &token_with_crit(), "a crit header").await;
+
+    // The default bound is 7 days: 30 days is refused, with a message that says why.
+    let message = refused_everywhere(port, &token_for(30 * 86_400), "a 30-day token").await;
+    assert!(
+        message.contains("JWT_MAX_LIFETIME_S"),
+        "the refusal should say which limit: {message}"
+    );
+    let r = upgrade_response(
+        port,
+        &format!("/ws?token={}", token_for(u32::MAX as i64)),
+        &[],
+    )
+    .await;
+    r.assert_error(401, "unauthorized");
+    // What the project mints (`nilecast token`: an hour) and a week still pass.
+    for lifetime in [3600, 7 * 86_400 - 60] {
+        let r = upgrade_response(port, &format!("/ws?token={}", token_for(lifetime)), &[]).await;
+        assert_eq!(r.status, 101, "a token for {lifetime} s: {}", r.text());
+    }
+
+    // The bound is a setting.
+    let short = spawn_server(&[("JWT_SECRET", SECRET), ("JWT_MAX_LIFETIME_S", "600")]);
+    refused_everywhere(
+        short.port,
+        &token_for(3600),
+        "an hour over a 10-minute bound",
+    )
+    .await;
+    let r = upgrade_response(short.port, &format!("/ws?token={}", token_for(300)), &[]).await;
+    assert_eq!(r.status, 101, "{}", r.text());
+}

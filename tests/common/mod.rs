@@ -102,6 +102,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "SLOW_QUERY_MS",
     "REDIS_PREFIX",
     "NODE_ID",
+    "JWT_MAX_LIFETIME_S",
 ];
 
 static SERVER_COUNTER: AtomicUsize = AtomicUsize::new(0);
