@@ -417,7 +417,8 @@ pub struct Config {
     )]
     pub rate_limit_close_multiple: u32,
 
-    /// Connections one client address may hold at once; 0 for no limit.
+    /// Connections one client address may hold at once (an IPv6 client is counted by
+    /// its /64); 0 for no limit.
     #[arg(
         long = "max-connections-per-ip",
         env = "MAX_CONNECTIONS_PER_IP",
@@ -426,8 +427,8 @@ pub struct Config {
     )]
     pub max_connections_per_ip: u32,
 
-    /// WebSocket upgrades per second from one client address (a burst of one second's
-    /// worth is allowed); 0 for no limit.
+    /// WebSocket upgrades per second from one client address, IPv6 by its /64 (a burst
+    /// of one second's worth is allowed); 0 for no limit.
     #[arg(
         long = "upgrades-per-ip-per-s",
         env = "UPGRADES_PER_IP_PER_S",

@@ -5,7 +5,7 @@
 //! Architecture Invariant: every refusal made here for a security reason goes through
 //! [`record`], so an operator sees it in `nilecast::security` logs and in metrics.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 
 use dashmap::DashMap;
@@ -167,8 +167,23 @@ pub fn origin_listed(origin: &[u8], allowed: &[String]) -> bool {
         .any(|a| a != "*" && a.trim().as_bytes().eq_ignore_ascii_case(origin))
 }
 
+/// The key an address's limits are counted under. An IPv6 client is usually handed a
+/// whole /64 (SLAAC and privacy extensions pick any address in it), so a limit per
+/// address would be no limit at all: the /64 is what is counted. An IPv4-mapped IPv6
+/// address (a dual-stack listener) counts as its IPv4 address.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
+}
+
 /// Per-address limits: connections held at once, and upgrades per second (a token
-/// bucket that allows a burst of one second's worth).
+/// bucket that allows a burst of one second's worth). Addresses are counted by
+/// [`address_key`]: an IPv6 client by its /64.
 pub struct AddressLimits {
     doors: DashMap<IpAddr, Door>,
     max_connections: u32,
@@ -196,7 +211,7 @@ impl AddressLimits {
     ///
     /// [`release`]: AddressLimits::release
     pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<(), Event> {
-        let mut door = self.doors.entry(ip).or_insert_with(|| Door {
+        let mut door = self.doors.entry(address_key(ip)).or_insert_with(|| Door {
             open: 0,
             tokens: self.upgrades_per_s,
             last_ms: now_ms,
@@ -219,7 +234,7 @@ impl AddressLimits {
 
     /// A connection admitted from `ip` has ended.
     pub fn release(&self, ip: IpAddr) {
-        if let Some(mut door) = self.doors.get_mut(&ip) {
+        if let Some(mut door) = self.doors.get_mut(&address_key(ip)) {
             door.open = door.open.saturating_sub(1);
         }
     }
@@ -231,9 +246,9 @@ impl AddressLimits {
             .retain(|_, door| door.open > 0 || now_ms.saturating_sub(door.last_ms) < refill_ms);
     }
 
-    /// Connections open from `ip` (tests and `/clients`).
+    /// Connections open from `ip`'s key (its /64 for IPv6), for tests.
     pub fn open_from(&self, ip: IpAddr) -> u32 {
-        self.doors.get(&ip).map_or(0, |d| d.open)
+        self.doors.get(&address_key(ip)).map_or(0, |d| d.open)
     }
 }
 
@@ -296,5 +311,31 @@ mod tests {
         // Three upgrades used in the same instant: the bucket is empty.
         assert_eq!(limits.admit(ip, 0), Err(Event::AddressUpgradeRate));
         assert_eq!(limits.admit(ip, 1000), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_addresses_are_counted_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(address_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(address_key(ip("192.0.2.7")), ip("192.0.2.7"));
+
+        let limits = AddressLimits::new(2, 0);
+        assert_eq!(limits.admit(ip("2001:db8:1:2::1"), 0), Ok(()));
+        assert_eq!(limits.admit(ip("2001:db8:1:2:ffff::9"), 0), Ok(()));
+        // A third address of the same /64 is the same client.
+        assert_eq!(
+            limits.admit(ip("2001:db8:1:2:1234::"), 0),
+            Err(Event::AddressConnections)
+        );
+        // Another /64 is another client.
+        assert_eq!(limits.admit(ip("2001:db8:1:3::1"), 0), Ok(()));
+        // Releasing any address of the /64 gives its place back.
+        limits.release(ip("2001:db8:1:2::77"));
+        assert_eq!(limits.open_from(ip("2001:db8:1:2::1")), 1);
+        assert_eq!(limits.admit(ip("2001:db8:1:2:1234::"), 0), Ok(()));
     }
 }
