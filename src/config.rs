@@ -258,6 +258,17 @@ pub struct Config {
     )]
     pub handshake_timeout_ms: u64,
 
+    /// Time a client has to send a complete HTTP request body (`POST /publish`, ...),
+    /// counted from the end of the head; a body still arriving then is answered 408
+    /// `timeout` and the connection closed, so a trickled body can not hold it forever.
+    #[arg(
+        long = "body-timeout-ms",
+        env = "BODY_TIMEOUT_MS",
+        value_name = "BODY_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub body_timeout_ms: u64,
+
     /// After sending a close frame, how long to wait for the client's close before
     /// dropping the TCP connection.
     #[arg(
@@ -559,7 +570,7 @@ impl Config {
             (_, Some(value)) if !value.trim().is_empty() => Environment::parse("NODE_ENV", value)?,
             _ => Environment::Development,
         };
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 13] = [
             ("MAX_CONNECTIONS", self.max_connections as u64),
             ("MAX_MESSAGE_BYTES", self.max_message_bytes as u64),
             ("MAX_BODY_BYTES", self.max_body_bytes as u64),
@@ -575,6 +586,7 @@ impl Config {
             ("HEARTBEAT_TIMEOUT_MS", self.heartbeat_timeout_ms),
             ("HANDSHAKE_TIMEOUT_MS", self.handshake_timeout_ms),
             ("JWT_MAX_LIFETIME_S", self.jwt_max_lifetime_s),
+            ("BODY_TIMEOUT_MS", self.body_timeout_ms),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -360,3 +360,114 @@ async fn jwt_crit_headers_and_far_expiries_are_refused() {
     let r = upgrade_response(short.port, &format!("/ws?token={}", token_for(300)), &[]).await;
     assert_eq!(r.status, 101, "{}", r.text());
 }
+
+// ---------------------------------------------------------------------------
+// 8. Plain HTTP: a body deadline, and the per-address connection limit.
+// ---------------------------------------------------------------------------
+
+/// Reads one HTTP response (head and a Content-Length body) from `stream` within
+/// `within`; None when nothing complete came (a timeout, or the connection ended first).
+async fn read_response(stream: &mut TcpStream, within: Duration) -> Option<HttpResponse> {
+    let read = async {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_string();
+                let len = head
+                    .split("\r\n")
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if raw.len() >= end + 4 + len {
+                    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+                    let headers = head
+                        .split("\r\n")
+                        .skip(1)
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                        .collect();
+                    let body = raw[end + 4..end + 4 + len].to_vec();
+                    return Some(HttpResponse {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.ok().flatten()
+}
+
+/// A keep-alive `GET /health` on an open connection; the response's status, or None.
+async fn health_on(stream: &mut TcpStream, port: u16) -> Option<u16> {
+    let req = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    read_response(stream, TIMEOUT).await.map(|r| r.status)
+}
+
+async fn connect(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_publish_body_is_cut_at_the_body_deadline() {
+    let server = spawn_server(&[("BODY_TIMEOUT_MS", "1000")]);
+    let port = server.port;
+    let mut stream = connect(port).await;
+    let head = format!(
+        "POST /publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n["
+    );
+    stream.write_all(head.as_bytes()).await.expect("send head");
+    let started = Instant::now();
+    let (mut reader, mut writer) = stream.into_split();
+    // One byte of whitespace every 100 ms: the body keeps moving, but would take
+    // 100 s to finish. The deadline is for the whole body, not for each read.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..999 {
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+            if raw.windows(4).any(|w| w == b"\r\n\r\n") && raw.ends_with(b"}}") {
+                break;
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(
+        read.is_ok(),
+        "no answer to a trickled body within 8 s (BODY_TIMEOUT_MS=1000); got {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "expected 408 after {:?}: {text}",
+        started.elapsed()
+    );
+    let body = &text[text.find("\r\n\r\n").map_or(0, |p| p + 4)..];
+    let body: Value = serde_json::from_str(body).expect("a JSON error body");
+    assert_error_obj(&body["error"], "timeout");
+    // And the server goes on serving.
+    assert_eq!(http_get(port, "/health").await.status, 200);
+}

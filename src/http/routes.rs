@@ -616,7 +616,10 @@ async fn db_acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
     }
 }
 
-/// Reads a request body up to `MAX_BODY_BYTES`; a larger one is 413.
+/// Reads a request body up to `MAX_BODY_BYTES` (a larger one is 413) within
+/// `BODY_TIMEOUT_MS` (a slower one is 408). The deadline covers the whole body, not
+/// each read: a client trickling a byte at a time would otherwise hold the connection
+/// and its task for as long as it liked.
 async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Refusal> {
     let max = app.config.max_body_bytes;
     let too_large = || {
@@ -633,13 +636,25 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Refusal> 
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(Refusal::new(
+    let deadline = std::time::Duration::from_millis(app.config.body_timeout_ms);
+    let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), max).collect());
+    match collected.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(Refusal::new(
             ErrorCode::InvalidMessage,
             "could not read the request body",
         )),
+        Err(_) => {
+            app.metrics.error(ErrorCode::Timeout);
+            Err(Refusal::new(
+                ErrorCode::Timeout,
+                format!(
+                    "request body did not arrive within {} ms (BODY_TIMEOUT_MS)",
+                    app.config.body_timeout_ms
+                ),
+            ))
+        }
     }
 }
 

@@ -103,6 +103,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "REDIS_PREFIX",
     "NODE_ID",
     "JWT_MAX_LIFETIME_S",
+    "BODY_TIMEOUT_MS",
 ];
 
 static SERVER_COUNTER: AtomicUsize = AtomicUsize::new(0);
