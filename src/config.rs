@@ -428,8 +428,10 @@ pub struct Config {
     )]
     pub rate_limit_close_multiple: u32,
 
-    /// Connections one client address may hold at once (an IPv6 client is counted by
-    /// its /64); 0 for no limit.
+    /// Connections one client address may hold at once, plain HTTP and WebSocket alike
+    /// (an IPv6 client is counted by its /64); one more is answered 429 and closed.
+    /// Connections from TRUSTED_PROXIES are counted by their forwarded client, at the
+    /// WebSocket upgrade. 0 for no limit.
     #[arg(
         long = "max-connections-per-ip",
         env = "MAX_CONNECTIONS_PER_IP",

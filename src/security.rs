@@ -1,12 +1,16 @@
 //! What a hostile client meets at the door: security events (logged under their own
 //! tracing target and counted), the client's address behind trusted proxies, the
-//! `Origin` check, and per-address limits on connections and upgrades.
+//! `Origin` check (one case-insensitive comparison for CORS and upgrades), and
+//! per-address limits on connections (plain HTTP and WebSocket alike, IPv6 by /64) and
+//! upgrades.
 //!
 //! Architecture Invariant: every refusal made here for a security reason goes through
 //! [`record`], so an operator sees it in `nilecast::security` logs and in metrics.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use hyper::header::HeaderMap;
@@ -184,6 +188,10 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 /// Per-address limits: connections held at once, and upgrades per second (a token
 /// bucket that allows a burst of one second's worth). Addresses are counted by
 /// [`address_key`]: an IPv6 client by its /64.
+///
+/// Every connection counts, plain HTTP included: a plain connection takes a [`Place`]
+/// when it is accepted, and a WebSocket upgrade on it takes that place over, so an
+/// upgraded connection is counted once and given back once (by the WebSocket's end).
 pub struct AddressLimits {
     doors: DashMap<IpAddr, Door>,
     max_connections: u32,
@@ -196,6 +204,32 @@ struct Door {
     last_ms: u64,
 }
 
+/// A plain HTTP connection's place in its address's count. It is held from the accept
+/// until the connection ends, unless a WebSocket upgrade on the connection takes it
+/// over; whoever takes it ([`Place::take`]) is the one who gives it back. It travels to
+/// the upgrade as a request extension.
+#[derive(Clone)]
+pub struct Place(Arc<PlaceState>);
+
+struct PlaceState {
+    key: IpAddr,
+    /// An atomic because the connection's task and its upgrade each hold a clone; in
+    /// practice they take turns (the upgrade runs inside the connection's task).
+    held: AtomicBool,
+}
+
+impl Place {
+    /// Whether this place is still held and counts `ip`.
+    fn counts(&self, ip: IpAddr) -> bool {
+        self.0.held.load(Acquire) && self.0.key == address_key(ip)
+    }
+
+    /// Takes the place; true if it was held until now (the caller now owns the count).
+    fn take(&self) -> bool {
+        self.0.held.swap(false, AcqRel)
+    }
+}
+
 impl AddressLimits {
     /// `0` turns a limit off.
     pub fn new(max_connections: u32, upgrades_per_s: u32) -> AddressLimits {
@@ -206,17 +240,58 @@ impl AddressLimits {
         }
     }
 
-    /// Lets a new connection from `ip` in, counting it as open until [`release`], or
-    /// says which limit it hit.
-    ///
-    /// [`release`]: AddressLimits::release
-    pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<(), Event> {
-        let mut door = self.doors.entry(address_key(ip)).or_insert_with(|| Door {
+    fn door(&self, ip: IpAddr, now_ms: u64) -> dashmap::mapref::one::RefMut<'_, IpAddr, Door> {
+        self.doors.entry(address_key(ip)).or_insert_with(|| Door {
             open: 0,
             tokens: self.upgrades_per_s,
             last_ms: now_ms,
-        });
-        if self.max_connections > 0 && door.open >= self.max_connections {
+        })
+    }
+
+    /// Lets a newly accepted connection from `ip` in, counting it until its place is
+    /// given back ([`release_place`]), or says it is over `MAX_CONNECTIONS_PER_IP`.
+    /// None when there is no connection limit: nothing is counted then.
+    ///
+    /// [`release_place`]: AddressLimits::release_place
+    pub fn admit_connection(&self, ip: IpAddr, now_ms: u64) -> Result<Option<Place>, Event> {
+        if self.max_connections == 0 {
+            return Ok(None);
+        }
+        let mut door = self.door(ip, now_ms);
+        if door.open >= self.max_connections {
+            return Err(Event::AddressConnections);
+        }
+        door.open += 1;
+        Ok(Some(Place(Arc::new(PlaceState {
+            key: address_key(ip),
+            held: AtomicBool::new(true),
+        }))))
+    }
+
+    /// The connection that held `place` has ended: its count is given back, unless an
+    /// upgrade took the place over.
+    pub fn release_place(&self, place: &Place) {
+        if place.take() {
+            self.release(place.0.key);
+        }
+    }
+
+    /// Lets a WebSocket upgrade from `ip` in, counting it as open until [`release`], or
+    /// says which limit it hit. A connection that already holds a place for `ip` (a
+    /// plain connection accepted directly from the client) is not counted again: the
+    /// upgrade takes its place over. One accepted from a trusted proxy holds none, and
+    /// is counted here under the forwarded client address.
+    ///
+    /// [`release`]: AddressLimits::release
+    pub fn admit_upgrade(
+        &self,
+        ip: IpAddr,
+        now_ms: u64,
+        place: Option<&Place>,
+    ) -> Result<(), Event> {
+        let counted = place.is_some_and(|p| p.counts(ip));
+        let mut door = self.door(ip, now_ms);
+        if !counted && self.max_connections > 0 && door.open >= self.max_connections {
             return Err(Event::AddressConnections);
         }
         if self.upgrades_per_s > 0.0 {
@@ -228,8 +303,20 @@ impl AddressLimits {
             }
             door.tokens -= 1.0;
         }
-        door.open += 1;
+        match place {
+            // The place's count now belongs to the WebSocket connection.
+            Some(place) if counted && place.take() => {}
+            _ => door.open += 1,
+        }
         Ok(())
+    }
+
+    /// [`admit_upgrade`] of a connection that holds no place (unit tests).
+    ///
+    /// [`admit_upgrade`]: AddressLimits::admit_upgrade
+    #[cfg(test)]
+    fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<(), Event> {
+        self.admit_upgrade(ip, now_ms, None)
     }
 
     /// A connection admitted from `ip` has ended.
@@ -337,5 +424,37 @@ mod tests {
         limits.release(ip("2001:db8:1:2::77"));
         assert_eq!(limits.open_from(ip("2001:db8:1:2::1")), 1);
         assert_eq!(limits.admit(ip("2001:db8:1:2:1234::"), 0), Ok(()));
+    }
+
+    #[test]
+    fn an_upgrade_takes_over_its_connections_place() {
+        let ip: IpAddr = "192.0.2.9".parse().expect("test address");
+        let limits = AddressLimits::new(2, 0);
+        let a = limits
+            .admit_connection(ip, 0)
+            .expect("first")
+            .expect("a place");
+        let b = limits
+            .admit_connection(ip, 0)
+            .expect("second")
+            .expect("a place");
+        assert_eq!(
+            limits.admit_connection(ip, 0).err(),
+            Some(Event::AddressConnections)
+        );
+        // Upgrading `a` does not count it again, though the address is full.
+        assert_eq!(limits.admit_upgrade(ip, 0, Some(&a)), Ok(()));
+        assert_eq!(limits.open_from(ip), 2);
+        // `a`'s HTTP side ends: the WebSocket owns the count now.
+        limits.release_place(&a);
+        assert_eq!(limits.open_from(ip), 2);
+        // The WebSocket ends; then `b` ends, and gives back once however often asked.
+        limits.release(ip);
+        limits.release_place(&b);
+        limits.release_place(&b);
+        assert_eq!(limits.open_from(ip), 0);
+        // No limit: nothing is counted.
+        let open = AddressLimits::new(0, 0);
+        assert!(open.admit_connection(ip, 0).expect("no limit").is_none());
     }
 }

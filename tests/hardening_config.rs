@@ -208,9 +208,15 @@ async fn help_does_not_print_credentials() {
         "serve --help failed: {exit:?}"
     );
     assert!(exit.stdout.contains("REDIS_URL"), "{}", exit.stdout);
-    for line in exit.stdout.lines().filter(|l| l.contains("s3cret")) {
-        panic!("serve --help shows a credential: {line}");
-    }
+    let leaked: Vec<&str> = exit
+        .stdout
+        .lines()
+        .filter(|l| l.contains("s3cret"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "serve --help shows credentials: {leaked:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -470,4 +476,62 @@ async fn a_trickled_publish_body_is_cut_at_the_body_deadline() {
     assert_error_obj(&body["error"], "timeout");
     // And the server goes on serving.
     assert_eq!(http_get(port, "/health").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_connections_count_toward_the_per_address_limit() {
+    let server = spawn_server(&[
+        ("MAX_CONNECTIONS_PER_IP", "3"),
+        ("HANDSHAKE_TIMEOUT_MS", "60000"),
+    ]);
+    let port = server.port;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(connect(port).await);
+    }
+    let mut extra = connect(port).await;
+    let refusal = read_response(&mut extra, Duration::from_secs(5))
+        .await
+        .expect("a fourth idle connection with MAX_CONNECTIONS_PER_IP=3 was not refused");
+    refusal.assert_error(429, "rate_limited");
+    // The three admitted ones are served.
+    for stream in &mut idle {
+        assert_eq!(health_on(stream, port).await, Some(200));
+    }
+    drop(idle);
+
+    // WebSocket upgrades share the count without counting an upgraded connection
+    // twice, and give their place back exactly once.
+    let limited = spawn_server(&[
+        ("MAX_CONNECTIONS_PER_IP", "2"),
+        ("HANDSHAKE_TIMEOUT_MS", "60000"),
+    ]);
+    let port = limited.port;
+    let first = RawClient::connect(port, "/ws").await;
+    let _second = RawClient::connect(port, "/ws").await;
+    let mut plain = connect(port).await;
+    read_response(&mut plain, Duration::from_secs(5))
+        .await
+        .expect("a plain connection beside two WebSockets was not refused")
+        .assert_error(429, "rate_limited");
+    drop(first);
+    // Polls (every 50 ms, like `wait_until`) until a plain connection is served.
+    let deadline = Instant::now() + TIMEOUT;
+    let held = loop {
+        let mut stream = connect(port).await;
+        if health_on(&mut stream, port).await == Some(200) {
+            break stream;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a closed WebSocket's place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut over = connect(port).await;
+    read_response(&mut over, Duration::from_secs(5))
+        .await
+        .expect("a place was given back twice: a third connection was let in")
+        .assert_error(429, "rate_limited");
+    drop(held);
 }

@@ -717,8 +717,28 @@ pub async fn http_request_with(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> HttpResponse {
+    http_request_from(None, port, method, path, headers, body).await
+}
+
+/// [`http_request_with`] from source address `from` (another loopback address, e.g.
+/// 127.0.0.2, is another client for the per-address limits).
+pub async fn http_request_from(
+    from: Option<std::net::IpAddr>,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpResponse {
     let fut = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
+        let socket = TcpSocket::new_v4().expect("socket");
+        if let Some(from) = from {
+            socket
+                .bind(std::net::SocketAddr::new(from, 0))
+                .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+        }
+        let mut stream = socket
+            .connect(([127, 0, 0, 1], port).into())
             .await
             .expect("connect for HTTP");
         let mut req = format!(
