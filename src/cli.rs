@@ -37,7 +37,8 @@ pub struct TokenArgs {
     /// Roles, comma-separated: customer, staff, admin, publisher.
     #[arg(long, value_delimiter = ',', default_value = "staff")]
     pub roles: Vec<String>,
-    /// Lifetime in seconds.
+    /// Lifetime in seconds. Servers refuse tokens that live longer than their
+    /// JWT_MAX_LIFETIME_S (7 days by default).
     #[arg(long, default_value_t = 3600)]
     pub ttl_s: u64,
     /// `iss`, when the server requires one.

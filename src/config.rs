@@ -2,15 +2,61 @@
 //! default and its validation, in one struct.
 //!
 //! Values come from (highest first) command-line flags, environment variables, a `.env`
-//! file in the working directory (loaded by `main.rs` before parsing), then the defaults
-//! below. `nilecast serve --help` is generated from this file, so the doc comment on a
+//! file in the working directory (read by [`load_dotenv`], which `main.rs` calls before
+//! parsing; a malformed one stops start-up), then the defaults below. `nilecast serve --help` is generated from this file, so the doc comment on a
 //! field is its documentation. Each flag's value name is its environment variable, which
 //! makes a bad value's error message name the variable a user actually set.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
+
+/// Loads the `.env` file of the working directory (or, as dotenvy looks for it, of the
+/// nearest parent that has one) into the environment, without overriding variables
+/// already set. No file is fine; a file that can not be read or has a malformed line is
+/// an error naming the file and the line, because dotenvy stops at the first bad line
+/// and a start-up that went on would run without every setting after it.
+pub fn load_dotenv() -> Result<Option<PathBuf>, String> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| format!("cannot read the working directory to look for .env: {e}"))?;
+    let Some(path) = cwd
+        .ancestors()
+        .map(|dir| dir.join(".env"))
+        .find(|candidate| candidate.is_file())
+    else {
+        return Ok(None);
+    };
+    match dotenvy::from_path(&path) {
+        Ok(()) => Ok(Some(path)),
+        Err(dotenvy::Error::LineParse(line, index)) => {
+            let contents = std::fs::read_to_string(&path).unwrap_or_default();
+            let at = match line_number(&contents, &line) {
+                Some(n) => format!("line {n}"),
+                None => "a line".to_string(),
+            };
+            Err(format!(
+                "{}: {at} is not a setting (NAME=value), at character {}: {}",
+                path.display(),
+                index + 1,
+                line.lines().next().unwrap_or_default().trim()
+            ))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The 1-based number of the line of `contents` where dotenvy's failing `statement`
+/// starts. dotenvy reports the statement, not its position, and a statement (a quoted
+/// value) may span lines, so its first line is what is looked for.
+fn line_number(contents: &str, statement: &str) -> Option<usize> {
+    let first = statement.lines().next()?.trim();
+    contents
+        .lines()
+        .position(|l| l.trim() == first)
+        .map(|i| i + 1)
+}
 
 /// What to do with a connection whose outgoing queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -21,6 +67,29 @@ pub enum SlowConsumerPolicy {
     /// Drop the oldest queued frames and later tell the client how many with a
     /// `messages:dropped` event.
     DropOldest,
+}
+
+/// Where the server runs. Only two behaviours exist; `test`, which test runners put in
+/// `NODE_ENV`, is development.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Environment {
+    #[default]
+    Development,
+    Production,
+}
+
+impl Environment {
+    /// Reads the value of `variable`. Anything unknown is an error, so a typo such as
+    /// `prod` can not silently run a production deployment in development mode.
+    pub fn parse(variable: &str, value: &str) -> Result<Environment, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "development" | "test" => Ok(Environment::Development),
+            "production" => Ok(Environment::Production),
+            _ => Err(format!(
+                "{variable} is {value:?}: it must be development, production or test"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -43,7 +112,9 @@ pub struct Config {
     )]
     pub bind: IpAddr,
 
-    /// Allowed browser origins for the HTTP API, comma-separated; `*` allows any.
+    /// Allowed browser origins for the HTTP API and WebSocket upgrades, comma-separated,
+    /// compared without case. A listed origin gets CORS answers with credentials; `*`
+    /// allows any origin, without credentials (`Access-Control-Allow-Origin: *`).
     #[arg(
         long = "cors-origin",
         env = "CORS_ORIGIN",
@@ -217,6 +288,17 @@ pub struct Config {
     )]
     pub handshake_timeout_ms: u64,
 
+    /// Time a client has to send a complete HTTP request body (`POST /publish`, ...),
+    /// counted from the end of the head; a body still arriving then is answered 408
+    /// `timeout` and the connection closed, so a trickled body can not hold it forever.
+    #[arg(
+        long = "body-timeout-ms",
+        env = "BODY_TIMEOUT_MS",
+        value_name = "BODY_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub body_timeout_ms: u64,
+
     /// After sending a close frame, how long to wait for the client's close before
     /// dropping the TCP connection.
     #[arg(
@@ -237,12 +319,19 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
 
     /// Simulated changes per second from the built-in demo simulator; 0 turns it off.
+    /// Default: 20 when neither production (NILECAST_ENV), a database nor REDIS_URL is
+    /// configured, so `cargo run` shows live demo data; otherwise 0, because with a
+    /// database the simulator writes demo rows into its tables and with Redis it
+    /// publishes them to every node. Set it to turn the simulator on anywhere.
     #[arg(
         long = "simulate-rate",
         env = "SIMULATE_RATE",
-        value_name = "SIMULATE_RATE",
-        default_value_t = 20.0
+        value_name = "SIMULATE_RATE"
     )]
+    pub simulate_rate_setting: Option<f64>,
+
+    /// The simulator's rate `validate` resolved from SIMULATE_RATE and the default.
+    #[arg(skip)]
     pub simulate_rate: f64,
 
     /// Stock at or below this raises a `low_stock` alert (severity high), unless the
@@ -348,6 +437,17 @@ pub struct Config {
     )]
     pub jwt_max_bytes: usize,
 
+    /// Longest a token may still be valid, in seconds: a token whose `exp` lies further
+    /// ahead than this (plus JWT_LEEWAY_S) is refused as `unauthorized`. 604800 (7 days)
+    /// by default; `nilecast token` mints tokens for an hour.
+    #[arg(
+        long = "jwt-max-lifetime-s",
+        env = "JWT_MAX_LIFETIME_S",
+        value_name = "JWT_MAX_LIFETIME_S",
+        default_value_t = 7 * 24 * 3600
+    )]
+    pub jwt_max_lifetime_s: u64,
+
     /// A connection still sending once it has sent this many times its rate limit
     /// within the window is closed with 1008.
     #[arg(
@@ -358,7 +458,10 @@ pub struct Config {
     )]
     pub rate_limit_close_multiple: u32,
 
-    /// Connections one client address may hold at once; 0 for no limit.
+    /// Connections one client address may hold at once, plain HTTP and WebSocket alike
+    /// (an IPv6 client is counted by its /64); one more is answered 429 and closed.
+    /// Connections from TRUSTED_PROXIES are counted by their forwarded client, at the
+    /// WebSocket upgrade. 0 for no limit.
     #[arg(
         long = "max-connections-per-ip",
         env = "MAX_CONNECTIONS_PER_IP",
@@ -367,8 +470,8 @@ pub struct Config {
     )]
     pub max_connections_per_ip: u32,
 
-    /// WebSocket upgrades per second from one client address (a burst of one second's
-    /// worth is allowed); 0 for no limit.
+    /// WebSocket upgrades per second from one client address, IPv6 by its /64 (a burst
+    /// of one second's worth is allowed); 0 for no limit.
     #[arg(
         long = "upgrades-per-ip-per-s",
         env = "UPGRADES_PER_IP_PER_S",
@@ -412,7 +515,13 @@ pub struct Config {
     /// Redis for cluster mode: changes travel between nodes through a Redis Stream with
     /// one global seq. With a database, one node (the lease holder) tails the database
     /// into the stream.
-    #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
+    /// (`--help` hides its value: the URL may carry a password.)
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        hide_env_values = true
+    )]
     pub redis_url: Option<String>,
 
     /// About how many changes the Redis stream keeps (trimmed with `MAXLEN ~`). Without
@@ -479,26 +588,32 @@ pub struct Config {
     #[arg(skip)]
     pub trusted: Vec<crate::security::IpRange>,
 
-    /// `production` turns off the `/test` page. `NODE_ENV` is read too, for the seed's
-    /// deployments.
-    #[arg(
-        long = "env",
-        env = "NILECAST_ENV",
-        value_name = "NILECAST_ENV",
-        default_value = "development"
-    )]
-    pub environment: String,
+    /// `development` (the default), `production`, or `test` (the same as development).
+    /// Production turns off the `/test` and `/demo` pages, needs a JWT key and leaves the
+    /// simulator off unless SIMULATE_RATE is set. When unset, `NODE_ENV` is read, for the
+    /// seed's deployments. Any other value in either stops start-up.
+    #[arg(long = "env", env = "NILECAST_ENV", value_name = "NILECAST_ENV")]
+    pub environment_setting: Option<String>,
+
+    /// The environment `validate` resolved from NILECAST_ENV or NODE_ENV.
+    #[arg(skip)]
+    pub environment: Environment,
 }
 
 impl Config {
     /// Checks what clap's types cannot, and names the variable at fault.
     pub fn validate(&mut self) -> Result<(), String> {
-        if self.environment == "development" {
-            if let Ok(node_env) = std::env::var("NODE_ENV") {
-                self.environment = node_env;
+        // NILECAST_ENV wins over NODE_ENV; an empty value counts as unset, as it does
+        // for the other optional settings.
+        let node_env = std::env::var("NODE_ENV").ok();
+        self.environment = match (self.environment_setting.as_deref(), node_env.as_deref()) {
+            (Some(value), _) if !value.trim().is_empty() => {
+                Environment::parse("NILECAST_ENV", value)?
             }
-        }
-        let positive: [(&str, u64); 14] = [
+            (_, Some(value)) if !value.trim().is_empty() => Environment::parse("NODE_ENV", value)?,
+            _ => Environment::Development,
+        };
+        let positive: [(&str, u64); 16] = [
             ("QUEUE_MAX_BYTES", self.queue_max_bytes as u64),
             ("SERVER_QUEUE_MAX_BYTES", self.server_queue_max_bytes as u64),
             ("AUTH_TIMEOUT_MS", self.auth_timeout_ms),
@@ -516,20 +631,34 @@ impl Config {
             ("HEARTBEAT_INTERVAL_MS", self.heartbeat_interval_ms),
             ("HEARTBEAT_TIMEOUT_MS", self.heartbeat_timeout_ms),
             ("HANDSHAKE_TIMEOUT_MS", self.handshake_timeout_ms),
+            ("JWT_MAX_LIFETIME_S", self.jwt_max_lifetime_s),
+            ("BODY_TIMEOUT_MS", self.body_timeout_ms),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(format!("{name} must be greater than 0"));
             }
         }
-        if !(self.simulate_rate.is_finite() && self.simulate_rate >= 0.0) {
-            return Err("SIMULATE_RATE must be a number >= 0".into());
-        }
+        self.simulate_rate = match self.simulate_rate_setting {
+            Some(rate) if !(rate.is_finite() && rate >= 0.0) => {
+                return Err("SIMULATE_RATE must be a number >= 0".into())
+            }
+            Some(rate) => rate,
+            None => default_simulate_rate(
+                self.is_production(),
+                self.db.enabled(),
+                self.redis_url.as_deref().is_some_and(|u| !u.is_empty()),
+            ),
+        };
         if !self.low_stock_threshold.is_finite() || !self.out_of_stock_threshold.is_finite() {
             return Err("LOW_STOCK_THRESHOLD and OUT_OF_STOCK_THRESHOLD must be numbers".into());
         }
         if self.cors_origin.iter().any(|o| o.trim().is_empty()) {
             return Err("CORS_ORIGIN has an empty entry".into());
+        }
+        // `a, b` is a natural way to write a list; the spaces are not part of an origin.
+        for origin in &mut self.cors_origin {
+            *origin = origin.trim().to_string();
         }
         if self.rate_limit_close_multiple < 1 {
             return Err("RATE_LIMIT_CLOSE_MULTIPLE must be at least 1".into());
@@ -555,7 +684,7 @@ impl Config {
     }
 
     pub fn is_production(&self) -> bool {
-        self.environment.eq_ignore_ascii_case("production")
+        self.environment == Environment::Production
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -587,9 +716,89 @@ impl Config {
         }
         let mut config = Wrapper::parse_from(["nilecast"]).config;
         config.port = 0;
+        config.simulate_rate_setting = Some(0.0);
         config.simulate_rate = 0.0;
         config.max_connections_per_ip = 0;
         config.upgrades_per_ip_per_s = 0;
         config
+    }
+}
+
+/// The simulator's rate when SIMULATE_RATE is not set: on only for a bare development
+/// server, where its demo data is the point; never where it would write into a real
+/// deployment's database or stream.
+fn default_simulate_rate(production: bool, database: bool, redis: bool) -> f64 {
+    // 20 changes a second keeps the test page lively without flooding a browser.
+    if production || database || redis {
+        0.0
+    } else {
+        20.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_dotenv_statement_is_found_by_its_first_line() {
+        let contents = "A=1\n\nTHIS IS NOT A SETTING\nB=2\n";
+        assert_eq!(line_number(contents, "THIS IS NOT A SETTING"), Some(3));
+        assert_eq!(line_number(contents, "nowhere"), None);
+    }
+
+    #[test]
+    fn the_simulator_is_on_by_default_only_for_a_bare_development_server() {
+        assert_eq!(default_simulate_rate(false, false, false), 20.0);
+        assert_eq!(default_simulate_rate(true, false, false), 0.0);
+        assert_eq!(default_simulate_rate(false, true, false), 0.0);
+        assert_eq!(default_simulate_rate(false, false, true), 0.0);
+    }
+
+    /// `--help` prints `[env: NAME=value]` for every set variable unless told not to:
+    /// any setting that can hold a credential must be.
+    #[test]
+    fn help_hides_the_values_of_settings_that_can_hold_credentials() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let command = Wrapper::command();
+        let secret_like = [
+            "_PASSWORD",
+            "_SECRET",
+            "_URL",
+            "_CONNECTION_STRING",
+            "_TOKEN",
+        ];
+        let mut checked = 0;
+        for arg in command.get_arguments() {
+            let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                continue;
+            };
+            if secret_like.iter().any(|s| env.ends_with(s)) {
+                checked += 1;
+                assert!(arg.is_hide_env_values_set(), "--help would print {env}");
+            }
+        }
+        // REDIS_URL, NILEDB_CONNECTION_STRING, NILEDB_PASSWORD, DB_PASSWORD, JWT_SECRET.
+        assert!(checked >= 5, "only {checked} credential settings found");
+    }
+
+    #[test]
+    fn environments_are_development_or_production_and_nothing_else() {
+        let parse = |v| Environment::parse("NILECAST_ENV", v);
+        assert_eq!(parse("development"), Ok(Environment::Development));
+        assert_eq!(parse("test"), Ok(Environment::Development));
+        assert_eq!(parse("Production"), Ok(Environment::Production));
+        let err = parse("prod").expect_err("a typo is refused");
+        assert!(
+            err.contains("NILECAST_ENV") && err.contains("prod"),
+            "{err}"
+        );
+        let err = Environment::parse("NODE_ENV", "staging").expect_err("unknown");
+        assert!(err.starts_with("NODE_ENV"), "{err}");
     }
 }

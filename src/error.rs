@@ -27,10 +27,12 @@ pub enum ErrorCode {
     /// Not a wire code of section 2, but the answer to an upgrade the server cannot take
     /// (connection cap or memory ceiling reached).
     Unavailable,
+    /// An HTTP request body that did not arrive within `BODY_TIMEOUT_MS` (408).
+    Timeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidMessage,
         ErrorCode::UnknownEvent,
         ErrorCode::InvalidFilter,
@@ -44,6 +46,7 @@ impl ErrorCode {
         ErrorCode::TokenExpired,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
+        ErrorCode::Timeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
         }
     }
 
@@ -84,6 +88,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }

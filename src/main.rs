@@ -59,8 +59,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // A `.env` file in the working directory supplies variables not already set.
-    let _ = dotenvy::dotenv();
+    // A `.env` file in the working directory supplies variables not already set. A
+    // malformed one stops every command: whatever it failed to set (a JWT key, a
+    // database) would otherwise be missing without a word.
+    if let Err(message) = nilecast::config::load_dotenv() {
+        eprintln!("error: invalid .env file {message}");
+        return ExitCode::from(2);
+    }
     let mut args: Vec<String> = std::env::args().collect();
     let first = args.get(1).map(String::as_str);
     if first.is_none()
@@ -180,6 +185,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Tests and scripts wait for this exact line on stdout.
     println!("nilecast listening on {}", server.addr);
     tracing::info!(addr = %server.addr, simulate_rate = simulate, "serving; open http://{}/test to watch live events", server.addr);
+    // Said in so many words: the simulator's default depends on the rest of the
+    // configuration (on only without production, a database or Redis).
+    if simulate > 0.0 {
+        tracing::info!(
+            "simulator is on: {simulate} demo changes per second (SIMULATE_RATE=0 turns it off)"
+        );
+    } else {
+        tracing::info!("simulator is off (SIMULATE_RATE turns it on)");
+    }
 
     signals.wait().await;
     tracing::info!("shutting down: closing connections with 1001");

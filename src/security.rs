@@ -1,12 +1,16 @@
 //! What a hostile client meets at the door: security events (logged under their own
 //! tracing target and counted), the client's address behind trusted proxies, the
-//! `Origin` check, and per-address limits on connections and upgrades.
+//! `Origin` check (one case-insensitive comparison for CORS and upgrades), and
+//! per-address limits on connections (plain HTTP and WebSocket alike, IPv6 by /64) and
+//! upgrades.
 //!
 //! Architecture Invariant: every refusal made here for a security reason goes through
 //! [`record`], so an operator sees it in `nilecast::security` logs and in metrics.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use hyper::header::HeaderMap;
@@ -154,14 +158,40 @@ pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpRange]) -
 pub fn origin_allowed(origin: Option<&[u8]>, allowed: &[String]) -> bool {
     match origin {
         None => true,
-        Some(origin) => allowed
-            .iter()
-            .any(|a| a == "*" || a.as_bytes().eq_ignore_ascii_case(origin)),
+        Some(origin) => allowed.iter().any(|a| a == "*") || origin_listed(origin, allowed),
+    }
+}
+
+/// Is `origin` one of the origins `CORS_ORIGIN` names (not merely allowed by `*`)? The
+/// comparison ignores ASCII case, as scheme and host do; every origin check goes
+/// through here so that the HTTP API and the WebSocket upgrade agree.
+pub fn origin_listed(origin: &[u8], allowed: &[String]) -> bool {
+    allowed
+        .iter()
+        .any(|a| a != "*" && a.trim().as_bytes().eq_ignore_ascii_case(origin))
+}
+
+/// The key an address's limits are counted under. An IPv6 client is usually handed a
+/// whole /64 (SLAAC and privacy extensions pick any address in it), so a limit per
+/// address would be no limit at all: the /64 is what is counted. An IPv4-mapped IPv6
+/// address (a dual-stack listener) counts as its IPv4 address.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
     }
 }
 
 /// Per-address limits: connections held at once, and upgrades per second (a token
-/// bucket that allows a burst of one second's worth).
+/// bucket that allows a burst of one second's worth). Addresses are counted by
+/// [`address_key`]: an IPv6 client by its /64.
+///
+/// Every connection counts, plain HTTP included: a plain connection takes a [`Place`]
+/// when it is accepted, and a WebSocket upgrade on it takes that place over, so an
+/// upgraded connection is counted once and given back once (by the WebSocket's end).
 pub struct AddressLimits {
     doors: DashMap<IpAddr, Door>,
     max_connections: u32,
@@ -174,6 +204,32 @@ struct Door {
     last_ms: u64,
 }
 
+/// A plain HTTP connection's place in its address's count. It is held from the accept
+/// until the connection ends, unless a WebSocket upgrade on the connection takes it
+/// over; whoever takes it ([`Place::take`]) is the one who gives it back. It travels to
+/// the upgrade as a request extension.
+#[derive(Clone)]
+pub struct Place(Arc<PlaceState>);
+
+struct PlaceState {
+    key: IpAddr,
+    /// An atomic because the connection's task and its upgrade each hold a clone; in
+    /// practice they take turns (the upgrade runs inside the connection's task).
+    held: AtomicBool,
+}
+
+impl Place {
+    /// Whether this place is still held and counts `ip`.
+    fn counts(&self, ip: IpAddr) -> bool {
+        self.0.held.load(Acquire) && self.0.key == address_key(ip)
+    }
+
+    /// Takes the place; true if it was held until now (the caller now owns the count).
+    fn take(&self) -> bool {
+        self.0.held.swap(false, AcqRel)
+    }
+}
+
 impl AddressLimits {
     /// `0` turns a limit off.
     pub fn new(max_connections: u32, upgrades_per_s: u32) -> AddressLimits {
@@ -184,17 +240,58 @@ impl AddressLimits {
         }
     }
 
-    /// Lets a new connection from `ip` in, counting it as open until [`release`], or
-    /// says which limit it hit.
-    ///
-    /// [`release`]: AddressLimits::release
-    pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<(), Event> {
-        let mut door = self.doors.entry(ip).or_insert_with(|| Door {
+    fn door(&self, ip: IpAddr, now_ms: u64) -> dashmap::mapref::one::RefMut<'_, IpAddr, Door> {
+        self.doors.entry(address_key(ip)).or_insert_with(|| Door {
             open: 0,
             tokens: self.upgrades_per_s,
             last_ms: now_ms,
-        });
-        if self.max_connections > 0 && door.open >= self.max_connections {
+        })
+    }
+
+    /// Lets a newly accepted connection from `ip` in, counting it until its place is
+    /// given back ([`release_place`]), or says it is over `MAX_CONNECTIONS_PER_IP`.
+    /// None when there is no connection limit: nothing is counted then.
+    ///
+    /// [`release_place`]: AddressLimits::release_place
+    pub fn admit_connection(&self, ip: IpAddr, now_ms: u64) -> Result<Option<Place>, Event> {
+        if self.max_connections == 0 {
+            return Ok(None);
+        }
+        let mut door = self.door(ip, now_ms);
+        if door.open >= self.max_connections {
+            return Err(Event::AddressConnections);
+        }
+        door.open += 1;
+        Ok(Some(Place(Arc::new(PlaceState {
+            key: address_key(ip),
+            held: AtomicBool::new(true),
+        }))))
+    }
+
+    /// The connection that held `place` has ended: its count is given back, unless an
+    /// upgrade took the place over.
+    pub fn release_place(&self, place: &Place) {
+        if place.take() {
+            self.release(place.0.key);
+        }
+    }
+
+    /// Lets a WebSocket upgrade from `ip` in, counting it as open until [`release`], or
+    /// says which limit it hit. A connection that already holds a place for `ip` (a
+    /// plain connection accepted directly from the client) is not counted again: the
+    /// upgrade takes its place over. One accepted from a trusted proxy holds none, and
+    /// is counted here under the forwarded client address.
+    ///
+    /// [`release`]: AddressLimits::release
+    pub fn admit_upgrade(
+        &self,
+        ip: IpAddr,
+        now_ms: u64,
+        place: Option<&Place>,
+    ) -> Result<(), Event> {
+        let counted = place.is_some_and(|p| p.counts(ip));
+        let mut door = self.door(ip, now_ms);
+        if !counted && self.max_connections > 0 && door.open >= self.max_connections {
             return Err(Event::AddressConnections);
         }
         if self.upgrades_per_s > 0.0 {
@@ -206,13 +303,25 @@ impl AddressLimits {
             }
             door.tokens -= 1.0;
         }
-        door.open += 1;
+        match place {
+            // The place's count now belongs to the WebSocket connection.
+            Some(place) if counted && place.take() => {}
+            _ => door.open += 1,
+        }
         Ok(())
+    }
+
+    /// [`admit_upgrade`] of a connection that holds no place (unit tests).
+    ///
+    /// [`admit_upgrade`]: AddressLimits::admit_upgrade
+    #[cfg(test)]
+    fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<(), Event> {
+        self.admit_upgrade(ip, now_ms, None)
     }
 
     /// A connection admitted from `ip` has ended.
     pub fn release(&self, ip: IpAddr) {
-        if let Some(mut door) = self.doors.get_mut(&ip) {
+        if let Some(mut door) = self.doors.get_mut(&address_key(ip)) {
             door.open = door.open.saturating_sub(1);
         }
     }
@@ -224,9 +333,9 @@ impl AddressLimits {
             .retain(|_, door| door.open > 0 || now_ms.saturating_sub(door.last_ms) < refill_ms);
     }
 
-    /// Connections open from `ip` (tests and `/clients`).
+    /// Connections open from `ip`'s key (its /64 for IPv6), for tests.
     pub fn open_from(&self, ip: IpAddr) -> u32 {
-        self.doors.get(&ip).map_or(0, |d| d.open)
+        self.doors.get(&address_key(ip)).map_or(0, |d| d.open)
     }
 }
 
@@ -271,6 +380,9 @@ mod tests {
         assert!(origin_allowed(Some(b"https://shop.example"), &list));
         assert!(!origin_allowed(Some(b"https://evil.example"), &list));
         assert!(origin_allowed(Some(b"https://evil.example"), &["*".into()]));
+        assert!(origin_allowed(Some(b"HTTPS://Shop.Example"), &list));
+        assert!(origin_listed(b"https://SHOP.example", &list));
+        assert!(!origin_listed(b"https://evil.example", &["*".into()]));
     }
 
     #[test]
@@ -286,5 +398,63 @@ mod tests {
         // Three upgrades used in the same instant: the bucket is empty.
         assert_eq!(limits.admit(ip, 0), Err(Event::AddressUpgradeRate));
         assert_eq!(limits.admit(ip, 1000), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_addresses_are_counted_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(address_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(address_key(ip("192.0.2.7")), ip("192.0.2.7"));
+
+        let limits = AddressLimits::new(2, 0);
+        assert_eq!(limits.admit(ip("2001:db8:1:2::1"), 0), Ok(()));
+        assert_eq!(limits.admit(ip("2001:db8:1:2:ffff::9"), 0), Ok(()));
+        // A third address of the same /64 is the same client.
+        assert_eq!(
+            limits.admit(ip("2001:db8:1:2:1234::"), 0),
+            Err(Event::AddressConnections)
+        );
+        // Another /64 is another client.
+        assert_eq!(limits.admit(ip("2001:db8:1:3::1"), 0), Ok(()));
+        // Releasing any address of the /64 gives its place back.
+        limits.release(ip("2001:db8:1:2::77"));
+        assert_eq!(limits.open_from(ip("2001:db8:1:2::1")), 1);
+        assert_eq!(limits.admit(ip("2001:db8:1:2:1234::"), 0), Ok(()));
+    }
+
+    #[test]
+    fn an_upgrade_takes_over_its_connections_place() {
+        let ip: IpAddr = "192.0.2.9".parse().expect("test address");
+        let limits = AddressLimits::new(2, 0);
+        let a = limits
+            .admit_connection(ip, 0)
+            .expect("first")
+            .expect("a place");
+        let b = limits
+            .admit_connection(ip, 0)
+            .expect("second")
+            .expect("a place");
+        assert_eq!(
+            limits.admit_connection(ip, 0).err(),
+            Some(Event::AddressConnections)
+        );
+        // Upgrading `a` does not count it again, though the address is full.
+        assert_eq!(limits.admit_upgrade(ip, 0, Some(&a)), Ok(()));
+        assert_eq!(limits.open_from(ip), 2);
+        // `a`'s HTTP side ends: the WebSocket owns the count now.
+        limits.release_place(&a);
+        assert_eq!(limits.open_from(ip), 2);
+        // The WebSocket ends; then `b` ends, and gives back once however often asked.
+        limits.release(ip);
+        limits.release_place(&b);
+        limits.release_place(&b);
+        assert_eq!(limits.open_from(ip), 0);
+        // No limit: nothing is counted.
+        let open = AddressLimits::new(0, 0);
+        assert!(open.admit_connection(ip, 0).expect("no limit").is_none());
     }
 }

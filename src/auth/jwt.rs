@@ -4,8 +4,11 @@
 //! `alg` only picks among them, and each algorithm is checked with the one key
 //! configured for its family (the shared secret for HS256, the public key for RS256 or
 //! ES256), so an HS256 token "signed" with the RSA public key is refused. `exp` is
-//! required; `iss` and `aud` are required and checked when configured (jsonwebtoken
-//! would let a token without them pass unless they are listed as required).
+//! required, and may lie at most `JWT_MAX_LIFETIME_S` ahead, so a leaked token minted
+//! "forever" is worthless; `iss` and `aud` are required and checked when configured
+//! (jsonwebtoken would let a token without them pass unless they are listed as
+//! required). A header with `crit` is refused: this server understands no JWS
+//! extension, and RFC 7515 section 4.1.11 says such a token must then be rejected.
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,6 +30,7 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     max_bytes: usize,
+    max_lifetime_s: u64,
 }
 
 impl fmt::Debug for Verifier {
@@ -37,6 +41,7 @@ impl fmt::Debug for Verifier {
             .field("leeway_s", &self.leeway_s)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("max_lifetime_s", &self.max_lifetime_s)
             .finish_non_exhaustive()
     }
 }
@@ -53,6 +58,10 @@ pub enum TokenFault {
     Issuer,
     Audience,
     Claims,
+    /// The header lists `crit` extensions, none of which this server implements.
+    Critical,
+    /// `exp` lies further ahead than `JWT_MAX_LIFETIME_S`.
+    Lifetime,
 }
 
 impl TokenFault {
@@ -67,6 +76,8 @@ impl TokenFault {
             TokenFault::Issuer => "issuer",
             TokenFault::Audience => "audience",
             TokenFault::Claims => "claims",
+            TokenFault::Critical => "critical_header",
+            TokenFault::Lifetime => "lifetime",
         }
     }
 
@@ -87,6 +98,12 @@ impl TokenFault {
             TokenFault::Audience => "token audience is not accepted",
             TokenFault::Claims => {
                 "token claims are incomplete: sub, tenant_id and exp are required"
+            }
+            TokenFault::Critical => {
+                "token header has crit extensions, which this server does not understand"
+            }
+            TokenFault::Lifetime => {
+                "token expires too far in the future: its exp is beyond the server's JWT_MAX_LIFETIME_S"
             }
         };
         Refusal::new(ErrorCode::Unauthorized, message)
@@ -151,6 +168,7 @@ impl Verifier {
             issuer: config.jwt_issuer.clone().filter(|s| !s.is_empty()),
             audience: config.jwt_audience.clone().filter(|s| !s.is_empty()),
             max_bytes: config.jwt_max_bytes,
+            max_lifetime_s: config.jwt_max_lifetime_s,
         }))
     }
 
@@ -165,6 +183,9 @@ impl Verifier {
             return Err(TokenFault::TooLarge);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenFault::Malformed)?;
+        if header.crit.is_some() {
+            return Err(TokenFault::Critical);
+        }
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenFault::Algorithm);
         }
@@ -195,8 +216,24 @@ impl Verifier {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
             .map_err(|e| fault(e.kind()))?
             .claims;
-        principal_of(&claims).ok_or(TokenFault::Claims)
+        let principal = principal_of(&claims).ok_or(TokenFault::Claims)?;
+        let now_s = jsonwebtoken::get_current_timestamp();
+        if lifetime_exceeded(
+            principal.expires_ms,
+            now_s,
+            self.max_lifetime_s.saturating_add(self.leeway_s),
+        ) {
+            return Err(TokenFault::Lifetime);
+        }
+        Ok(principal)
     }
+}
+
+/// Whether a token expiring at `expires_ms` (as [`Principal::expires_ms`] holds it)
+/// lies more than `max_s` seconds after `now_s`.
+fn lifetime_exceeded(expires_ms: Option<u64>, now_s: u64, max_s: u64) -> bool {
+    let exp_s = expires_ms.map_or(0, |ms| ms / 1000);
+    exp_s > now_s.saturating_add(max_s)
 }
 
 fn fault(kind: &jsonwebtoken::errors::ErrorKind) -> TokenFault {
@@ -261,4 +298,20 @@ fn public_key(value: &str) -> Result<(DecodingKey, Algorithm), String> {
         return Ok((key, Algorithm::ES256));
     }
     Err("JWT_PUBLIC_KEY is neither an RSA nor an EC public key in PEM form".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lifetime_is_measured_from_now() {
+        let now = 1_700_000_000;
+        let week = 7 * 86_400;
+        assert!(!lifetime_exceeded(Some((now + 3600) * 1000), now, week));
+        assert!(!lifetime_exceeded(Some((now + week) * 1000), now, week));
+        assert!(lifetime_exceeded(Some((now + week + 1) * 1000), now, week));
+        // exp = u64::MAX seconds saturates to u64::MAX ms and is refused, not wrapped.
+        assert!(lifetime_exceeded(Some(u64::MAX), now, week));
+    }
 }

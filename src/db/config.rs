@@ -44,10 +44,12 @@ pub enum FeedStart {
 pub struct DbConfig {
     /// PostgreSQL / Nile DB connection string (`postgres://user:pass@host:port/db`,
     /// `?sslmode=require` for TLS). Takes precedence over the NILEDB_HOST group.
+    /// (`--help` hides its value: it carries the password.)
     #[arg(
         long = "niledb-connection-string",
         env = "NILEDB_CONNECTION_STRING",
-        value_name = "NILEDB_CONNECTION_STRING"
+        value_name = "NILEDB_CONNECTION_STRING",
+        hide_env_values = true
     )]
     pub connection_string: Option<String>,
 

@@ -1,6 +1,10 @@
 //! HTTP: the accept loop, one hyper connection per socket, and the small helpers every
 //! route shares (JSON answers, error bodies, query strings, CORS).
 //!
+//! Every accepted connection takes a place in its address's count
+//! (`MAX_CONNECTIONS_PER_IP`) before hyper sees it, unless it comes from a trusted
+//! proxy; a WebSocket upgrade takes that place over (`ws::upgrade`).
+//!
 //! Architecture Invariant: HTTP handlers reach the engine only through `App`; they
 //! never hold a socket other than their own request's.
 
@@ -8,6 +12,7 @@ pub mod peer;
 mod routes;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +23,19 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::App;
 use crate::auth::{self, Principal};
 use crate::error::{ErrorCode, Refusal};
-use crate::security::{self, Event};
+use crate::security::{self, Event, Place};
+
+/// How long a refused connection is kept to read the client's request before it is
+/// closed. Closing a socket with unread input makes the kernel answer with a reset,
+/// which can destroy the 429 on its way; a second is plenty for a client that sends its
+/// request at once, and short enough that refused connections can not pile up.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Accepts connections until shutdown.
 pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
@@ -34,8 +46,22 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, remote)) => {
+                // Counted here, in accept order, so an address's connection over the
+                // limit is refused even if it never sends a byte. A trusted proxy's
+                // connections carry many clients: those are counted by their forwarded
+                // address at the upgrade instead.
+                let from_proxy = app.config.trusted.iter().any(|r| r.contains(remote.ip()));
+                let place = if from_proxy {
+                    Ok(None)
+                } else {
+                    app.addresses
+                        .admit_connection(remote.ip(), crate::time::now_ms())
+                };
                 let app2 = app.clone();
-                app.shutdown.spawn(serve(app2, stream, remote));
+                match place {
+                    Ok(place) => app.shutdown.spawn(serve(app2, stream, remote, place)),
+                    Err(event) => app.shutdown.spawn(refuse(app2, stream, remote, event)),
+                };
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.
@@ -46,12 +72,32 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener) {
     }
 }
 
-async fn serve(app: Arc<App>, stream: TcpStream, remote: SocketAddr) {
+/// Gives a connection's place back when its task ends, however it ends.
+struct PlaceGuard {
+    app: Arc<App>,
+    place: Place,
+}
+
+impl Drop for PlaceGuard {
+    fn drop(&mut self) {
+        self.app.addresses.release_place(&self.place);
+    }
+}
+
+async fn serve(app: Arc<App>, stream: TcpStream, remote: SocketAddr, place: Option<Place>) {
+    let _guard = place.clone().map(|place| PlaceGuard {
+        app: app.clone(),
+        place,
+    });
     let _ = stream.set_nodelay(true);
     let service = {
         let app = app.clone();
-        service_fn(move |req| {
+        service_fn(move |mut req| {
             let app = app.clone();
+            // The upgrade finds the connection's place here and takes it over.
+            if let Some(place) = &place {
+                req.extensions_mut().insert(place.clone());
+            }
             async move { Ok::<_, std::convert::Infallible>(routes::route(app, req, remote).await) }
         })
     };
@@ -75,6 +121,37 @@ async fn serve(app: Arc<App>, stream: TcpStream, remote: SocketAddr) {
             let _ = conn.await;
         }
     }
+}
+
+/// Answers a connection over its address's limit with 429 `rate_limited` and closes
+/// it, without handing it to hyper.
+async fn refuse(app: Arc<App>, mut stream: TcpStream, remote: SocketAddr, event: Event) {
+    let message = "too many connections from this address";
+    security::record(&app.metrics, event, remote, message);
+    app.metrics.connections_refused.fetch_add(1, Relaxed);
+    app.metrics.error(ErrorCode::RateLimited);
+    let body =
+        serde_json::json!({ "error": Refusal::new(ErrorCode::RateLimited, message).to_json() })
+            .to_string();
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let linger = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Reads what the client sent (up to a request head's worth) until it closes.
+        let mut buf = [0u8; 4096];
+        let mut left = app.config.max_header_bytes;
+        while left > 0 {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
 }
 
 /// Who a request (an upgrade, or an API call) acts as. With auth on: the principal of

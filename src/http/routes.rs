@@ -48,23 +48,28 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
     response
 }
 
-/// Adds CORS headers for an allowed browser origin.
+/// Adds CORS headers (PROTOCOL.md section 7). An origin that `CORS_ORIGIN` lists,
+/// compared without case, is echoed with `Access-Control-Allow-Credentials`; `*` lets
+/// any page read the answers but never with credentials, so a visitor's cookies or HTTP
+/// auth never serve a page the operator did not name.
 fn cors(app: &App, origin: Option<&HeaderValue>, response: &mut Resp) {
-    let Some(origin) = origin else { return };
     let allowed = &app.config.cors_origin;
-    let ok = allowed
-        .iter()
-        .any(|o| o == "*" || origin.to_str().is_ok_and(|v| v == o));
-    if !ok {
-        return;
-    }
     let headers = response.headers_mut();
-    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    headers.insert(
-        ACCESS_CONTROL_ALLOW_CREDENTIALS,
-        HeaderValue::from_static("true"),
-    );
-    headers.append(VARY, HeaderValue::from_static("Origin"));
+    // With named origins the answer depends on the request's Origin, so a shared cache
+    // must not hand one origin's answer to another.
+    if allowed.iter().any(|o| o != "*") {
+        headers.append(VARY, HeaderValue::from_static("Origin"));
+    }
+    let Some(origin) = origin else { return };
+    if security::origin_listed(origin.as_bytes(), allowed) {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    } else if allowed.iter().any(|o| o == "*") {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    }
 }
 
 /// The methods each known path takes.
@@ -756,7 +761,10 @@ async fn db_acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
     }
 }
 
-/// Reads a request body up to `MAX_BODY_BYTES`; a larger one is 413.
+/// Reads a request body up to `MAX_BODY_BYTES` (a larger one is 413) within
+/// `BODY_TIMEOUT_MS` (a slower one is 408). The deadline covers the whole body, not
+/// each read: a client trickling a byte at a time would otherwise hold the connection
+/// and its task for as long as it liked.
 async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Refusal> {
     let max = app.config.max_body_bytes;
     let too_large = || {
@@ -773,13 +781,25 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Refusal> 
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(Refusal::new(
+    let deadline = std::time::Duration::from_millis(app.config.body_timeout_ms);
+    let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), max).collect());
+    match collected.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(Refusal::new(
             ErrorCode::InvalidMessage,
             "could not read the request body",
         )),
+        Err(_) => {
+            app.metrics.error(ErrorCode::Timeout);
+            Err(Refusal::new(
+                ErrorCode::Timeout,
+                format!(
+                    "request body did not arrive within {} ms (BODY_TIMEOUT_MS)",
+                    app.config.body_timeout_ms
+                ),
+            ))
+        }
     }
 }
 

@@ -125,7 +125,14 @@ pub fn upgrade(
             "server is at capacity; try another node or later",
         );
     }
-    if let Err(event) = app.addresses.admit(remote.ip(), time::now_ms()) {
+    // A connection accepted directly from the client already holds a place in its
+    // address's count; the upgrade takes it over rather than counting it twice, and the
+    // connection's end (Conn's drop, or a failed upgrade below) gives it back once.
+    let place = req.extensions().get::<security::Place>().cloned();
+    if let Err(event) = app
+        .addresses
+        .admit_upgrade(remote.ip(), time::now_ms(), place.as_ref())
+    {
         app.metrics.connections_refused.fetch_add(1, Relaxed);
         app.metrics.error(ErrorCode::RateLimited);
         let message = match event {

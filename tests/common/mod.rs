@@ -45,6 +45,10 @@ const SCRUBBED_ENV: &[&str] = &[
     "RATE_LIMIT_MAX_MESSAGES",
     "RATE_LIMIT_WINDOW_MS",
     "QUEUE_MAX_FRAMES",
+    "QUEUE_MAX_BYTES",
+    "SERVER_QUEUE_MAX_BYTES",
+    "AUTH_TIMEOUT_MS",
+    "CLUSTER_SECRET",
     "SLOW_CONSUMER_POLICY",
     "HEARTBEAT_INTERVAL_MS",
     "HEARTBEAT_TIMEOUT_MS",
@@ -102,6 +106,8 @@ const SCRUBBED_ENV: &[&str] = &[
     "SLOW_QUERY_MS",
     "REDIS_PREFIX",
     "NODE_ID",
+    "JWT_MAX_LIFETIME_S",
+    "BODY_TIMEOUT_MS",
 ];
 
 static SERVER_COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -123,12 +129,27 @@ pub struct TestServer {
     pub port: u16,
     pub child: Child,
     dir: PathBuf,
+    /// The server's stderr (its log), line by line as it comes.
+    log: mpsc::Receiver<String>,
 }
 
-/// Starts the server with `WEBSOCKET_PORT=0 SIMULATE_RATE=0 RUST_LOG=warn` plus `envs`,
-/// in a fresh temporary working directory, and waits (30 s) for its
-/// `nilecast listening on <ip>:<port>` line.
-pub fn spawn_server(envs: &[(&str, &str)]) -> TestServer {
+/// How [`spawn_server_with`] and [`run_server_to_exit`] start the server, beyond what
+/// [`spawn_server`] does.
+#[derive(Default, Clone, Copy)]
+pub struct ServerOptions<'a> {
+    /// Variables set after the defaults (they win).
+    pub envs: &'a [(&'a str, &'a str)],
+    /// Defaults of [`spawn_server`] to leave unset, e.g. `SIMULATE_RATE` to see the
+    /// server's own default.
+    pub unset: &'a [&'a str],
+    /// Written to `.env` in the server's working directory before it starts.
+    pub dotenv: Option<&'a str>,
+    /// Arguments after `serve`.
+    pub args: &'a [&'a str],
+}
+
+/// A fresh temporary working directory for one server process.
+fn server_dir() -> PathBuf {
     let n = SERVER_COUNTER.fetch_add(1, Ordering::SeqCst);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -141,31 +162,66 @@ pub fn spawn_server(envs: &[(&str, &str)]) -> TestServer {
         nanos
     ));
     std::fs::create_dir_all(&dir).expect("create temp dir for the server");
+    dir
+}
 
+/// `nilecast serve` in `dir` with the scrubbed environment and the options applied.
+fn server_command(dir: &std::path::Path, options: &ServerOptions) -> Command {
+    if let Some(contents) = options.dotenv {
+        std::fs::write(dir.join(".env"), contents).expect("write the server's .env");
+    }
     let mut cmd = Command::new(server_bin());
     cmd.arg("serve")
-        .current_dir(&dir)
+        .args(options.args)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
-    cmd.env("WEBSOCKET_PORT", "0")
-        .env("SIMULATE_RATE", "0")
-        .env("RUST_LOG", "warn");
-    for (k, v) in envs {
+    for (k, v) in [
+        ("WEBSOCKET_PORT", "0"),
+        ("SIMULATE_RATE", "0"),
+        ("RUST_LOG", "warn"),
+    ] {
+        if !options.unset.contains(&k) {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in options.envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn the nilecast binary");
+    cmd
+}
+
+/// Starts the server with `WEBSOCKET_PORT=0 SIMULATE_RATE=0 RUST_LOG=warn` plus `envs`,
+/// in a fresh temporary working directory, and waits (30 s) for its
+/// `nilecast listening on <ip>:<port>` line.
+pub fn spawn_server(envs: &[(&str, &str)]) -> TestServer {
+    spawn_server_with(ServerOptions {
+        envs,
+        ..ServerOptions::default()
+    })
+}
+
+/// [`spawn_server`] with more control: defaults left unset, a `.env` file, arguments.
+pub fn spawn_server_with(options: ServerOptions) -> TestServer {
+    let dir = server_dir();
+    let mut child = server_command(&dir, &options)
+        .spawn()
+        .expect("spawn the nilecast binary");
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     // Server logs go through the test's captured output: shown only when a test fails
-    // (threads spawned from a test thread inherit its output capture).
+    // (threads spawned from a test thread inherit its output capture). They also go to
+    // a channel, for the tests that wait for a log line.
+    let (log_tx, log) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             eprintln!("[nilecast] {line}");
+            let _ = log_tx.send(line);
         }
     });
 
@@ -202,7 +258,58 @@ pub fn spawn_server(envs: &[(&str, &str)]) -> TestServer {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("cannot parse a port from {line:?}"));
     assert_ne!(port, 0, "server reported port 0: {line:?}");
-    TestServer { port, child, dir }
+    TestServer {
+        port,
+        child,
+        dir,
+        log,
+    }
+}
+
+/// How a server process that was expected to exit ended.
+#[derive(Debug)]
+pub struct ServerExit {
+    /// None when it was still running at the deadline (it is killed then).
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the server with `options` and waits up to `timeout` for it to exit on its own
+/// (start-up refusals, `--help`); a server still running then is killed.
+pub fn run_server_to_exit(options: ServerOptions, timeout: Duration) -> ServerExit {
+    let dir = server_dir();
+    let mut child = server_command(&dir, &options)
+        .spawn()
+        .expect("spawn the nilecast binary");
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exit = ServerExit {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    exit
 }
 
 impl TestServer {
@@ -236,6 +343,22 @@ impl TestServer {
 
     pub async fn connect(&self) -> Client {
         Client::connect(self.port).await
+    }
+
+    /// Waits up to `timeout` for a log line (stderr) containing `needle` and returns
+    /// it; Err with the lines seen meanwhile when none came. Blocks the calling thread:
+    /// use it from a multi-thread runtime.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<String, Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(line) => seen.push(line),
+                Err(_) => return Err(seen),
+            }
+        }
     }
 }
 
@@ -606,8 +729,28 @@ pub async fn http_request_with(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> HttpResponse {
+    http_request_from(None, port, method, path, headers, body).await
+}
+
+/// [`http_request_with`] from source address `from` (another loopback address, e.g.
+/// 127.0.0.2, is another client for the per-address limits).
+pub async fn http_request_from(
+    from: Option<std::net::IpAddr>,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpResponse {
     let fut = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
+        let socket = TcpSocket::new_v4().expect("socket");
+        if let Some(from) = from {
+            socket
+                .bind(std::net::SocketAddr::new(from, 0))
+                .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+        }
+        let mut stream = socket
+            .connect(([127, 0, 0, 1], port).into())
             .await
             .expect("connect for HTTP");
         let mut req = format!(
