@@ -5,6 +5,13 @@
 //! a notification through the one publish path. The book is a `parking_lot::Mutex`
 //! because it is touched once per inventory or order change and by the HTTP endpoints,
 //! never across an await.
+//!
+//! The book is kept per tenant and indexed: the check made under the publish lock for
+//! every low-stock change (is there an unacknowledged alert for this product and
+//! warehouse?) is a hash lookup, not a scan of every tenant's alerts. Each tenant keeps
+//! at most `ALERTS_MAX_PER_TENANT` unacknowledged alerts (the oldest give way) and as
+//! many acknowledged ones, so a publisher raising alerts for ever more products cannot
+//! grow the server's memory, nor push another tenant's history out.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -14,9 +21,6 @@ use serde_json::{json, Map, Value};
 use crate::config::Config;
 use crate::fanout::change::{Priority, Record};
 use crate::time;
-
-/// Acknowledged alerts kept for `GET /alerts?all=true`; older ones are forgotten.
-const ACKNOWLEDGED_KEPT: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct Alert {
@@ -67,10 +71,40 @@ impl Alert {
 #[derive(Default)]
 struct Book {
     next_id: u64,
-    active: Vec<Alert>,
-    acknowledged: VecDeque<Alert>,
+    tenants: HashMap<String, TenantAlerts>,
+    /// Unacknowledged alerts over all tenants.
+    active_total: usize,
     /// Times of new orders in the last minute, per tenant.
     new_orders: HashMap<String, VecDeque<u64>>,
+}
+
+/// One tenant's alerts.
+#[derive(Default)]
+struct TenantAlerts {
+    /// Unacknowledged alerts by id.
+    active: HashMap<String, Alert>,
+    /// Ids of unacknowledged alerts, oldest first. Acknowledged ids are skipped when
+    /// met (and swept out when they would double its length).
+    order: VecDeque<String>,
+    /// The unacknowledged stock alert of each (product, warehouse).
+    by_scope: HashMap<(String, String), String>,
+    /// The unacknowledged `high_order_volume` alert.
+    order_volume: Option<String>,
+    /// Acknowledged alerts, oldest first.
+    acknowledged: VecDeque<Alert>,
+}
+
+impl TenantAlerts {
+    fn forget(&mut self, alert: &Alert) {
+        if let Some(scope) = &alert.scope {
+            if self.by_scope.get(scope) == Some(&alert.id) {
+                self.by_scope.remove(scope);
+            }
+        }
+        if self.order_volume.as_deref() == Some(alert.id.as_str()) {
+            self.order_volume = None;
+        }
+    }
 }
 
 pub struct Alerts {
@@ -82,6 +116,8 @@ pub struct Alerts {
     out_of_stock: f64,
     order_volume: u64,
     slow_query_ms: u64,
+    /// `ALERTS_MAX_PER_TENANT`.
+    max_per_tenant: usize,
 }
 
 impl Alerts {
@@ -92,6 +128,7 @@ impl Alerts {
             out_of_stock: config.out_of_stock_threshold,
             order_volume: config.high_order_volume_threshold,
             slow_query_ms: config.slow_query_ms,
+            max_per_tenant: config.alerts_max_per_tenant.max(1),
         }
     }
 
@@ -118,7 +155,38 @@ impl Alerts {
             acknowledged_ms: None,
             scope,
         };
-        book.active.push(alert.clone());
+        let max = self.max_per_tenant;
+        let tenant_alerts = book.tenants.entry(alert.tenant.clone()).or_default();
+        if let Some(scope) = &alert.scope {
+            tenant_alerts
+                .by_scope
+                .insert(scope.clone(), alert.id.clone());
+        }
+        if alert.kind == "high_order_volume" {
+            tenant_alerts.order_volume = Some(alert.id.clone());
+        }
+        tenant_alerts.order.push_back(alert.id.clone());
+        let mut added = i64::from(
+            tenant_alerts
+                .active
+                .insert(alert.id.clone(), alert.clone())
+                .is_none(),
+        );
+        // Over the cap, the oldest unacknowledged alerts give way.
+        while tenant_alerts.active.len() > max {
+            let Some(oldest) = tenant_alerts.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = tenant_alerts.active.remove(&oldest) {
+                tenant_alerts.forget(&gone);
+                added -= 1;
+            }
+        }
+        if tenant_alerts.order.len() > 2 * max {
+            let active = &tenant_alerts.active;
+            tenant_alerts.order.retain(|id| active.contains_key(id));
+        }
+        book.active_total = book.active_total.saturating_add_signed(added as isize);
         alert
     }
 
@@ -158,15 +226,16 @@ impl Alerts {
         }
         let product = keys.product_id.as_deref()?.to_string();
         let warehouse = keys.warehouse_id.as_deref().unwrap_or("").to_string();
-        let scope = Some((product.clone(), warehouse.clone()));
+        let scope = (product.clone(), warehouse.clone());
         let mut book = self.book.lock();
         if book
-            .active
-            .iter()
-            .any(|a| *a.tenant == *record.tenant && a.scope == scope)
+            .tenants
+            .get(&*record.tenant)
+            .is_some_and(|t| t.by_scope.contains_key(&scope))
         {
             return None;
         }
+        let scope = Some(scope);
         let (kind, severity, message) = if quantity <= self.out_of_stock {
             (
                 "out_of_stock",
@@ -208,9 +277,9 @@ impl Alerts {
         let count = window.len() as u64;
         if count <= self.order_volume
             || book
-                .active
-                .iter()
-                .any(|a| a.tenant == tenant && a.kind == "high_order_volume")
+                .tenants
+                .get(tenant)
+                .is_some_and(|t| t.order_volume.is_some())
         {
             return None;
         }
@@ -260,9 +329,12 @@ impl Alerts {
     /// The tenant's alerts, newest first; acknowledged ones only with `all`.
     pub fn list(&self, tenant: &str, all: bool) -> Vec<Value> {
         let book = self.book.lock();
-        let mut out: Vec<&Alert> = book.active.iter().filter(|a| a.tenant == tenant).collect();
+        let Some(alerts) = book.tenants.get(tenant) else {
+            return Vec::new();
+        };
+        let mut out: Vec<&Alert> = alerts.active.values().collect();
         if all {
-            out.extend(book.acknowledged.iter().filter(|a| a.tenant == tenant));
+            out.extend(alerts.acknowledged.iter());
         }
         out.sort_by_key(|a| std::cmp::Reverse(a.timestamp_ms));
         out.into_iter().map(Alert::to_json).collect()
@@ -271,27 +343,27 @@ impl Alerts {
     /// Acknowledges an alert of `tenant`. Returns the alert and whether this call
     /// acknowledged it (false when it already was), or None for an unknown id.
     pub fn acknowledge(&self, tenant: &str, id: &str) -> Option<(Alert, bool)> {
+        let max = self.max_per_tenant;
         let mut book = self.book.lock();
-        if let Some(pos) = book
-            .active
-            .iter()
-            .position(|a| a.tenant == tenant && a.id == id)
-        {
-            let mut alert = book.active.remove(pos);
+        let alerts = book.tenants.get_mut(tenant)?;
+        if let Some(mut alert) = alerts.active.remove(id) {
+            alerts.forget(&alert);
             alert.acknowledged_ms = Some(time::now_ms());
-            book.acknowledged.push_back(alert.clone());
-            if book.acknowledged.len() > ACKNOWLEDGED_KEPT {
-                book.acknowledged.pop_front();
+            alerts.acknowledged.push_back(alert.clone());
+            if alerts.acknowledged.len() > max {
+                alerts.acknowledged.pop_front();
             }
+            book.active_total = book.active_total.saturating_sub(1);
             return Some((alert, true));
         }
-        book.acknowledged
+        alerts
+            .acknowledged
             .iter()
-            .find(|a| a.tenant == tenant && a.id == id)
+            .find(|a| a.id == id)
             .map(|a| (a.clone(), false))
     }
 
     pub fn active_count(&self) -> usize {
-        self.book.lock().active.len()
+        self.book.lock().active_total
     }
 }

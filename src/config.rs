@@ -363,6 +363,16 @@ pub struct Config {
     )]
     pub high_order_volume_threshold: u64,
 
+    /// Unacknowledged alerts kept per tenant (the oldest give way to new ones), and
+    /// acknowledged alerts kept per tenant for `GET /alerts?all=true`.
+    #[arg(
+        long = "alerts-max-per-tenant",
+        env = "ALERTS_MAX_PER_TENANT",
+        value_name = "ALERTS_MAX_PER_TENANT",
+        default_value_t = 1000
+    )]
+    pub alerts_max_per_tenant: usize,
+
     /// Queries slower than this many milliseconds raise a `slow_query` alert (severity
     /// medium).
     #[arg(
@@ -613,7 +623,8 @@ impl Config {
             (_, Some(value)) if !value.trim().is_empty() => Environment::parse("NODE_ENV", value)?,
             _ => Environment::Development,
         };
-        let positive: [(&str, u64); 16] = [
+        let positive: [(&str, u64); 17] = [
+            ("ALERTS_MAX_PER_TENANT", self.alerts_max_per_tenant as u64),
             ("QUEUE_MAX_BYTES", self.queue_max_bytes as u64),
             ("SERVER_QUEUE_MAX_BYTES", self.server_queue_max_bytes as u64),
             ("AUTH_TIMEOUT_MS", self.auth_timeout_ms),

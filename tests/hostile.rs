@@ -826,3 +826,68 @@ async fn a_connection_that_never_logs_in_is_closed_at_the_deadline() {
     assert_eq!(idle.expect_close(TIMEOUT).await, Some(1008));
     member.assert_usable().await;
 }
+
+// ---------------------------------------------------------------------------
+// 8. The alert book is bounded per tenant.
+// ---------------------------------------------------------------------------
+
+/// A publisher raising alerts for ever more products keeps at most
+/// `ALERTS_MAX_PER_TENANT` unacknowledged (the newest), and one tenant acknowledging
+/// many alerts does not push another tenant's acknowledged alerts out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_book_is_bounded_per_tenant() {
+    let server = spawn_server(&[("ALERTS_MAX_PER_TENANT", "5")]);
+    let port = server.port;
+    let alerts = |tenant: &'static str, all: bool| async move {
+        get_json(port, &format!("/alerts?tenant={tenant}&all={all}")).await
+    };
+    let low: Vec<Value> = (0..8)
+        .map(|i| with_tenant(inv(&format!("p-low-{i}"), "w-1", 1), "t2"))
+        .collect();
+    publish(port, &Value::Array(low)).await;
+    let t2 = alerts("t2", false).await;
+    assert_eq!(t2["count"], 5, "{t2}");
+    let products: Vec<&str> = t2["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .filter_map(|a| a["data"]["productId"].as_str())
+        .collect();
+    assert!(
+        (3..8).all(|i| products.contains(&format!("p-low-{i}").as_str())),
+        "the newest are kept: {products:?}"
+    );
+
+    // t1 raises and acknowledges more than the cap; t2's acknowledged one stays.
+    let first = t2["alerts"][0]["id"].as_str().expect("id").to_string();
+    let acked = http_request(
+        port,
+        "POST",
+        &format!("/alerts/{first}/acknowledge?tenant=t2"),
+        None,
+    )
+    .await;
+    assert_eq!(acked.status, 200, "{}", acked.text());
+    for i in 0..8 {
+        publish_one(port, with_tenant(inv(&format!("p-t1-{i}"), "w-1", 1), "t1")).await;
+        let t1 = alerts("t1", false).await;
+        let id = t1["alerts"][0]["id"].as_str().expect("id").to_string();
+        let r = http_request(
+            port,
+            "POST",
+            &format!("/alerts/{id}/acknowledge?tenant=t1"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let t2_all = alerts("t2", true).await;
+    assert!(
+        t2_all["alerts"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|a| a["id"] == first.as_str() && a["acknowledged"] == true)),
+        "t2's acknowledged alert is kept: {t2_all}"
+    );
+    let t1_all = alerts("t1", true).await;
+    assert_eq!(t1_all["count"], 5, "{t1_all}");
+}
