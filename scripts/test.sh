@@ -92,17 +92,7 @@ if ! mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; then
   $SUDO /etc/init.d/mariadb start >/dev/null 2>&1 || ($SUDO mysqld_safe --bind-address=127.0.0.1 >/dev/null 2>&1 &)
   wait_for MariaDB $SUDO mysqladmin ping --silent
   # Root from 127.0.0.1 with an empty password, as the tests connect.
-  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
-  if ! command -v redis-server >/dev/null 2>&1; then
-    step "installing Redis (Debian package)"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
-  fi
-  step "starting Redis"
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
-  wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping
-fi
-if ! mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; then
+  if ! mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent >/dev/null 2>&1; then
     $SUDO mysql -u root -e "ALTER USER root@localhost IDENTIFIED VIA mysql_native_password USING PASSWORD(''); FLUSH PRIVILEGES;"
   fi
   wait_for "MariaDB on 127.0.0.1:3306" mysqladmin ping -h 127.0.0.1 -P 3306 -u root --silent
