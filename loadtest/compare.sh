@@ -7,6 +7,8 @@
 #   loadtest/compare.sh             # the full comparison (about 15-20 minutes)
 #   QUICK=1 loadtest/compare.sh     # small figures, a few minutes: checks the machinery
 #   SERVERS="nilecast bun" loadtest/compare.sh   # a subset
+#   SERVERS=nilecast NILECAST_BIN=/tmp/nilecast-old OUT=/tmp/old.md loadtest/compare.sh
+#                                   # another nilecast build (before/after a change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,7 @@ RESULTS=$(mktemp)
 LOGDIR=$(mktemp -d)
 SERVER_CORE=${SERVER_CORE:-0}
 LOADGEN_CORE=${LOADGEN_CORE:-1}
+NILECAST_BIN=${NILECAST_BIN:-target/release/nilecast}
 
 if [ "$QUICK" = 1 ]; then
   FANOUT_CONNS=200; SHARDED_CONNS=500; SHARDED_KEYS=50; SHARDED_RATE=500; IDLE_CONNS=2000
@@ -30,7 +33,11 @@ fi
 ulimit -n "$(ulimit -Hn)"
 
 echo "==> installing peers and building (release)"
-bash loadtest/peers/install.sh > "$LOGDIR/versions.txt"
+if [ "$SERVERS" = nilecast ]; then
+  : > "$LOGDIR/versions.txt"   # no peer to install
+else
+  bash loadtest/peers/install.sh > "$LOGDIR/versions.txt"
+fi
 cargo build --release --locked -p nilecast -p nilecast-loadgen 2>&1 | tail -1
 LOADGEN=target/release/nilecast-loadgen
 
@@ -50,7 +57,7 @@ start_server() {
   local name=$1 log="$LOGDIR/$1.log"
   case $name in
     nilecast)
-      MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 SIMULATE_RATE=0 WEBSOCKET_PORT=4100 RUST_LOG=warn taskset -c "$SERVER_CORE" target/release/nilecast > "$log" 2>&1 &
+      MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 SIMULATE_RATE=0 WEBSOCKET_PORT=4100 RUST_LOG=warn taskset -c "$SERVER_CORE" "$NILECAST_BIN" > "$log" 2>&1 &
       PORT=4100; PROTOCOL=native ;;
     socketio-node)
       PORT=4101 taskset -c "$SERVER_CORE" node loadtest/peers/socketio-node/server.js > "$log" 2>&1 &
@@ -111,7 +118,11 @@ CLUSTER_SECTION=$(sed -n '/<!-- cluster:begin -->/,/<!-- cluster:end -->/p' "$OU
   echo "divided by nilecast's native figure on the same scenario."
   echo
   echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)."
-  echo "nilecast: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')."
+  if [ "$NILECAST_BIN" = target/release/nilecast ]; then
+    echo "nilecast: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')."
+  else
+    echo "nilecast: the build at $NILECAST_BIN."
+  fi
   echo
   echo "Versions:"
   echo
