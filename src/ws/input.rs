@@ -35,6 +35,12 @@ impl Conn {
     pub(super) fn handle_input(&mut self) {
         let max = self.app.config.max_message_bytes;
         while self.phase != Phase::Draining && !self.buf.is_empty() {
+            // A close already requested (a slow consumer over its budget, say) stops
+            // the handling of requests still buffered: their replies could not be sent,
+            // and building them is work and memory an attacker would choose.
+            if self.phase == Phase::Open && !self.outbox().is_open() {
+                self.phase = Phase::Closing;
+            }
             match frame::parse(&mut self.buf, max) {
                 Ok(Some(frame)) => {
                     if self.on_frame(frame) {
