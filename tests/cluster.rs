@@ -620,3 +620,55 @@ async fn a_cluster_listing_asks_each_member_once() {
     .await;
     assert_eq!(forged.status, 403, "{}", forged.text());
 }
+
+/// With auth on, `/health` lists the members' addresses only to staff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_addresses_are_shown_to_staff_only() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    const SECRET: &str = "nilecast-test-secret-of-at-least-32-bytes";
+    let prefix = prefix();
+    let _keys = Keys(prefix.clone());
+    let url = format!("redis://{}", redis_addr());
+    let a = spawn_server(&[
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+        ("NODE_ID", "node-a"),
+        ("JWT_SECRET", SECRET),
+    ]);
+    wait_members(&a, 1).await;
+    let members = |h: &serde_json::Value| h["services"]["redis"]["members"].clone();
+    let anonymous = get_json(a.port, "/health").await;
+    assert!(
+        members(&anonymous)
+            .as_array()
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|m| m.get("address").is_none())),
+        "{anonymous}"
+    );
+    let claims =
+        json!({"sub": "ops", "tenant_id": "t1", "roles": ["staff"], "exp": now_ms() / 1000 + 3600});
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    let auth = format!("Bearer {token}");
+    let addressed = wait_until(TIMEOUT, || {
+        let auth = auth.clone();
+        async move {
+            let staff = http_request_with(
+                a.port,
+                "GET",
+                "/health",
+                &[("Authorization", auth.as_str())],
+                None,
+            )
+            .await;
+            members(&staff.json())
+                .as_array()
+                .is_some_and(|m| m.iter().all(|m| m["address"].is_string()))
+        }
+    })
+    .await;
+    assert!(addressed, "staff see the addresses");
+}

@@ -891,3 +891,66 @@ async fn the_alert_book_is_bounded_per_tenant() {
     let t1_all = alerts("t1", true).await;
     assert_eq!(t1_all["count"], 5, "{t1_all}");
 }
+
+// ---------------------------------------------------------------------------
+// 9. /clients is paged and its echo bounded.
+// ---------------------------------------------------------------------------
+
+/// `/clients` answers a page at a time (`limit`, `after`, `next`), and a subscription
+/// with a long filter is listed as truncated rather than echoed in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_listing_is_paged_and_bounded() {
+    let server = spawn_server(&[]);
+    let port = server.port;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(Client::connect(port).await);
+    }
+    let many: Vec<String> = (0..100)
+        .map(|i| format!("product-with-a-long-name-{i}"))
+        .collect();
+    clients[0]
+        .subscribe("/inventory", json!({ "productIds": many }))
+        .await;
+
+    let first = get_json(port, "/clients?limit=2").await;
+    assert_eq!(first["count"], 2, "{first}");
+    let next = first["next"].as_str().expect("next").to_string();
+    let mut seen: Vec<String> = first["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(String::from))
+        .collect();
+    let mut after = next;
+    loop {
+        let page = get_json(port, &format!("/clients?limit=2&after={after}")).await;
+        seen.extend(
+            page["clients"]
+                .as_array()
+                .expect("clients")
+                .iter()
+                .filter_map(|c| c["id"].as_str().map(String::from)),
+        );
+        match page["next"].as_str() {
+            Some(n) => after = n.to_string(),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = clients.iter().map(Client::connection_id).collect();
+    expected.sort_by_key(|id| id[2..].parse::<u64>().unwrap_or(0));
+    assert_eq!(seen, expected, "every client once, in id order");
+
+    let all = get_json(port, "/clients?limit=1000").await;
+    let long = all["clients"]
+        .as_array()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["id"] == clients[0].connection_id().as_str())
+        })
+        .expect("the subscribed client")["subscriptions"][0]["filters"]
+        .clone();
+    assert_eq!(long["truncated"], true, "{long}");
+    let refused = http_get(port, "/clients?limit=zero").await;
+    refused.assert_error(400, "invalid_filter");
+}
