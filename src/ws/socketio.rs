@@ -139,6 +139,11 @@ fn finish_connect(
     offset: Option<u64>,
 ) {
     let grant = session.grant();
+    if !session.outbox.is_open() {
+        // The connection ended while its kept session was looked up: nothing to join
+        // (and its state must not be registered again after it was removed).
+        return;
+    }
     let principal = grant.principal.clone();
     // Recovered only when every change after the offset can still be replayed: from
     // the ring, or with a database from the change log. Otherwise a fresh session.

@@ -25,10 +25,14 @@ use crate::time;
 /// are 50-75 KB, about what a socket send buffer takes in one go; more would only make
 /// one batch's latency worse.
 pub const MAX_BATCH: usize = 256;
-/// Bytes taken from the queue per batch (one frame at least, whatever its size): about
-/// what a loopback socket takes in one `writev`. It also bounds what a connection
-/// whose socket is full holds outside its queue, where the byte budgets do not see it.
-pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Bytes taken from the queue per batch (one frame at least, whatever its size). It
+/// bounds what a connection whose socket is full holds outside its queue, where the
+/// byte budgets do not see it, when frames are large (replies of hundreds of KB). It
+/// is set not to bind for change frames: 256 frames of up to 512 bytes fit, because
+/// at saturation the number of frames per `writev` decides throughput (with 64 KiB,
+/// which cuts batches of ~300-byte frames short, `max-fanout` in `loadtest/compare.sh`
+/// ended one or two rate steps lower in two runs of three).
+pub const MAX_BATCH_BYTES: usize = 128 * 1024;
 /// Buffers per `writev` call (Linux allows 1024).
 const MAX_IOV: usize = 256;
 
