@@ -162,6 +162,11 @@ impl Session {
         }
     }
 
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Whether work checked under `grant` may still act: the connection is open and
     /// still the principal it was.
     pub fn is_current(&self, grant: &Grant) -> bool {

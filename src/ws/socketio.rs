@@ -139,7 +139,7 @@ fn finish_connect(
     offset: Option<u64>,
 ) {
     let grant = session.grant();
-    if !session.outbox.is_open() {
+    if session.is_closed() || !session.outbox.is_open() {
         // The connection ended while its kept session was looked up: nothing to join
         // (and its state must not be registered again after it was removed).
         return;
