@@ -103,6 +103,14 @@ function connect(port, path = "/ws") {
   });
 }
 
+/** Deletes a scenario's Redis keys. */
+function dropKeys(prefix) {
+  try {
+    execFileSync("redis-cli", ["--scan", "--pattern", `${prefix}:*`]).toString().split("\n").filter(Boolean)
+      .forEach((k) => execFileSync("redis-cli", ["del", k]));
+  } catch {}
+}
+
 const frame = (ns, event, data, ack) => JSON.stringify({ ns, event, data, ack });
 
 async function until(cond, ms) {
@@ -228,10 +236,7 @@ const scenarios = {
       };
     } finally {
       s.stop();
-      try {
-        execFileSync("redis-cli", ["--scan", "--pattern", `${prefix}:*`]).toString().split("\n").filter(Boolean)
-          .forEach((k) => execFileSync("redis-cli", ["del", k]));
-      } catch {}
+      dropKeys(prefix);
     }
   },
 
@@ -262,10 +267,7 @@ const scenarios = {
     } finally {
       a.stop();
       b.stop();
-      try {
-        execFileSync("redis-cli", ["--scan", "--pattern", `${prefix}:*`]).toString().split("\n").filter(Boolean)
-          .forEach((k) => execFileSync("redis-cli", ["del", k]));
-      } catch {}
+      dropKeys(prefix);
     }
   },
 

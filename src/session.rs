@@ -175,7 +175,8 @@ impl Session {
     }
 
     /// Records a subscription, if `grant` is still current and the connection holds
-    /// fewer than `max`; otherwise nothing is recorded and the refusal says why. The
+    /// fewer than `max`; otherwise nothing is recorded, and the refusal says why and
+    /// hands the entry back (its index keys are to be removed). The
     /// cap is checked here, under the lock, and not only when the request arrives:
     /// subscribes deferred past an await would otherwise all pass the early check.
     /// The list grows one slot at a time: most connections hold one or two
@@ -186,13 +187,13 @@ impl Session {
         entry: SubEntry,
         grant: &Grant,
         max: usize,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), (Refusal, SubEntry)> {
         let mut subs = self.subs.lock();
         if !self.is_current(grant) {
-            return Err(superseded());
+            return Err((superseded(), entry));
         }
         if subs.len() >= max {
-            return Err(too_many_subscriptions(max));
+            return Err((too_many_subscriptions(max), entry));
         }
         subs.reserve_exact(1);
         subs.push(entry);

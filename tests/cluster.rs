@@ -77,14 +77,20 @@ async fn wait_members(server: &TestServer, n: usize) {
     assert!(ok, "{}", get_json(server.port, "/health").await);
 }
 
+/// Nodes `node-a` and `node-b` on the local Redis under `prefix`, each seeing both.
+async fn two_nodes(prefix: &str) -> (TestServer, TestServer) {
+    let a = node("node-a", &redis_addr(), prefix);
+    let b = node("node-b", &redis_addr(), prefix);
+    wait_members(&a, 2).await;
+    wait_members(&b, 2).await;
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_either_node_reaches_both_with_one_seq() {
     let prefix = prefix();
     let _keys = Keys(prefix.clone());
-    let a = node("node-a", &redis_addr(), &prefix);
-    let b = node("node-b", &redis_addr(), &prefix);
-    wait_members(&a, 2).await;
-    wait_members(&b, 2).await;
+    let (a, b) = two_nodes(&prefix).await;
     let mut on_a = a.connect().await;
     let mut on_b = b.connect().await;
     for c in [&mut on_a, &mut on_b] {
@@ -236,10 +242,7 @@ async fn a_node_that_loses_redis_catches_up_when_it_is_back() {
 async fn any_node_lists_the_clients_of_every_node() {
     let prefix = prefix();
     let _keys = Keys(prefix.clone());
-    let a = node("node-a", &redis_addr(), &prefix);
-    let b = node("node-b", &redis_addr(), &prefix);
-    wait_members(&a, 2).await;
-    wait_members(&b, 2).await;
+    let (a, b) = two_nodes(&prefix).await;
     // Both members have announced where they are reached.
     let addressed = wait_until(TIMEOUT, || async {
         get_json(a.port, "/health").await["services"]["redis"]["members"]
@@ -574,10 +577,7 @@ async fn replays_reach_as_far_back_as_the_stream_keeps() {
 async fn a_cluster_listing_asks_each_member_once() {
     let prefix = prefix();
     let _keys = Keys(prefix.clone());
-    let a = node("node-a", &redis_addr(), &prefix);
-    let b = node("node-b", &redis_addr(), &prefix);
-    wait_members(&a, 2).await;
-    wait_members(&b, 2).await;
+    let (a, b) = two_nodes(&prefix).await;
     let _on_b = Client::connect_path(b.port, "/ws?tenant=t1").await;
     let requests = |port: u16| async move {
         get_json(port, "/metrics").await["server"]["totalRequests"]

@@ -378,29 +378,8 @@ async fn read_response(stream: &mut TcpStream, within: Duration) -> Option<HttpR
         let mut raw = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&raw[..end]).to_string();
-                let len = head
-                    .split("\r\n")
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if raw.len() >= end + 4 + len {
-                    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-                    let headers = head
-                        .split("\r\n")
-                        .skip(1)
-                        .filter_map(|l| l.split_once(':'))
-                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                        .collect();
-                    let body = raw[end + 4..end + 4 + len].to_vec();
-                    return Some(HttpResponse {
-                        status,
-                        headers,
-                        body,
-                    });
-                }
+            if let Some(len) = complete_response_len(&raw) {
+                return Some(parse_http_response(&raw[..len], "", ""));
             }
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return None,

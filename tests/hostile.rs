@@ -60,6 +60,22 @@ async fn publish_in(port: u16, tenant: &str, changes: Vec<Value>) -> Vec<u64> {
         .collect()
 }
 
+/// Publishes, in `tenant`, an order and an activity of customer `other`, then an order
+/// of customer `own`; returns the last one's seq, a marker that a connection of `own`
+/// must see after anything of `other` it may have been sent.
+async fn publish_others_then_marker(port: u16, tenant: &str, other: &str, own: &str) -> u64 {
+    publish_in(
+        port,
+        tenant,
+        vec![
+            order("o-other-live", other, "shipped"),
+            activity(other, "checkout"),
+        ],
+    )
+    .await;
+    publish_in(port, tenant, vec![order("o-own-marker", own, "pending")]).await[0]
+}
+
 /// One native frame, as the client encodes it.
 fn frame(ns: &str, event: &str, data: Value, ack: Option<u64>) -> Vec<u8> {
     let mut f = json!({ "ns": ns, "event": event, "data": data });
@@ -168,16 +184,7 @@ async fn a_login_during_a_deferred_subscribe_shows_nothing_of_the_new_identity()
         .request("/orders", "orders:subscribe", json!({}))
         .await;
     assert!(own["subscriptionId"].is_string(), "{own}");
-    let live = publish_in(
-        port,
-        victim,
-        vec![
-            order("o-v-live", "c-victim", "shipped"),
-            activity("c-victim", "checkout"),
-        ],
-    )
-    .await;
-    let marker = publish_in(port, victim, vec![order("o-att", "c-att", "pending")]).await[0];
+    let marker = publish_others_then_marker(port, victim, "c-victim", "c-att").await;
     let (_, seen) = attacker
         .recv_matching("the customer's own order", |f| {
             f["event"] == "order:update" && f["data"]["seq"] == marker
@@ -192,7 +199,7 @@ async fn a_login_during_a_deferred_subscribe_shows_nothing_of_the_new_identity()
         .collect();
     assert!(
         leaked.is_empty(),
-        "{} frames of another customer reached the connection (live seqs {live:?}): {leaked:?}",
+        "{} frames of another customer reached the connection: {leaked:?}",
         leaked.len()
     );
 }
@@ -632,16 +639,7 @@ async fn recovery_after_a_demotion_keeps_only_what_the_new_roles_may_see() {
     // The customer's own orders, as the marker (whatever recovery restored).
     let sub = s.request("/orders", 3, "orders:subscribe", json!({})).await;
     assert!(sub["subscriptionId"].is_string(), "{sub}");
-    publish_in(
-        port,
-        tenant,
-        vec![
-            order("o-other", "c-other", "pending"),
-            activity("c-other", "page_view"),
-        ],
-    )
-    .await;
-    let marker = publish_in(port, tenant, vec![order("o-own", "u-1", "pending")]).await[0];
+    let marker = publish_others_then_marker(port, tenant, "c-other", "u-1").await;
     let seen = s.events_until(|a| a[1]["seq"] == marker).await;
     let leaked: Vec<&Value> = seen
         .iter()
@@ -840,6 +838,13 @@ async fn a_connection_that_never_logs_in_is_closed_at_the_deadline() {
 // 8. The alert book is bounded per tenant.
 // ---------------------------------------------------------------------------
 
+/// Acknowledges alert `id` of `tenant` (open mode); it must succeed.
+async fn acknowledge(port: u16, tenant: &str, id: &str) {
+    let path = format!("/alerts/{id}/acknowledge?tenant={tenant}");
+    let r = http_request(port, "POST", &path, None).await;
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+}
+
 /// A publisher raising alerts for ever more products keeps at most
 /// `ALERTS_MAX_PER_TENANT` unacknowledged (the newest), and one tenant acknowledging
 /// many alerts does not push another tenant's acknowledged alerts out.
@@ -869,26 +874,12 @@ async fn the_alert_book_is_bounded_per_tenant() {
 
     // t1 raises and acknowledges more than the cap; t2's acknowledged one stays.
     let first = t2["alerts"][0]["id"].as_str().expect("id").to_string();
-    let acked = http_request(
-        port,
-        "POST",
-        &format!("/alerts/{first}/acknowledge?tenant=t2"),
-        None,
-    )
-    .await;
-    assert_eq!(acked.status, 200, "{}", acked.text());
+    acknowledge(port, "t2", &first).await;
     for i in 0..8 {
         publish_one(port, with_tenant(inv(&format!("p-t1-{i}"), "w-1", 1), "t1")).await;
         let t1 = alerts("t1", false).await;
         let id = t1["alerts"][0]["id"].as_str().expect("id").to_string();
-        let r = http_request(
-            port,
-            "POST",
-            &format!("/alerts/{id}/acknowledge?tenant=t1"),
-            None,
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.text());
+        acknowledge(port, "t1", &id).await;
     }
     let t2_all = alerts("t2", true).await;
     assert!(

@@ -470,9 +470,10 @@ impl Engine {
             keys: keys.into(),
             kind: SubKind::Stream(sub),
         };
-        let keys = entry.keys.clone();
-        if let Err(refusal) = session.add_subscription(entry, grant, self.max_subscriptions) {
-            self.index.remove(&keys, id);
+        if let Err((refusal, entry)) =
+            session.add_subscription(entry, grant, self.max_subscriptions)
+        {
+            self.index.remove(&entry.keys, id);
             return Err(refusal);
         }
         if let Some(frame) = reply(outcome) {
@@ -505,6 +506,7 @@ impl Engine {
         session
             .add_subscription(entry, grant, self.max_subscriptions)
             .map(|()| id)
+            .map_err(|(refusal, _)| refusal)
     }
 
     /// Removes a connection's subscriptions on `ns`: the one with `id`, or all of them.

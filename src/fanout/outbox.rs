@@ -324,7 +324,8 @@ impl Outbox {
     }
 
     /// Bytes queued.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.queue.lock().bytes
     }
 

@@ -791,7 +791,25 @@ pub async fn http_request_from(
         .unwrap_or_else(|_| panic!("HTTP {method} {path}: no complete response within {TIMEOUT:?}"))
 }
 
-fn parse_http_response(raw: &[u8], method: &str, path: &str) -> HttpResponse {
+/// The length of the first complete response in `raw`: its head and its
+/// `Content-Length` body (a 101 has none); None while more is to come.
+pub fn complete_response_len(raw: &[u8]) -> Option<usize> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    if head.starts_with("HTTP/1.1 101") {
+        return Some(end + 4);
+    }
+    let len = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (raw.len() >= end + 4 + len).then_some(end + 4 + len)
+}
+
+/// Parses a complete HTTP response (panics on an incomplete one).
+pub fn parse_http_response(raw: &[u8], method: &str, path: &str) -> HttpResponse {
     let head_end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -893,20 +911,8 @@ pub async fn upgrade_response(port: u16, path: &str, headers: &[(&str, &str)]) -
         let mut raw = Vec::new();
         let mut buf = [0u8; 16384];
         loop {
-            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&raw[..end]).to_string();
-                if head.starts_with("HTTP/1.1 101") {
-                    break;
-                }
-                let len = head
-                    .split("\r\n")
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if raw.len() >= end + 4 + len {
-                    break;
-                }
+            if complete_response_len(&raw).is_some() {
+                break;
             }
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
