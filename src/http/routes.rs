@@ -886,30 +886,36 @@ async fn publish(
             }
         }
     }
-    let seqs = if changes.is_empty() {
-        Vec::new()
-    } else if let Some(db) = &app.db {
-        // Into the change log: every node sees the same stream, with the log's seqs.
-        match crate::db::store::log_changes(db, &changes).await {
-            Ok(seqs) => seqs,
-            Err(e) => return db_error(app, &e),
+    match publish_changes(app, changes).await {
+        Ok(seqs) => json_response(StatusCode::OK, &json!({ "seqs": seqs })),
+        Err(refusal) => {
+            app.metrics.error(refusal.code);
+            error_response(&refusal)
         }
+    }
+}
+
+/// Publishes changes from the API (changes of the request; alert acknowledgements) and
+/// returns their seqs.
+pub(crate) async fn publish_changes(app: &App, changes: Vec<Change>) -> Result<Vec<u64>, Refusal> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(db) = &app.db {
+        // Into the change log: every node sees the same stream, with the log's seqs.
+        crate::db::store::log_changes(db, &changes)
+            .await
+            .map_err(|e| crate::namespace::db_refusal(&e))
     } else if let Some(cluster) = &app.cluster {
         // Into the Redis stream: every node publishes it, with the stream's seqs.
-        match cluster.publish(&changes).await {
-            Ok(seqs) => seqs,
-            Err(e) => {
-                tracing::warn!(error = %e, "publish to Redis failed");
-                let refusal = Refusal::new(
-                    ErrorCode::Unavailable,
-                    "Redis is unreachable; nothing was published",
-                );
-                app.metrics.error(refusal.code);
-                return error_response(&refusal);
-            }
-        }
+        cluster.publish(&changes).await.map_err(|e| {
+            tracing::warn!(error = %e, "publish to Redis failed");
+            Refusal::new(
+                ErrorCode::Unavailable,
+                "Redis is unreachable; nothing was published",
+            )
+        })
     } else {
-        app.engine.publish_all(changes)
-    };
-    json_response(StatusCode::OK, &json!({ "seqs": seqs }))
+        Ok(app.engine.publish_all(changes))
+    }
 }
