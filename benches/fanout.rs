@@ -9,13 +9,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use nilecast::alerts::Alerts;
 use nilecast::auth::Principal;
 use nilecast::config::SlowConsumerPolicy;
+use nilecast::domain::Domain;
 use nilecast::fanout::change::{Change, DataType};
 use nilecast::fanout::outbox::Outbox;
+use nilecast::fanout::{Engine, Inlet};
+use nilecast::metrics::Metrics;
 use nilecast::namespace::filter::Filter;
 use nilecast::session::Session;
-use nilecast::{App, Config};
+use nilecast::store::MemoryStore;
+use nilecast::Config;
 use serde_json::json;
 
 /// The server's allocator, so the figures match what the server does.
@@ -24,9 +29,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SUBSCRIBERS: usize = 10_000;
 
-/// An app with `SUBSCRIBERS` connections, each subscribed to one of `keys` products.
-fn setup(keys: usize) -> (Arc<App>, Vec<Arc<Session>>) {
-    let app = App::new(Config::for_tests());
+/// An engine with the server's rules and `SUBSCRIBERS` connections, each subscribed to
+/// one of `keys` products; and its inlet, as the in-memory bus holds it.
+fn setup(keys: usize) -> (Inlet, Vec<Arc<Session>>) {
+    let config = Config::for_tests();
+    let rules = Arc::new(Domain {
+        store: Arc::new(MemoryStore::new()),
+        alerts: Arc::new(Alerts::new(&config)),
+        default_threshold: config.low_stock_threshold,
+    });
+    let (engine, inlet) = Engine::new(&config, rules, Arc::new(Metrics::new()));
     let remote = "127.0.0.1:9".parse().expect("static address");
     let sessions: Vec<Arc<Session>> = (0..SUBSCRIBERS)
         .map(|i| {
@@ -42,13 +54,11 @@ fn setup(keys: usize) -> (Arc<App>, Vec<Arc<Session>>) {
             let filter =
                 Filter::inventory(data.as_object().expect("object"), 100).expect("valid filter");
             let grant = session.grant();
-            let _ = app
-                .engine
-                .subscribe(&session, &grant, filter, None, None, |_| None);
+            let _ = engine.subscribe(&session, &grant, filter, None, None, |_| None);
             session
         })
         .collect();
-    (app, sessions)
+    (inlet, sessions)
 }
 
 fn change(product: usize) -> Change {
@@ -67,7 +77,7 @@ fn publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish_one_change");
     group.measurement_time(Duration::from_secs(8));
     for keys in [1usize, 1000] {
-        let (app, sessions) = setup(keys);
+        let (inlet, sessions) = setup(keys);
         let per_change = SUBSCRIBERS / keys;
         group.throughput(Throughput::Elements(per_change as u64));
         let name = format!("{SUBSCRIBERS}_subscribers_over_{keys}_keys");
@@ -79,7 +89,7 @@ fn publish(c: &mut Criterion) {
                     product = (product + 1) % keys;
                     let change = change(product);
                     let started = Instant::now();
-                    app.engine.publish(change);
+                    inlet.sequence(std::slice::from_ref(&change));
                     spent += started.elapsed();
                     for s in sessions.iter().skip(product).step_by(keys) {
                         s.outbox.discard();

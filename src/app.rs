@@ -1,7 +1,10 @@
-//! The server's shared parts, in one `Arc`, and the order tasks start and stop in.
+//! The composition root: the server's shared parts, in one `Arc`, and the order tasks
+//! start and stop in.
 //!
-//! [`start`] binds the listener, builds the parts, seeds the demo store, and starts the
-//! accept loop, the housekeeping ticker and the simulator. [`Server::shutdown`] stops
+//! [`start`] binds the listener, picks the bus from the configuration (the one place
+//! that asks whether there is a database or Redis), builds the parts, seeds the demo
+//! store, and starts the bus, the accept loop, the housekeeping ticker and the
+//! simulator. [`Server::shutdown`] stops
 //! accepting, closes every connection with 1001 after flushing its queue, and waits for
 //! them up to the configured deadline.
 
@@ -14,10 +17,11 @@ use dashmap::DashMap;
 use tokio::net::TcpListener;
 
 use crate::alerts::Alerts;
+use crate::bus::{self, Bus};
 use crate::config::Config;
 use crate::db::{self, Db, Detection};
 use crate::error::close;
-use crate::fanout::Engine;
+use crate::fanout::{Engine, Inlet};
 use crate::metrics::{self, Gauges, Metrics};
 use crate::namespace::dashboard::Dashboards;
 use crate::security::{self, AddressLimits, Event};
@@ -33,44 +37,82 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub store: Arc<MemoryStore>,
     pub alerts: Arc<Alerts>,
-    pub engine: Engine,
+    /// Subscriptions and listings; changes enter it only through the bus.
+    pub engine: Arc<Engine>,
+    /// Where every change is published (`crate::bus`).
+    pub bus: Arc<dyn Bus>,
     pub dashboards: Dashboards,
     /// Open connections by id: `/clients`, the heartbeat and shutdown walk it.
     pub sessions: DashMap<u64, Arc<Session>>,
     /// Connections and upgrades per client address.
     pub addresses: AddressLimits,
     pub shutdown: Shutdown,
-    /// PostgreSQL / Nile DB, when configured.
+    /// PostgreSQL / Nile DB for reads, when configured.
     pub db: Option<Arc<Db>>,
     /// Socket.IO connections' namespaces, and subscriptions kept for recovery.
     pub socketio: crate::ws::socketio::SocketIo,
     /// This node's name (`NODE_ID`, or random).
     pub node_id: String,
-    /// Redis cluster mode, when `REDIS_URL` is set.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Output bytes queued over every connection (`SERVER_QUEUE_MAX_BYTES`).
     pub output: Arc<crate::fanout::outbox::Budget>,
     next_session: AtomicU64,
 }
 
+/// The parts the bus is made of, as the configuration asks.
+pub enum Backing {
+    /// Neither a database nor Redis.
+    Memory,
+    Database(Arc<Db>),
+    Redis(Arc<bus::redis::Cluster>),
+    /// Redis fed by the database's leader.
+    DatabaseAndRedis(Arc<Db>, Arc<bus::redis::Cluster>),
+}
+
+impl Backing {
+    fn bus(self, config: &Config, inlet: Inlet) -> Arc<dyn Bus> {
+        match self {
+            Backing::Memory => Arc::new(bus::local::LocalBus::new(inlet)),
+            Backing::Database(db) => Arc::new(bus::pg::PgLogBus::new(db, inlet)),
+            Backing::Redis(cluster) => Arc::new(bus::redis::RedisBus::new(
+                cluster,
+                inlet,
+                config.db.replay_max_db_changes as usize,
+            )),
+            Backing::DatabaseAndRedis(db, cluster) => Arc::new(bus::redis::LeaderFedBus::new(
+                db,
+                cluster,
+                inlet,
+                config.leader_lease_ms,
+            )),
+        }
+    }
+}
+
 impl App {
+    /// An in-memory server's parts.
     pub fn new(config: Config) -> Arc<App> {
-        App::with_db(config, None)
+        App::with_backing(config, Backing::Memory)
     }
 
-    pub fn with_db(config: Config, db: Option<Arc<Db>>) -> Arc<App> {
-        App::with_parts(config, db, None)
-    }
-
-    pub fn with_parts(
-        config: Config,
-        db: Option<Arc<Db>>,
-        cluster: Option<Arc<crate::cluster::Cluster>>,
-    ) -> Arc<App> {
+    pub fn with_backing(config: Config, backing: Backing) -> Arc<App> {
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(MemoryStore::new());
         let alerts = Arc::new(Alerts::new(&config));
-        let engine = Engine::new(&config, store.clone(), alerts.clone(), metrics.clone());
+        if !matches!(backing, Backing::Memory) {
+            // Alerts raised by a change are named after its seq, the same on every node.
+            alerts.ids_for_database(time::now_ms());
+        }
+        let rules = Arc::new(crate::domain::Domain {
+            store: store.clone(),
+            alerts: alerts.clone(),
+            default_threshold: config.low_stock_threshold,
+        });
+        let (engine, inlet) = Engine::new(&config, rules, metrics.clone());
+        let db = match &backing {
+            Backing::Database(db) | Backing::DatabaseAndRedis(db, _) => Some(db.clone()),
+            _ => None,
+        };
+        let bus = backing.bus(&config, inlet);
         let addresses =
             AddressLimits::new(config.max_connections_per_ip, config.upgrades_per_ip_per_s);
         let node_id = config
@@ -87,6 +129,7 @@ impl App {
             store,
             alerts,
             engine,
+            bus,
             dashboards: Dashboards::default(),
             sessions: DashMap::new(),
             addresses,
@@ -94,7 +137,6 @@ impl App {
             db,
             socketio: Default::default(),
             node_id,
-            cluster,
             next_session: AtomicU64::new(1),
         })
     }
@@ -123,12 +165,6 @@ impl App {
             queued_bytes: self.output.used() as u64,
             dashboard_groups: self.dashboards.group_count() as u64,
         }
-    }
-
-    /// Whether changes older than the ring can be replayed: from the change log, or
-    /// from the cluster's stream.
-    pub fn has_log(&self) -> bool {
-        self.db.is_some() || self.cluster.is_some()
     }
 
     /// Whether the process is above the configured memory ceiling.
@@ -171,7 +207,7 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
     };
     let cluster = match &config.redis_url {
         Some(url) => Some(
-            crate::cluster::Cluster::new(
+            bus::redis::Cluster::new(
                 url,
                 &config.redis_prefix,
                 config.redis_stream_max_len,
@@ -181,49 +217,40 @@ pub async fn start(config: Config) -> std::io::Result<Server> {
         ),
         None => None,
     };
-    let app = App::with_parts(config, db, cluster);
+    let backing = match (db.clone(), cluster) {
+        (None, None) => Backing::Memory,
+        (Some(db), None) => Backing::Database(db),
+        (None, Some(cluster)) => Backing::Redis(cluster),
+        (Some(db), Some(cluster)) => Backing::DatabaseAndRedis(db, cluster),
+    };
+    let advertised_addr = advertised_addr(&config, addr);
+    let app = App::with_backing(config, backing);
     app.metrics
         .rss_bytes
         .store(metrics::read_rss_bytes(), Relaxed);
 
     let world = simulator::World::demo();
     world.seed(&app.store);
-    match app.db.clone() {
+    let bus_start = bus::Start {
+        shutdown: app.shutdown.clone(),
+        node_id: app.node_id.clone(),
+        advertised_addr,
+    };
+    match db {
         Some(db) => {
-            let (alerts, raised) = tokio::sync::mpsc::unbounded_channel();
-            app.engine.set_alert_sink(alerts);
-            app.alerts.ids_for_database(time::now_ms());
-            app.shutdown
-                .spawn(db::store::alert_writer(app.clone(), db.clone(), raised));
             let (slow, reported) = tokio::sync::mpsc::unbounded_channel();
             db.set_slow_sink(slow);
             app.shutdown.spawn(slow_query_alerts(app.clone(), reported));
-            app.shutdown.spawn(start_database(app.clone(), db, world));
+            app.shutdown
+                .spawn(start_database(app.clone(), db, world, bus_start));
         }
         None => {
-            if let Some(cluster) = app.cluster.clone() {
-                // Cluster mode: the stream carries every change, alerts included (each
-                // node raises the same alert from the same change; one announces it).
-                let (alerts, raised) = tokio::sync::mpsc::unbounded_channel();
-                app.engine.set_alert_sink(alerts);
-                app.alerts.ids_for_database(time::now_ms());
-                app.shutdown.spawn(crate::cluster::announce_alerts(
-                    app.clone(),
-                    cluster.clone(),
-                    raised,
-                ));
-                app.shutdown
-                    .spawn(crate::cluster::follow(app.clone(), cluster));
-            }
+            app.bus.clone().start(bus_start);
             if app.config.simulate_rate > 0.0 {
-                app.shutdown.spawn(simulator::run(app.clone(), world));
+                let out = simulator::Output::Bus(app.bus.clone());
+                app.shutdown.spawn(simulator::run(app.clone(), world, out));
             }
         }
-    }
-    if let Some(cluster) = app.cluster.clone() {
-        let _ = cluster.addr.set(advertised_addr(&app.config, addr));
-        app.shutdown
-            .spawn(crate::cluster::heartbeat(app.clone(), cluster));
     }
     app.shutdown.spawn(housekeeping(app.clone()));
     app.shutdown
@@ -250,8 +277,14 @@ fn advertised_addr(config: &Config, bound: SocketAddr) -> String {
 
 /// With a database: applies the schema when asked (retrying while the database is
 /// unreachable: the server serves degraded meanwhile), seeds the demo tables when the
-/// simulator is on, then starts the feed, table-poll, retention and the simulator.
-async fn start_database(app: Arc<App>, db: Arc<Db>, world: simulator::World) {
+/// simulator is on, then starts the bus (the feed, table-poll, retention) and the
+/// simulator.
+async fn start_database(
+    app: Arc<App>,
+    db: Arc<Db>,
+    world: simulator::World,
+    bus_start: bus::Start,
+) {
     let mut delay = Duration::from_millis(200);
     let detection = db.config.detection;
     loop {
@@ -279,27 +312,12 @@ async fn start_database(app: Arc<App>, db: Arc<Db>, world: simulator::World) {
             }
         }
     }
-    match app.cluster.clone() {
-        // Cluster mode: the leader tails the database into the stream; every node
-        // publishes from the stream.
-        Some(cluster) => {
-            app.shutdown
-                .spawn(crate::cluster::lead(app.clone(), db, cluster.clone()));
-            app.shutdown
-                .spawn(crate::cluster::follow(app.clone(), cluster));
-        }
-        None => {
-            app.shutdown.spawn(db::feed::run(app.clone(), db.clone()));
-            app.shutdown
-                .spawn(db::feed::retention(app.clone(), db.clone()));
-            if detection == Detection::TablePoll {
-                app.shutdown
-                    .spawn(db::table_poll::run(app.clone(), db.clone()));
-            }
-        }
-    }
+    app.bus.clone().start(bus_start);
     if app.config.simulate_rate > 0.0 {
-        app.shutdown.spawn(simulator::run(app.clone(), world));
+        // With a database the simulator writes the demo tables, as an application
+        // would; the bus brings the changes back from the change log.
+        let out = simulator::Output::Tables(db);
+        app.shutdown.spawn(simulator::run(app.clone(), world, out));
     }
 }
 
@@ -318,7 +336,7 @@ async fn slow_query_alerts(
         };
         if let Some(alert) = app.alerts.on_query(&slow.tenant, slow.query, slow.millis) {
             app.metrics.alerts_raised.fetch_add(1, Relaxed);
-            app.engine.raise(alert);
+            app.bus.announce(vec![alert]);
         }
     }
 }

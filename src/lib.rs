@@ -48,10 +48,11 @@
 pub mod alerts;
 pub mod app;
 pub mod auth;
+pub mod bus;
 pub mod cli;
-pub mod cluster;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod fanout;
 pub mod fuzzing;

@@ -38,9 +38,11 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::{Db, DbError, Detection, FeedStart};
-use crate::app::App;
+use crate::alerts::Alert;
 use crate::fanout::change::{Change, DataType};
+use crate::fanout::Inlet;
 use crate::fanout::Logged;
+use crate::shutdown::Shutdown;
 use crate::time;
 
 /// The notification channel the trigger and the publish API notify.
@@ -76,12 +78,16 @@ const READ_SQL: &str = "
 /// Where the reader publishes what it reads.
 #[derive(Clone)]
 pub enum Sink {
-    /// This node's engine.
-    Engine,
+    /// This node's engine; the alerts its rules raise go to `raised` (to be stored,
+    /// which logs their notifications).
+    Engine {
+        inlet: Arc<Inlet>,
+        raised: tokio::sync::mpsc::UnboundedSender<Alert>,
+    },
     /// The cluster's stream, as the holder of the leader lease `token`; every node
     /// (this one too) publishes from there.
     Stream {
-        cluster: Arc<crate::cluster::Cluster>,
+        cluster: Arc<crate::bus::redis::Cluster>,
         token: String,
     },
 }
@@ -144,7 +150,7 @@ impl Reader {
     /// the engine's floor. Publishing to the stream, starts after the stream's newest
     /// entry when that is further than the stored position (a leader that died before
     /// storing its position).
-    pub async fn start(app: &App, db: &Db, sink: Sink) -> Result<Reader, DbError> {
+    pub async fn start(db: &Db, sink: Sink) -> Result<Reader, DbError> {
         let name = db.config.feed_name.clone();
         let stored = match db.config.feed_start {
             FeedStart::Stored => stored_position(db).await?,
@@ -158,9 +164,9 @@ impl Reader {
         let head = head.max(0) as u64;
         drop(client);
         let last = match &sink {
-            Sink::Engine => {
+            Sink::Engine { inlet, .. } => {
                 let last = stored.unwrap_or(head);
-                app.engine.set_floor(last);
+                inlet.set_floor(last);
                 last
             }
             Sink::Stream { cluster, .. } => {
@@ -217,16 +223,16 @@ impl Reader {
 
     /// Reads and publishes everything visible after the last seq, up to the first
     /// unsettled hole.
-    pub async fn catch_up(&mut self, app: &App, db: &Db) -> Result<Caught, DbError> {
+    pub async fn catch_up(&mut self, db: &Db) -> Result<Caught, DbError> {
         let start = self.last;
-        let outcome = self.read_all(app, db).await;
+        let outcome = self.read_all(db).await;
         if self.last != start {
             self.store_position(db).await?;
         }
         outcome
     }
 
-    async fn read_all(&mut self, app: &App, db: &Db) -> Result<Caught, DbError> {
+    async fn read_all(&mut self, db: &Db) -> Result<Caught, DbError> {
         loop {
             let client = db.client().await?;
             // The rows and the snapshot they were read with, from one statement: the
@@ -268,10 +274,9 @@ impl Reader {
                     batch.push(logged);
                 } else {
                     tracing::warn!(seq, "change-log row with an unknown data type or a payload that is not an object; skipped");
-                    app.metrics.error(crate::error::ErrorCode::InvalidMessage);
                 }
             }
-            self.publish(app, db, &batch, next).await?;
+            self.publish(db, &batch, next).await?;
             if blocked {
                 return Ok(Caught::Waiting);
             }
@@ -281,18 +286,17 @@ impl Reader {
         }
     }
 
-    async fn publish(
-        &mut self,
-        app: &App,
-        db: &Db,
-        batch: &[Logged],
-        through: u64,
-    ) -> Result<(), DbError> {
+    async fn publish(&mut self, db: &Db, batch: &[Logged], through: u64) -> Result<(), DbError> {
         if through <= self.last {
             return Ok(());
         }
         let published = match &self.sink {
-            Sink::Engine => app.engine.publish_logged(batch),
+            Sink::Engine { inlet, raised } => {
+                for alert in inlet.deliver(batch) {
+                    let _ = raised.send(alert);
+                }
+                batch.len()
+            }
             Sink::Stream { cluster, token } => cluster
                 .append_logged(token, batch)
                 .await
@@ -412,22 +416,17 @@ impl Backoff {
 }
 
 /// A stream append that failed, as a feed error: the feed retries it with backoff.
-fn redis_error(e: crate::cluster::ClusterError) -> DbError {
+fn redis_error(e: crate::bus::redis::ClusterError) -> DbError {
     DbError::Unavailable(e.to_string())
-}
-
-/// Runs the feed into this node's engine until shutdown.
-pub async fn run(app: Arc<App>, db: Arc<Db>) {
-    run_into(app, db, Sink::Engine).await
 }
 
 /// Runs the feed until shutdown: connects, catches up, follows; on any database (or
 /// stream) error reconnects with backoff and continues from the last seq.
-pub async fn run_into(app: Arc<App>, db: Arc<Db>, sink: Sink) {
+pub async fn run(db: Arc<Db>, sink: Sink, shutdown: Shutdown) {
     let mut backoff = Backoff(0);
     let mut reader: Option<Reader> = None;
     loop {
-        let outcome = follow(&app, &db, &sink, &mut reader, &mut backoff).await;
+        let outcome = follow(&db, &sink, &shutdown, &mut reader, &mut backoff).await;
         db.stats.feed_connected.store(false, Relaxed);
         match outcome {
             Ok(()) => return,
@@ -438,15 +437,15 @@ pub async fn run_into(app: Arc<App>, db: Arc<Db>, sink: Sink) {
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff.next()) => {}
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
     }
 }
 
 async fn follow(
-    app: &Arc<App>,
     db: &Arc<Db>,
     sink: &Sink,
+    shutdown: &Shutdown,
     reader: &mut Option<Reader>,
     backoff: &mut Backoff,
 ) -> Result<(), DbError> {
@@ -461,7 +460,7 @@ async fn follow(
         None
     };
     if reader.is_none() {
-        *reader = Some(Reader::start(app, db, sink.clone()).await?);
+        *reader = Some(Reader::start(db, sink.clone()).await?);
     }
     let Some(reader) = reader.as_mut() else {
         return Ok(());
@@ -470,7 +469,7 @@ async fn follow(
     *backoff = Backoff(0);
     let poll = Duration::from_millis(db.config.poll_interval_ms);
     loop {
-        let caught = reader.catch_up(app, db).await?;
+        let caught = reader.catch_up(db).await?;
         if lost.load(Relaxed) {
             return Err(DbError::Unavailable(
                 "the listener's connection closed".into(),
@@ -483,7 +482,7 @@ async fn follow(
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = app.shutdown.cancelled() => {
+            _ = shutdown.cancelled() => {
                 drop(listener);
                 return Ok(());
             }
@@ -526,7 +525,7 @@ async fn listen(
 /// Deletes change-log rows older than the retention, in slices, every
 /// `CHANGE_LOG_PRUNE_INTERVAL_MS` (a minute); never a row the feed has not published yet. Records how far it pruned (`_pruned`), so a
 /// replay from before that is told it has a gap.
-pub async fn retention(app: Arc<App>, db: Arc<Db>) {
+pub async fn retention(db: Arc<Db>, shutdown: Shutdown) {
     let hours = db.config.retention_hours;
     if hours == 0 {
         return;
@@ -536,7 +535,7 @@ pub async fn retention(app: Arc<App>, db: Arc<Db>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
         if let Err(e) = prune(&db, hours).await {
             tracing::warn!(error = %e, "change-log retention failed; will retry");
@@ -603,8 +602,14 @@ mod tests {
     }
 
     fn reader() -> Reader {
+        // A stream sink that is never written to: these tests only settle holes.
+        let cluster = crate::bus::redis::Cluster::new("redis://127.0.0.1:1", "t", 10, None)
+            .expect("a Redis address parses");
         Reader {
-            sink: Sink::Engine,
+            sink: Sink::Stream {
+                cluster,
+                token: "t".into(),
+            },
             name: "t".into(),
             batch: 10,
             last: 5,

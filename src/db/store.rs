@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::{Db, DbError, Detection};
 use crate::alerts::Alert;
+use crate::bus::KeptSession;
 use crate::fanout::change::{scalar_text, Change, DataType};
 use crate::source::simulator::World;
 
@@ -28,12 +29,21 @@ pub fn entity_id(change: &Change) -> Option<String> {
 
 /// Appends changes to the change log in one transaction (notifying the listener in
 /// notify mode) and returns their seqs, in order. The feed publishes them.
+///
+/// The same transaction writes what they say through to the tables the read model
+/// answers from (a stock level, an order and its customer), with the triggers off so
+/// the change is logged once: a change published a moment ago is in the current
+/// inventory, whatever its source. Not in table-poll mode, where a table write is
+/// itself detected as a change (docs/protocol.md, "Modes").
 pub async fn log_changes(db: &Db, changes: &[Change]) -> Result<Vec<u64>, DbError> {
     if changes.is_empty() {
         return Ok(Vec::new());
     }
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
+    if db.config.detection != Detection::TablePoll {
+        write_through(&tx, changes).await?;
+    }
     let seqs = insert_log(&tx, changes).await?;
     if db.config.detection == Detection::Notify {
         tx.execute(
@@ -47,6 +57,77 @@ pub async fn log_changes(db: &Db, changes: &[Change]) -> Result<Vec<u64>, DbErro
     }
     tx.commit().await?;
     Ok(seqs)
+}
+
+/// Writes published stock levels and orders into `inventory` and `orders` (see
+/// [`log_changes`]).
+async fn write_through(
+    tx: &tokio_postgres::Transaction<'_>,
+    changes: &[Change],
+) -> Result<(), DbError> {
+    let mut triggers_off = false;
+    for change in changes {
+        let d = &change.data;
+        let text = |k: &str| d.get(k).and_then(scalar_text).map(String::from);
+        let num = |k: &str| d.get(k).and_then(Value::as_f64);
+        let tenant = &*change.tenant;
+        let wanted = match change.data_type {
+            // As in memory: a stock level is a product in a warehouse.
+            DataType::Inventory => {
+                text("productId").is_some()
+                    && text("warehouseId").is_some()
+                    && num("quantity").is_some()
+            }
+            DataType::Orders => text("orderId").is_some() && text("customerId").is_some(),
+            _ => false,
+        };
+        if !wanted {
+            continue;
+        }
+        if !triggers_off {
+            tx.batch_execute("SET LOCAL nilecast.skip = 'on'").await?;
+            triggers_off = true;
+        }
+        match change.data_type {
+            DataType::Inventory => {
+                tx.execute(
+                    "INSERT INTO inventory (tenant_id, product_id, warehouse_id, quantity)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (tenant_id, product_id, warehouse_id) DO UPDATE
+                     SET quantity = EXCLUDED.quantity, updated_at = now()",
+                    &[
+                        &tenant,
+                        &text("productId"),
+                        &text("warehouseId"),
+                        &num("quantity"),
+                    ],
+                )
+                .await?;
+            }
+            _ => {
+                tx.execute(
+                    "INSERT INTO orders (tenant_id, id, customer_id, status, total, currency)
+                     VALUES ($1, $2, $3, coalesce($4::text, 'pending'), coalesce($5::float8, 0), coalesce($6::text, 'EUR'))
+                     ON CONFLICT (tenant_id, id) DO UPDATE
+                     SET status = coalesce($4::text, orders.status), total = coalesce($5::float8, orders.total),
+                         updated_at = now()",
+                    &[
+                        &tenant,
+                        &text("orderId"),
+                        &text("customerId"),
+                        &text("status"),
+                        &num("total"),
+                        &text("currency"),
+                    ],
+                )
+                .await?;
+            }
+        }
+    }
+    if triggers_off {
+        tx.batch_execute("SET LOCAL nilecast.skip = 'off'").await?;
+    }
+    Ok(())
 }
 
 async fn insert_log(
@@ -76,9 +157,9 @@ async fn insert_log(
 
 /// Stores a raised alert and logs its notification. Runs as a task fed by the engine.
 pub async fn alert_writer(
-    app: Arc<crate::app::App>,
     db: Arc<Db>,
     mut alerts: tokio::sync::mpsc::UnboundedReceiver<Alert>,
+    shutdown: crate::shutdown::Shutdown,
 ) {
     loop {
         let alert = tokio::select! {
@@ -86,7 +167,7 @@ pub async fn alert_writer(
                 Some(alert) => alert,
                 None => return,
             },
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         };
         // An alert is worth a few retries: the database may blink.
         for attempt in 0..5u64 {
@@ -338,16 +419,6 @@ pub async fn write_demo(db: &Db, changes: &[Change]) -> Result<(), DbError> {
     }
     tx.commit().await?;
     Ok(())
-}
-
-/// A Socket.IO session kept for recovery (see `ws::socketio`).
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct KeptSession {
-    pub tenant: String,
-    pub user_id: String,
-    pub namespace: String,
-    pub filters: Value,
-    pub since_seq: u64,
 }
 
 /// Keeps a Socket.IO session for recovery on any node, until `expires_ms`.

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Db, DbError};
-use crate::app::App;
+use crate::shutdown::Shutdown;
 
 /// One watched table.
 #[derive(Debug, Clone, Deserialize)]
@@ -287,7 +287,7 @@ impl Scanner {
 
 /// Scans the watched tables every `POLL_INTERVAL_MS` until shutdown; on an error waits
 /// an interval and goes on (the scans are idempotent).
-pub async fn run(app: Arc<App>, db: Arc<Db>) {
+pub async fn run(db: Arc<Db>, shutdown: Shutdown) {
     let specs = parse_specs(db.config.table_poll_tables.as_deref().unwrap_or(""))
         .unwrap_or_else(|_| demo_specs());
     let mut scanners: Vec<Scanner> = specs
@@ -320,7 +320,7 @@ pub async fn run(app: Arc<App>, db: Arc<Db>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
     }
 }

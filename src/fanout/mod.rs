@@ -1,8 +1,11 @@
-//! The engine: one publish path from a change to every matching subscriber's queue.
+//! The engine: one path from a change to every matching subscriber's queue.
 //!
-//! `publish` gives a change its seq, encodes it once ([`change::Record`]), applies it to
-//! the store, evaluates alert rules, appends it to the retention ring and routes it
-//! through the index into per-connection outboxes. All of that happens under one
+//! Changes enter only through the [`Inlet`] that [`Engine::new`] hands out once, to the
+//! bus (`crate::bus`): a handler holds the engine, which subscribes and lists, never the
+//! inlet, so nothing but the bus can give a change its seq. Delivering a change encodes
+//! it once ([`change::Record`]), runs the domain [`Rules`] on it (key completion, the
+//! read model, alert rules), appends it to the retention ring and routes it through the
+//! index into per-connection outboxes. All of that happens under one
 //! `parking_lot::Mutex` (the publish lock), for one reason: every connection must see
 //! the changes of a namespace in seq order, and a subscribe must slot its reply and its
 //! replayed changes in between two publishes. The lock is never held across an await,
@@ -22,14 +25,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::alerts::{Alert, Alerts};
+use crate::alerts::Alert;
 use crate::config::Config;
 use crate::error::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 use crate::namespace::filter::{change_keys, Filter};
-use crate::protocol::Wire;
 use crate::session::{Grant, Session, SubEntry, SubKind};
-use crate::store::MemoryStore;
 use crate::time;
 use change::{Change, DataType, Keys, Namespace, Record};
 use index::{Index, Subscription};
@@ -67,19 +68,63 @@ pub struct Subscribed {
     pub gap: bool,
 }
 
+/// The domain rules the engine runs on every change it delivers, under the publish
+/// lock (so they see changes in seq order): the server implements them with its read
+/// model and alert rules. They must not block.
+pub trait Rules: Send + Sync {
+    /// Fills in what filters need and a change may not carry (a product's category and
+    /// threshold, an order's customer).
+    fn complete_keys(&self, tenant: &str, data_type: DataType, keys: &mut Keys);
+    /// Runs before the record is shared: may attach a follow-up frame to it (the
+    /// low-stock event right after a stock change) and raise an alert.
+    fn inspect(&self, record: &mut Record) -> Option<Alert>;
+    /// Applies the change to the read model; may raise an alert (a new order).
+    fn apply(
+        &self,
+        record: &Arc<Record>,
+        data: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<Alert>;
+}
+
 pub struct Engine {
     state: Mutex<State>,
     index: Index,
-    store: Arc<MemoryStore>,
-    alerts: Arc<Alerts>,
+    rules: Arc<dyn Rules>,
     metrics: Arc<Metrics>,
-    default_threshold: f64,
     next_subscription: AtomicU64,
     /// `MAX_SUBSCRIPTIONS`, checked where a subscription is recorded.
     max_subscriptions: usize,
-    /// With a database, alerts raised under the publish lock go here (to be stored and
-    /// logged, so they get a change-log seq) instead of being published at once.
-    alert_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Alert>>,
+}
+
+/// The one way changes enter an engine, held by the bus. Made once, by [`Engine::new`].
+pub struct Inlet {
+    engine: Arc<Engine>,
+}
+
+impl Inlet {
+    /// Delivers changes that already have their seqs (from a change log or a stream),
+    /// in order. A seq at or below the last delivered one is skipped (it was delivered
+    /// already). Returns the alerts the rules raised, for the bus to announce.
+    pub fn deliver(&self, batch: &[Logged]) -> Vec<Alert> {
+        self.engine.publish_logged(batch)
+    }
+
+    /// Gives changes consecutive seqs and delivers them (a bus that sequences in
+    /// process). Returns the seqs and the alerts raised.
+    pub fn sequence(&self, changes: &[Change]) -> (Vec<u64>, Vec<Alert>) {
+        self.engine.publish_all(changes)
+    }
+
+    /// Makes `seq` the last one delivered: where a log or stream is followed from. The
+    /// retention ring starts empty above it, so older replays read the bus's log.
+    pub fn set_floor(&self, seq: u64) {
+        self.engine.set_floor(seq)
+    }
+
+    /// The engine this inlet feeds.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
 }
 
 /// The id clients see for subscription `id`.
@@ -88,18 +133,18 @@ pub fn subscription_name(id: u64) -> String {
 }
 
 impl Engine {
+    /// The engine, and the inlet through which changes enter it (for the bus alone).
     pub fn new(
         config: &Config,
-        store: Arc<MemoryStore>,
-        alerts: Arc<Alerts>,
+        rules: Arc<dyn Rules>,
         metrics: Arc<Metrics>,
-    ) -> Engine {
+    ) -> (Arc<Engine>, Inlet) {
         // The first seq of a node is its start time in microseconds. A restart therefore
         // never reuses a seq that clients saw before it (as long as the average rate
         // stays under a million changes a second), and a client resuming from the
         // previous run is told about the gap instead of silently missing changes.
         let first_seq = time::now_us().max(1);
-        Engine {
+        let engine = Arc::new(Engine {
             state: Mutex::new(State {
                 next_seq: first_seq,
                 ring: Ring::new(
@@ -109,25 +154,18 @@ impl Engine {
                 ),
             }),
             index: Index::new(),
-            store,
-            alerts,
+            rules,
             metrics,
-            default_threshold: config.low_stock_threshold,
             next_subscription: AtomicU64::new(1),
             max_subscriptions: config.max_subscriptions,
-            alert_sink: std::sync::OnceLock::new(),
-        }
+        });
+        let inlet = Inlet {
+            engine: engine.clone(),
+        };
+        (engine, inlet)
     }
 
-    /// Sends alerts raised from now on to `sink` rather than publishing them (the
-    /// database feed publishes them once they are in the change log).
-    pub fn set_alert_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<Alert>) {
-        let _ = self.alert_sink.set(sink);
-    }
-
-    /// Makes `seq` the last seq published: the database feed's start position. The
-    /// retention ring starts empty above it, so older replays read the change log.
-    pub fn set_floor(&self, seq: u64) {
+    fn set_floor(&self, seq: u64) {
         let mut state = self.state.lock();
         state.next_seq = seq + 1;
         state.ring.reset(seq);
@@ -142,17 +180,14 @@ impl Engine {
     pub fn build_record(&self, logged: &Logged) -> Arc<Record> {
         let change = &logged.change;
         let mut keys = Keys::extract(change.data_type, &change.data);
-        self.complete_keys(&change.tenant, change.data_type, &mut keys);
+        self.rules
+            .complete_keys(&change.tenant, change.data_type, &mut keys);
         Arc::new(Record::build(logged.seq, change, keys, logged.timestamp_ms))
     }
 
-    /// Publishes change-log rows with their own seqs, in order. A seq at or below the
-    /// last published one is skipped (it was published already). Returns how many
-    /// were published.
-    pub fn publish_logged(&self, batch: &[Logged]) -> usize {
+    fn publish_logged(&self, batch: &[Logged]) -> Vec<Alert> {
         let mut state = self.state.lock();
-        let mut follow_ups = Vec::new();
-        let mut published = 0;
+        let mut raised = Vec::new();
         for logged in batch {
             if logged.seq < state.next_seq {
                 self.metrics.duplicates_suppressed.fetch_add(1, Relaxed);
@@ -163,147 +198,49 @@ impl Engine {
                 &mut state,
                 &logged.change,
                 Some(logged.timestamp_ms),
-                &mut follow_ups,
+                &mut raised,
             );
-            published += 1;
         }
-        self.publish_follow_ups(&mut state, follow_ups);
-        published
+        raised
     }
 
-    /// Publishes one change and returns its seq.
-    pub fn publish(&self, change: Change) -> u64 {
-        self.publish_all(vec![change]).first().copied().unwrap_or(0)
-    }
-
-    /// Publishes changes with consecutive seqs, in order. Alerts they raise are
-    /// published right after, as notifications.
-    pub fn publish_all(&self, changes: Vec<Change>) -> Vec<u64> {
+    fn publish_all(&self, changes: &[Change]) -> (Vec<u64>, Vec<Alert>) {
         let mut state = self.state.lock();
-        let mut follow_ups = Vec::new();
-        let seqs: Vec<u64> = changes
+        let mut raised = Vec::new();
+        let seqs = changes
             .iter()
-            .map(|c| self.publish_locked(&mut state, c, None, &mut follow_ups))
+            .map(|c| self.publish_locked(&mut state, c, None, &mut raised))
             .collect();
-        self.publish_follow_ups(&mut state, follow_ups);
-        seqs
+        (seqs, raised)
     }
 
-    /// Publishes the notifications of raised alerts, or hands the alerts to the
-    /// database's sink.
-    fn publish_follow_ups(&self, state: &mut State, mut follow_ups: Vec<Alert>) {
-        if let Some(sink) = self.alert_sink.get() {
-            for alert in follow_ups {
-                let _ = sink.send(alert);
-            }
-            return;
-        }
-        while !follow_ups.is_empty() {
-            for alert in std::mem::take(&mut follow_ups) {
-                let change = Change {
-                    data_type: DataType::Notification,
-                    tenant: Arc::from(alert.tenant.as_str()),
-                    data: alert.notification_data(),
-                };
-                self.publish_locked(state, &change, None, &mut follow_ups);
-            }
-        }
-    }
-
-    /// Announces an alert raised outside the publish path (a slow query).
-    pub fn raise(&self, alert: Alert) {
-        let mut state = self.state.lock();
-        self.publish_follow_ups(&mut state, vec![alert]);
-    }
-
-    /// Publishes a notification announcing `alert` (used for acknowledgements too).
-    pub fn publish_notification(
-        &self,
-        tenant: &str,
-        data: serde_json::Map<String, serde_json::Value>,
-    ) -> u64 {
-        self.publish(Change {
-            data_type: DataType::Notification,
-            tenant: Arc::from(tenant),
-            data,
-        })
-    }
-
-    /// Publishes one change with the seq `state.next_seq`. `timestamp_ms` is the
-    /// change-log time of a logged change (None: now).
+    /// Delivers one change with the seq `state.next_seq`. `timestamp_ms` is the log's
+    /// time of a logged change (None: now).
     fn publish_locked(
         &self,
         state: &mut State,
         change: &Change,
         timestamp_ms: Option<u64>,
-        follow_ups: &mut Vec<Alert>,
+        raised: &mut Vec<Alert>,
     ) -> u64 {
         let seq = state.next_seq;
         state.next_seq += 1;
         let now = time::now_ms();
         let mut keys = Keys::extract(change.data_type, &change.data);
-        self.complete_keys(&change.tenant, change.data_type, &mut keys);
+        self.rules
+            .complete_keys(&change.tenant, change.data_type, &mut keys);
         let mut record = Record::build(seq, change, keys, timestamp_ms.unwrap_or(now));
-
-        let mut raised: Option<Alert> = None;
-        if change.data_type == DataType::Inventory {
-            if let Some(alert) = self.alerts.on_inventory(&record) {
-                let alert_json = alert.to_json();
-                let frame = |wire: Wire| {
-                    wire.event_frame(
-                        Namespace::Inventory.path(),
-                        "inventory:low-stock",
-                        &alert_json,
-                    )
-                };
-                record.follow_up = Some((frame(Wire::Native), frame(Wire::SocketIo)));
-                raised = Some(alert);
-            }
-        }
+        let inspected = self.rules.inspect(&mut record);
         let record = Arc::new(record);
-        let new_order = self.store.apply(&record, &change.data);
-        if new_order && raised.is_none() {
-            raised = self.alerts.on_new_order(&change.tenant, seq, now);
-        }
-        if let Some(alert) = raised {
+        let applied = self.rules.apply(&record, &change.data);
+        if let Some(alert) = inspected.or(applied) {
             self.metrics.alerts_raised.fetch_add(1, Relaxed);
-            follow_ups.push(alert);
+            raised.push(alert);
         }
         state.ring.push(record.clone(), now);
         self.route(&record);
         self.metrics.changes_published.fetch_add(1, Relaxed);
         seq
-    }
-
-    /// Fills in what filters need and the change may not carry: a product's category
-    /// and threshold, an order's customer.
-    fn complete_keys(&self, tenant: &str, data_type: DataType, keys: &mut Keys) {
-        match data_type {
-            DataType::Inventory => {
-                let (category, threshold) = match &keys.product_id {
-                    Some(p) if keys.category.is_none() || keys.threshold.is_none() => {
-                        self.store.product_info(tenant, p)
-                    }
-                    _ => (None, None),
-                };
-                if keys.category.is_none() {
-                    keys.category = category.map(String::into_boxed_str);
-                }
-                keys.threshold = keys
-                    .threshold
-                    .or(threshold)
-                    .or(Some(self.default_threshold));
-            }
-            DataType::Orders | DataType::OrderTracking if keys.customer_id.is_none() => {
-                if let Some(order) = &keys.order_id {
-                    keys.customer_id = self
-                        .store
-                        .order_customer(tenant, order)
-                        .map(String::into_boxed_str);
-                }
-            }
-            _ => {}
-        }
     }
 
     /// Queues a record's frame on every matching subscription, once per connection.
@@ -368,12 +305,12 @@ impl Engine {
         self.subscribe_locked(&state, session, grant, filter, since, None, initial, reply)
     }
 
-    /// Like [`Engine::subscribe`] with `since`, for a replay that starts in the change
+    /// Like [`Engine::subscribe`] with `since`, for a replay that starts in a bus's
     /// log: `log` holds the matching changes up to `log.through`. When the ring has
     /// dropped changes above `log.through` since the log was read, nothing is
     /// subscribed and `log` (with the filter) comes back, to be extended up to
     /// [`Engine::ring_floor`].
-    pub fn subscribe_after_log(
+    pub fn subscribe_with_history(
         &self,
         session: &Arc<Session>,
         grant: &Grant,

@@ -38,7 +38,7 @@ async fn get(addr: &str, path: &str, secret: &str) -> Result<Value, String> {
         .map_err(|e| e.to_string())?;
     let secret = HeaderValue::from_str(secret).map_err(|e| e.to_string())?;
     request.headers_mut().insert(
-        HeaderName::from_static(crate::cluster::SECRET_HEADER),
+        HeaderName::from_static(crate::bus::redis::SECRET_HEADER),
         secret,
     );
     let response = sender

@@ -161,8 +161,8 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
         ["cluster", "clients"] => member_clients(app, &req, remote).await,
         ["metrics"] => {
             let mut body = app.metrics.to_json(&app.gauges());
-            if let Some(db) = &app.db {
-                body["niledb"] = db.metrics();
+            if let Some(bus) = app.bus.metrics() {
+                body["niledb"] = bus;
             }
             json_response(StatusCode::OK, &body)
         }
@@ -186,7 +186,7 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
             &principal,
             query_param(req.uri(), "all").as_deref() == Some("true"),
         ),
-        ["alerts", id, "acknowledge"] => acknowledge(app, &principal, id),
+        ["alerts", id, "acknowledge"] => acknowledge(app, &principal, id).await,
         ["changes", data_type] => changes(app, &principal, data_type, &req),
         ["publish"] => publish(app, &principal, req, remote).await,
         ["test"] if !app.config.is_production() => {
@@ -287,14 +287,7 @@ fn info(app: &App) -> Value {
 async fn health(app: &App, staff: bool) -> Resp {
     let over_memory = app.over_memory();
     let shutting_down = app.shutdown.is_triggered();
-    let niledb = match &app.db {
-        Some(db) => db.health(app.cluster.as_ref().is_none_or(|c| c.leading.load(Relaxed))),
-        None => json!({ "status": "disabled" }),
-    };
-    let redis = match &app.cluster {
-        Some(cluster) => cluster.health(app.db.is_some(), staff).await,
-        None => json!({ "status": "disabled" }),
-    };
+    let (niledb, redis) = app.bus.health(staff).await;
     let db_degraded = niledb["status"] == "degraded" || redis["status"] == "degraded";
     let ws_status = if shutting_down {
         "unhealthy"
@@ -339,9 +332,7 @@ async fn health(app: &App, staff: bool) -> Resp {
 
 fn prometheus(app: &App) -> Resp {
     let mut text = app.metrics.to_prometheus(&app.gauges());
-    if let Some(db) = &app.db {
-        db.prometheus(&mut text);
-    }
+    app.bus.prometheus(&mut text);
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -416,12 +407,12 @@ fn clients(app: &App, principal: &Principal, req: &Request<Incoming>) -> Resp {
 /// `/clients?scope=cluster`. It answers for this node alone and never asks another, so
 /// no request can fan out twice; it takes the cluster secret, not a user's token.
 async fn member_clients(app: &App, req: &Request<Incoming>, remote: SocketAddr) -> Resp {
-    let Some(cluster) = &app.cluster else {
+    let Some(cluster) = app.bus.membership() else {
         return not_found("no such endpoint");
     };
     let presented = req
         .headers()
-        .get(crate::cluster::SECRET_HEADER)
+        .get(crate::bus::redis::SECRET_HEADER)
         .map(|v| v.as_bytes().to_vec())
         .unwrap_or_default();
     let secret = match cluster.secret().await {
@@ -473,14 +464,14 @@ async fn cluster_clients(app: &App, principal: &Principal, req: &Request<Incomin
     if let Err(r) = principal.may_administer() {
         return error_response(&r);
     }
-    let Some(cluster) = &app.cluster else {
+    let Some(cluster) = app.bus.membership() else {
         return clients(app, principal, req);
     };
     let page = match Page::of(req) {
         Ok(page) => page,
         Err(r) => return error_response(&r),
     };
-    let unavailable = |e: crate::cluster::ClusterError| {
+    let unavailable = |e: crate::bus::BusError| {
         tracing::warn!(error = %e, "could not reach Redis for the cluster's members");
         error_response(&Refusal::new(
             ErrorCode::Unavailable,
@@ -610,7 +601,7 @@ fn alerts(app: &App, principal: &Principal, all: bool) -> Resp {
     )
 }
 
-fn acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
+async fn acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
     if let Err(r) = principal.may_administer() {
         return error_response(&r);
     }
@@ -624,10 +615,15 @@ fn acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
             "message": format!("alert {} ({}) acknowledged", alert.id, alert.kind),
             "data": { "alertId": alert.id, "alertType": alert.kind, "acknowledgedBy": &*principal.user_id },
         });
-        app.engine.publish_notification(
-            &principal.tenant,
-            data.as_object().cloned().unwrap_or_default(),
-        );
+        let change = Change {
+            data_type: DataType::Notification,
+            tenant: principal.tenant.clone(),
+            data: data.as_object().cloned().unwrap_or_default(),
+        };
+        if let Err(refusal) = publish_changes(app, vec![change]).await {
+            app.metrics.error(refusal.code);
+            return error_response(&refusal);
+        }
     }
     json_response(StatusCode::OK, &alert.to_json())
 }
@@ -751,7 +747,7 @@ async fn db_acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
         return error_response(&r);
     }
     let Some(db) = &app.db else {
-        return acknowledge(app, principal, id);
+        return acknowledge(app, principal, id).await;
     };
     app.alerts.acknowledge(&principal.tenant, id);
     match crate::db::store::acknowledge(db, &principal.tenant, id, &principal.user_id).await {
@@ -901,21 +897,8 @@ pub(crate) async fn publish_changes(app: &App, changes: Vec<Change>) -> Result<V
     if changes.is_empty() {
         return Ok(Vec::new());
     }
-    if let Some(db) = &app.db {
-        // Into the change log: every node sees the same stream, with the log's seqs.
-        crate::db::store::log_changes(db, &changes)
-            .await
-            .map_err(|e| crate::namespace::db_refusal(&e))
-    } else if let Some(cluster) = &app.cluster {
-        // Into the Redis stream: every node publishes it, with the stream's seqs.
-        cluster.publish(&changes).await.map_err(|e| {
-            tracing::warn!(error = %e, "publish to Redis failed");
-            Refusal::new(
-                ErrorCode::Unavailable,
-                "Redis is unreachable; nothing was published",
-            )
-        })
-    } else {
-        Ok(app.engine.publish_all(changes))
-    }
+    app.bus.publish(changes).await.map_err(|e| {
+        tracing::warn!(error = %e, "publishing failed");
+        e.refusal()
+    })
 }

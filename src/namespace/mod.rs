@@ -17,9 +17,10 @@ use serde_json::{json, Map, Value};
 
 use crate::app::App;
 use crate::auth::Principal;
+use crate::bus;
 use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
-use crate::fanout::{subscription_name, LogReplay, Subscribed};
+use crate::fanout::{subscription_name, Subscribed};
 use crate::protocol::native::Request;
 use crate::protocol::Wire;
 use crate::security::{self, Event};
@@ -393,13 +394,15 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     let filters = filter.to_json();
     let event = format!("{}:subscribed", ctx.ns.prefix());
     // A replay from below what the ring holds reads the change log first.
-    if let Some(since) = since.filter(|_| ctx.app.has_log()) {
-        if since < ctx.app.engine.ring_floor() {
+    if let Some(since) = since {
+        if bus::replays_from_log(&*ctx.app.bus, &ctx.app.engine, since) {
             ctx.defer(move |later| async move {
                 let reply =
                     |outcome| Some(later.reply_frame(&event, &subscribed_json(outcome, &filters)));
-                subscribe_from_log(
-                    &later.app,
+                let app = &later.app;
+                bus::subscribe_from_log(
+                    &*app.bus,
+                    &app.engine,
                     &later.session,
                     &later.grant,
                     filter,
@@ -419,70 +422,6 @@ fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Subscribes with a replay that starts in the change log: reads the log up to the
-/// ring's floor, and when the ring has moved on meanwhile, reads the rest and tries
-/// again. Reads and subscribes as `grant`'s principal, and does neither once the grant
-/// is no longer current.
-async fn subscribe_from_log(
-    app: &Arc<App>,
-    session: &Arc<Session>,
-    grant: &Grant,
-    mut filter: Filter,
-    since: u64,
-    reply: impl Fn(Subscribed) -> Option<Bytes>,
-) -> Result<(), Refusal> {
-    let engine = &app.engine;
-    let tenant = grant.principal.tenant.clone();
-    let ns = filter.namespace();
-    let mut log: Option<LogReplay> = None;
-    for _ in 0..8 {
-        if !session.is_current(grant) {
-            return Err(superseded());
-        }
-        let from = log.as_ref().map_or(since, |l| l.through);
-        let through = engine.ring_floor();
-        let more = match (&app.db, &app.cluster) {
-            (Some(db), _) => {
-                crate::db::queries::replay(db, engine, &tenant, ns, from, through)
-                    .await
-                    .map_err(|e| db_refusal(&e))?
-                    .value
-            }
-            (None, Some(cluster)) => {
-                let max = app.config.db.replay_max_db_changes.max(1) as usize;
-                crate::cluster::replay(cluster, engine, &tenant, ns, from, through, max)
-                    .await
-                    .map_err(|_| {
-                        Refusal::new(ErrorCode::Unavailable, "Redis is unreachable; try again")
-                    })?
-            }
-            (None, None) => {
-                return Err(Refusal::new(
-                    ErrorCode::Internal,
-                    "no change log to replay from",
-                ))
-            }
-        };
-        let merged = match log.take() {
-            None => more,
-            Some(mut l) => {
-                l.records.extend(more.records);
-                l.through = more.through;
-                l.gap |= more.gap;
-                l
-            }
-        };
-        match engine.subscribe_after_log(session, grant, filter, since, merged, &reply) {
-            Ok(outcome) => return outcome.map(|_| ()),
-            Err((l, f)) => (log, filter) = (Some(l), f),
-        }
-    }
-    Err(Refusal::new(
-        ErrorCode::Unavailable,
-        "changes arrive faster than the replay can read them; retry",
-    ))
-}
-
 /// Subscribes `session` again with `filter`, replaying every change after `since`, with
 /// no reply (Socket.IO connection state recovery). The filter is checked as a fresh
 /// subscribe's would be, against the principal the connection is now (its roles may
@@ -499,12 +438,19 @@ pub fn resubscribe(
     if session.subscription_count() >= max {
         return Err(too_many_subscriptions(max));
     }
-    if app.has_log() && since < app.engine.ring_floor() {
+    if bus::replays_from_log(&*app.bus, &app.engine, since) {
         let (app, session, grant) = (app.clone(), session.clone(), grant.clone());
         tokio::spawn(async move {
-            if let Err(refusal) =
-                subscribe_from_log(&app, &session, &grant, filter, since, |_| None).await
-            {
+            let replay = bus::subscribe_from_log(
+                &*app.bus,
+                &app.engine,
+                &session,
+                &grant,
+                filter,
+                since,
+                |_| None,
+            );
+            if let Err(refusal) = replay.await {
                 tracing::warn!(connection = session.id, error = %refusal.message, "could not recover a subscription");
             }
         });

@@ -323,8 +323,33 @@ fn obj(v: Value) -> Map<String, Value> {
     }
 }
 
+/// Where the simulator's changes go.
+pub enum Output {
+    /// Published through the bus.
+    Bus(Arc<dyn crate::bus::Bus>),
+    /// Written into the demo tables, the way an application would: in notify mode the
+    /// triggers log them; in poll mode the same transaction logs them; in table-poll
+    /// mode the scans find them. The bus then brings them back from the change log.
+    Tables(Arc<crate::db::Db>),
+}
+
+impl Output {
+    async fn send(&self, changes: Vec<Change>) -> Result<(), String> {
+        match self {
+            Output::Bus(bus) => bus
+                .publish(changes)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Output::Tables(db) => crate::db::store::write_demo(db, &changes)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// Publishes simulated changes at `SIMULATE_RATE` per second until shutdown.
-pub async fn run(app: Arc<App>, mut world: World) {
+pub async fn run(app: Arc<App>, mut world: World, out: Output) {
     // Ticks of 10 ms: smooth enough to look live, and a fractional budget carries over
     // so any rate from 0.1/s to tens of thousands/s comes out right on average.
     let tick = Duration::from_millis(10);
@@ -350,24 +375,9 @@ pub async fn run(app: Arc<App>, mut world: World) {
             continue;
         }
         let changes = std::mem::take(&mut batch);
-        match &app.db {
-            // With a database the changes go into the demo tables; the feed brings them
-            // back through triggers, the change log or table-poll.
-            Some(db) => {
-                if let Err(e) = crate::db::store::write_demo(db, &changes).await {
-                    tracing::warn!(error = %e, changes = changes.len(), "simulator could not write to the database; these changes are dropped");
-                }
-            }
-            None => match &app.cluster {
-                Some(cluster) => {
-                    if let Err(e) = cluster.publish(&changes).await {
-                        tracing::warn!(error = %e, changes = changes.len(), "simulator could not publish to Redis; these changes are dropped");
-                    }
-                }
-                None => {
-                    app.engine.publish_all(changes);
-                }
-            },
+        let count = changes.len();
+        if let Err(e) = out.send(changes).await {
+            tracing::warn!(error = %e, changes = count, "the simulator could not publish; these changes are dropped");
         }
     }
 }

@@ -27,7 +27,7 @@ use super::frame::OpCode;
 use super::input::Phase;
 use crate::app::App;
 use crate::auth::Principal;
-use crate::db::store::KeptSession;
+use crate::bus::KeptSession;
 use crate::error::{close, ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
 use crate::namespace::{self, filter::Filter};
@@ -147,7 +147,7 @@ fn finish_connect(
     let principal = grant.principal.clone();
     // Recovered only when every change after the offset can still be replayed: from
     // the ring, or with a database from the change log. Otherwise a fresh session.
-    let replayable = |since: u64| app.has_log() || since >= app.engine.ring_floor();
+    let replayable = |since: u64| app.bus.has_log() || since >= app.engine.ring_floor();
     let recovered = kept.filter(|(_, kept)| {
         kept.ns == ns
             && kept.tenant == principal.tenant
@@ -208,56 +208,6 @@ fn finish_connect(
         app.metrics
             .socketio_recoveries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Where Socket.IO sessions are kept so that another node, or this one after a
-/// restart, can recover them: the database, or without one Redis in cluster mode.
-enum SharedSessions {
-    Database(Arc<crate::db::Db>),
-    Redis(Arc<crate::cluster::Cluster>),
-}
-
-impl SharedSessions {
-    fn of(app: &App) -> Option<SharedSessions> {
-        match (&app.db, &app.cluster) {
-            (Some(db), _) => Some(SharedSessions::Database(db.clone())),
-            (None, Some(cluster)) => Some(SharedSessions::Redis(cluster.clone())),
-            (None, None) => None,
-        }
-    }
-
-    async fn keep(&self, pid: &str, kept: &KeptSession, expires_ms: u64) -> Result<(), String> {
-        match self {
-            SharedSessions::Database(db) => {
-                crate::db::store::keep_session(db, pid, kept, expires_ms)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            SharedSessions::Redis(cluster) => cluster
-                .keep_session(pid, kept, expires_ms.saturating_sub(time::now_ms()))
-                .await
-                .map_err(|e| e.to_string()),
-        }
-    }
-
-    async fn take(
-        &self,
-        pid: &str,
-        tenant: &str,
-        user_id: &str,
-    ) -> Result<Option<KeptSession>, String> {
-        match self {
-            SharedSessions::Database(db) => {
-                crate::db::store::take_session(db, pid, tenant, user_id)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            SharedSessions::Redis(cluster) => cluster
-                .take_session(pid, tenant, user_id)
-                .await
-                .map_err(|e| e.to_string()),
-        }
     }
 }
 
@@ -381,13 +331,14 @@ impl Conn {
                 k.tenant == principal.tenant && k.user_id == principal.user_id
             })
         });
-        match (local, pid, SharedSessions::of(&self.app)) {
-            (None, Some(pid), Some(shared)) => {
+        match (local, pid) {
+            (None, Some(pid)) if self.app.bus.shares_sessions() => {
                 let (app, session) = (self.app.clone(), self.session.clone());
                 let (pid, path) = (pid.to_string(), path.to_string());
                 tokio::spawn(async move {
-                    let kept = match shared
-                        .take(&pid, &principal.tenant, &principal.user_id)
+                    let kept = match app
+                        .bus
+                        .take_session(&pid, &principal.tenant, &principal.user_id)
                         .await
                     {
                         Ok(kept) => kept.and_then(Kept::from_shared),
@@ -400,7 +351,7 @@ impl Conn {
                     finish_connect(&app, &session, &path, ns, kept, offset);
                 });
             }
-            (local, _, _) => finish_connect(&self.app, &self.session, path, ns, local, offset),
+            (local, _) => finish_connect(&self.app, &self.session, path, ns, local, offset),
         }
     }
 
@@ -542,7 +493,7 @@ impl Conn {
                     SubKind::Dashboard(_) => None,
                 })
                 .collect();
-            if let Some(shared) = SharedSessions::of(&self.app) {
+            if self.app.bus.shares_sessions() {
                 let kept = KeptSession {
                     tenant: principal.tenant.to_string(),
                     user_id: principal.user_id.to_string(),
@@ -551,9 +502,10 @@ impl Conn {
                     since_seq: joined.joined_at_seq,
                 };
                 let pid = joined.pid.clone();
+                let app = self.app.clone();
                 // Tracked by the shutdown, so a graceful stop writes it before exiting.
                 self.app.shutdown.spawn(async move {
-                    if let Err(e) = shared.keep(&pid, &kept, expires_ms).await {
+                    if let Err(e) = app.bus.keep_session(&pid, &kept, expires_ms).await {
                         tracing::warn!(error = %e, "could not keep a Socket.IO session for recovery");
                     }
                 });

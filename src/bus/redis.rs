@@ -1,9 +1,8 @@
-//! Cluster mode (`REDIS_URL`): changes travel between nodes through a Redis Stream, with
-//! one global seq.
+//! The Redis buses (`REDIS_URL`): changes travel between nodes through a Redis Stream,
+//! with one global seq. [`RedisBus`] without a database; [`LeaderFedBus`] with one.
 //!
-//! Every node reads the stream from its last id (`XREAD BLOCK`) and publishes what it
-//! reads through the engine's one path with the stream's seq
-//! (`Engine::publish_logged`); a node that loses Redis keeps serving its clients, reports
+//! Every node reads the stream from its last id (`XREAD BLOCK`) and delivers what it
+//! reads to its engine with the stream's seq (the engine's `Inlet`); a node that loses Redis keeps serving its clients, reports
 //! `redis` degraded, reconnects with backoff and catches up from its last id. Nodes
 //! announce themselves (id, address, heartbeat); `/health` lists the live ones and
 //! `/clients?scope=cluster` asks each of them for its clients.
@@ -33,9 +32,12 @@ use redis::aio::ConnectionManager;
 use redis::Value as RValue;
 use serde_json::{json, Map, Value};
 
-use crate::app::App;
-use crate::fanout::change::{Change, DataType};
-use crate::fanout::Logged;
+use super::{BoxFuture, Bus, BusError, KeptSession, Member, Membership, Start};
+use crate::alerts::Alert;
+use crate::db::Db;
+use crate::fanout::change::{Change, DataType, Namespace};
+use crate::fanout::{Inlet, LogReplay, Logged};
+use crate::shutdown::Shutdown;
 use crate::time;
 
 /// Appends changes (ARGV[2..], JSON each) with consecutive seqs, keeping about ARGV[1]
@@ -378,7 +380,7 @@ impl Cluster {
     pub async fn keep_session(
         &self,
         pid: &str,
-        session: &crate::db::store::KeptSession,
+        session: &KeptSession,
         ttl_ms: u64,
     ) -> Result<(), ClusterError> {
         let text = serde_json::to_string(session).map_err(|e| ClusterError(e.to_string()))?;
@@ -402,14 +404,14 @@ impl Cluster {
         pid: &str,
         tenant: &str,
         user_id: &str,
-    ) -> Result<Option<crate::db::store::KeptSession>, ClusterError> {
+    ) -> Result<Option<KeptSession>, ClusterError> {
         let key = self.key(&format!("sio:{pid}"));
         let mut conn = self.conn().await?;
         let text: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
         let Some(text) = text else {
             return Ok(None);
         };
-        let Ok(kept) = serde_json::from_str::<crate::db::store::KeptSession>(&text) else {
+        let Ok(kept) = serde_json::from_str::<KeptSession>(&text) else {
             return Ok(None);
         };
         if kept.tenant != tenant || kept.user_id != user_id {
@@ -424,14 +426,6 @@ impl Cluster {
         .await?;
         Ok((deleted == 1).then_some(kept))
     }
-}
-
-/// A live node of the cluster.
-pub struct Member {
-    pub node: String,
-    pub last_seen_ms: u64,
-    /// Where its HTTP API is reached (`NODE_ADDR`).
-    pub addr: Option<String>,
 }
 
 /// A change as a stream entry's JSON.
@@ -473,9 +467,17 @@ fn entry_to_logged(id: &str, fields: &[RValue]) -> Option<Logged> {
     })
 }
 
-/// Reads the stream from the last id and publishes each change, until shutdown;
-/// reconnects with backoff and catches up after a loss.
-pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
+/// Reads the stream from the last id and delivers each change to this node's engine,
+/// until shutdown; reconnects with backoff and catches up after a loss. Alerts the rules
+/// raise go to `raised`. With a database (`log`), an empty stream starts at the feed's
+/// stored position.
+async fn follow(
+    cluster: Arc<Cluster>,
+    inlet: Arc<Inlet>,
+    raised: tokio::sync::mpsc::UnboundedSender<Alert>,
+    log: Option<Arc<Db>>,
+    shutdown: Shutdown,
+) {
     let key = cluster.key("changes");
     let mut started = false;
     let mut failures = 0u32;
@@ -484,7 +486,7 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
         // data), the leader appends after the feed's stored position: that is where
         // this node starts, so a `sinceSeq` below it reads the change log. (Read
         // before the stream: the position only grows, and the leader appends above it.)
-        let stored = match (&app.db, started) {
+        let stored = match (&log, started) {
             (Some(db), false) => crate::db::feed::stored_position(db)
                 .await
                 .unwrap_or_else(|e| {
@@ -508,7 +510,7 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
                     .await?
                     .or(stored)
                     .unwrap_or(0);
-                app.engine.set_floor(seq);
+                inlet.set_floor(seq);
                 cluster.last_seq.store(seq, Relaxed);
                 started = true;
             }
@@ -521,7 +523,7 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
                 .await?;
             cluster.connected.store(true, Relaxed);
             loop {
-                if app.shutdown.is_triggered() {
+                if shutdown.is_triggered() {
                     return Ok::<(), redis::RedisError>(());
                 }
                 let from = format!("{}-1", cluster.last_seq.load(Relaxed));
@@ -539,7 +541,9 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
                 collect_entries(&reply, &mut batch);
                 if let Some(last) = batch.last() {
                     cluster.last_seq.store(last.seq, Relaxed);
-                    app.engine.publish_logged(&batch);
+                    for alert in inlet.deliver(&batch) {
+                        let _ = raised.send(alert);
+                    }
                 }
             }
         };
@@ -552,13 +556,13 @@ pub async fn follow(app: Arc<App>, cluster: Arc<Cluster>) {
                     tracing::warn!(error = %e, "lost Redis; serving local clients, reconnecting");
                 }
             },
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
         failures = (failures + 1).min(6);
         let delay = Duration::from_millis((100u64 << failures).min(5000));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
     }
 }
@@ -636,13 +640,13 @@ async fn end_seq(
 }
 
 /// Announces this node every two seconds until shutdown.
-pub async fn heartbeat(app: Arc<App>, cluster: Arc<Cluster>) {
+async fn heartbeat(cluster: Arc<Cluster>, node_id: String, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
         let beat = async {
             let mut conn = cluster.conn().await?;
@@ -650,12 +654,12 @@ pub async fn heartbeat(app: Arc<App>, cluster: Arc<Cluster>) {
             let _: () = redis::cmd("ZADD")
                 .arg(cluster.key("nodes"))
                 .arg(now)
-                .arg(&app.node_id)
+                .arg(&node_id)
                 .query_async(&mut conn)
                 .await?;
             if let Some(addr) = cluster.addr.get() {
                 let _: () = redis::cmd("SET")
-                    .arg(cluster.key(&format!("node:{}", app.node_id)))
+                    .arg(cluster.key(&format!("node:{node_id}")))
                     .arg(addr)
                     .arg("PX")
                     .arg(MEMBER_TTL_MS * 2)
@@ -679,10 +683,11 @@ pub async fn heartbeat(app: Arc<App>, cluster: Arc<Cluster>) {
 /// Announces alerts raised from stream changes: every node raises the same alert
 /// (`alert-<seq>`) from the same change, and the first to claim it in Redis publishes
 /// its notification.
-pub async fn announce_alerts(
-    app: Arc<App>,
+async fn announce_alerts(
     cluster: Arc<Cluster>,
-    mut raised: tokio::sync::mpsc::UnboundedReceiver<crate::alerts::Alert>,
+    node_id: String,
+    mut raised: tokio::sync::mpsc::UnboundedReceiver<Alert>,
+    shutdown: Shutdown,
 ) {
     loop {
         let alert = tokio::select! {
@@ -690,13 +695,13 @@ pub async fn announce_alerts(
                 Some(alert) => alert,
                 None => return,
             },
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         };
         let claim = async {
             let mut conn = cluster.conn().await?;
             let claimed: Option<String> = redis::cmd("SET")
                 .arg(cluster.key(&format!("alert:{}:{}", alert.tenant, alert.id)))
-                .arg(&app.node_id)
+                .arg(&node_id)
                 .arg("NX")
                 .arg("PX")
                 .arg(3_600_000)
@@ -723,15 +728,15 @@ pub async fn announce_alerts(
 /// a `sinceSeq` replay that reaches below a node's ring (a client that comes from
 /// another node, or after a restart). `gap` when the stream was trimmed past `since` or
 /// holds more than `max`.
-pub async fn replay(
+async fn replay(
     cluster: &Cluster,
     engine: &crate::fanout::Engine,
     tenant: &str,
-    ns: crate::fanout::change::Namespace,
+    ns: Namespace,
     since: u64,
     through: u64,
     max: usize,
-) -> Result<crate::fanout::LogReplay, ClusterError> {
+) -> Result<LogReplay, ClusterError> {
     let mut conn = cluster.conn().await?;
     let key = cluster.key("changes");
     let oldest = end_seq(&mut conn, &key, End::Oldest).await?;
@@ -768,7 +773,7 @@ pub async fn replay(
     } else {
         through
     };
-    Ok(crate::fanout::LogReplay {
+    Ok(LogReplay {
         records,
         through,
         gap,
@@ -778,39 +783,34 @@ pub async fn replay(
 /// With a database: stands by until this node takes the lease, then tails the database
 /// into the stream (feed, table-poll, retention) for as long as it holds it; steps down
 /// when it loses it, and gives it up at shutdown so a standby takes over at once.
-pub async fn lead(app: Arc<App>, db: Arc<crate::db::Db>, cluster: Arc<Cluster>) {
-    let ttl_ms = app.config.leader_lease_ms;
-    let token = format!("{}/{:016x}", app.node_id, fastrand::u64(..));
+async fn lead(
+    db: Arc<Db>,
+    cluster: Arc<Cluster>,
+    node_id: String,
+    ttl_ms: u64,
+    shutdown: Shutdown,
+) {
+    let token = format!("{node_id}/{:016x}", fastrand::u64(..));
     loop {
-        if !stand_by(&app, &db, &cluster, &token, ttl_ms).await {
+        if !stand_by(&db, &cluster, &token, ttl_ms, &shutdown).await {
             return;
         }
         cluster.leading.store(true, Relaxed);
         cluster.takeovers.fetch_add(1, Relaxed);
-        tracing::info!(node = %app.node_id, "took the leader lease: tailing the database");
+        tracing::info!(node = %node_id, "took the leader lease: tailing the database");
         let sink = crate::db::feed::Sink::Stream {
             cluster: cluster.clone(),
             token: token.clone(),
         };
-        let tail = async {
-            let feed = crate::db::feed::run_into(app.clone(), db.clone(), sink);
-            let retention = crate::db::feed::retention(app.clone(), db.clone());
-            if db.config.detection == crate::db::Detection::TablePoll {
-                let poll = crate::db::table_poll::run(app.clone(), db.clone());
-                tokio::join!(feed, retention, poll);
-            } else {
-                tokio::join!(feed, retention);
-            }
-        };
         tokio::select! {
-            _ = tail => {}
+            _ = super::pg::tail(db.clone(), sink, shutdown.clone()) => {}
             _ = keep_lease(&cluster, &token, ttl_ms) => {
-                tracing::warn!(node = %app.node_id, "lost the leader lease: standing by");
+                tracing::warn!(node = %node_id, "lost the leader lease: standing by");
             }
         }
         cluster.leading.store(false, Relaxed);
         db.stats.feed_connected.store(false, Relaxed);
-        if app.shutdown.is_triggered() {
+        if shutdown.is_triggered() {
             let release = tokio::time::timeout(Duration::from_secs(1), cluster.release(&token));
             if let Ok(Err(e)) = release.await {
                 tracing::debug!(error = %e, "could not give up the leader lease");
@@ -823,18 +823,18 @@ pub async fn lead(app: Arc<App>, db: Arc<crate::db::Db>, cluster: Arc<Cluster>) 
 /// Tries for the lease every fifth of its length until it is ours (true) or the server
 /// shuts down (false). Meanwhile checks that the database answers, for `/health`.
 async fn stand_by(
-    app: &App,
-    db: &crate::db::Db,
+    db: &Db,
     cluster: &Cluster,
     token: &str,
     ttl_ms: u64,
+    shutdown: &Shutdown,
 ) -> bool {
     let mut tick = tokio::time::interval(Duration::from_millis((ttl_ms / 5).max(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = app.shutdown.cancelled() => return false,
+            _ = shutdown.cancelled() => return false,
         }
         match cluster.acquire(token, ttl_ms).await {
             Ok(true) => return true,
@@ -865,5 +865,284 @@ async fn keep_lease(cluster: &Cluster, token: &str, ttl_ms: u64) {
         if renewed.elapsed() >= Duration::from_millis(ttl_ms * 2 / 3) {
             return;
         }
+    }
+}
+
+fn unreachable(e: ClusterError) -> BusError {
+    BusError {
+        service: "Redis",
+        detail: e.to_string(),
+    }
+}
+
+impl Membership for Cluster {
+    fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, BusError>> {
+        Box::pin(async move { Cluster::members(self).await.map_err(unreachable) })
+    }
+
+    fn secret(&self) -> BoxFuture<'_, Result<String, BusError>> {
+        Box::pin(async move { Cluster::secret(self).await.map_err(unreachable) })
+    }
+}
+
+/// The parts both Redis buses run: following the stream into this node's engine and
+/// the membership heartbeat.
+fn follow_stream(
+    cluster: &Arc<Cluster>,
+    inlet: &Arc<Inlet>,
+    raised: &tokio::sync::mpsc::UnboundedSender<Alert>,
+    log: Option<Arc<Db>>,
+    start: &Start,
+) {
+    let _ = cluster.addr.set(start.advertised_addr.clone());
+    start.shutdown.spawn(follow(
+        cluster.clone(),
+        inlet.clone(),
+        raised.clone(),
+        log,
+        start.shutdown.clone(),
+    ));
+    start.shutdown.spawn(heartbeat(
+        cluster.clone(),
+        start.node_id.clone(),
+        start.shutdown.clone(),
+    ));
+}
+
+type Raised = (
+    tokio::sync::mpsc::UnboundedSender<Alert>,
+    parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Alert>>>,
+);
+
+fn raised_channel() -> Raised {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (tx, parking_lot::Mutex::new(Some(rx)))
+}
+
+/// Redis without a database: the stream is the bus and the log. A change gets its seq
+/// from the stream's counter when it is appended; alerts are raised by every node from
+/// the same change and announced by the node that claims them first.
+pub struct RedisBus {
+    cluster: Arc<Cluster>,
+    inlet: Arc<Inlet>,
+    raised: Raised,
+    /// `REPLAY_MAX_DB_CHANGES`: the most changes one replay reads from the stream.
+    replay_max: usize,
+}
+
+impl RedisBus {
+    pub fn new(cluster: Arc<Cluster>, inlet: Inlet, replay_max: usize) -> RedisBus {
+        RedisBus {
+            cluster,
+            inlet: Arc::new(inlet),
+            raised: raised_channel(),
+            replay_max: replay_max.max(1),
+        }
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
+        Box::pin(async move { self.cluster.publish(&changes).await.map_err(unreachable) })
+    }
+
+    fn announce(&self, alerts: Vec<Alert>) {
+        for alert in alerts {
+            let _ = self.raised.0.send(alert);
+        }
+    }
+
+    fn start(self: Arc<Self>, start: Start) {
+        if let Some(raised) = self.raised.1.lock().take() {
+            start.shutdown.spawn(announce_alerts(
+                self.cluster.clone(),
+                start.node_id.clone(),
+                raised,
+                start.shutdown.clone(),
+            ));
+        }
+        follow_stream(&self.cluster, &self.inlet, &self.raised.0, None, &start);
+    }
+
+    fn has_log(&self) -> bool {
+        true
+    }
+
+    fn replay<'a>(
+        &'a self,
+        engine: &'a crate::fanout::Engine,
+        tenant: &'a str,
+        ns: Namespace,
+        since: u64,
+        through: u64,
+    ) -> BoxFuture<'a, Result<LogReplay, BusError>> {
+        Box::pin(async move {
+            replay(
+                &self.cluster,
+                engine,
+                tenant,
+                ns,
+                since,
+                through,
+                self.replay_max,
+            )
+            .await
+            .map_err(unreachable)
+        })
+    }
+
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    fn keep_session<'a>(
+        &'a self,
+        pid: &'a str,
+        kept: &'a KeptSession,
+        expires_ms: u64,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let ttl_ms = expires_ms.saturating_sub(time::now_ms());
+            self.cluster
+                .keep_session(pid, kept, ttl_ms)
+                .await
+                .map_err(unreachable)
+        })
+    }
+
+    fn take_session<'a>(
+        &'a self,
+        pid: &'a str,
+        tenant: &'a str,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<KeptSession>, BusError>> {
+        Box::pin(async move {
+            self.cluster
+                .take_session(pid, tenant, user_id)
+                .await
+                .map_err(unreachable)
+        })
+    }
+
+    fn membership(&self) -> Option<&dyn Membership> {
+        Some(&*self.cluster)
+    }
+
+    fn health(&self, staff: bool) -> BoxFuture<'_, (Value, Value)> {
+        Box::pin(async move {
+            let redis = self.cluster.health(false, staff).await;
+            (json!({ "status": "disabled" }), redis)
+        })
+    }
+}
+
+/// Redis with a database: the change log gives seqs; one node at a time (the leader)
+/// tails it into the stream, and every node delivers from the stream ([`lead`]).
+/// Replays and recovery sessions use the database, which keeps more than the stream.
+pub struct LeaderFedBus {
+    db: Arc<Db>,
+    cluster: Arc<Cluster>,
+    inlet: Arc<Inlet>,
+    raised: Raised,
+    /// `LEADER_LEASE_MS`.
+    lease_ms: u64,
+}
+
+impl LeaderFedBus {
+    pub fn new(db: Arc<Db>, cluster: Arc<Cluster>, inlet: Inlet, lease_ms: u64) -> LeaderFedBus {
+        LeaderFedBus {
+            db,
+            cluster,
+            inlet: Arc::new(inlet),
+            raised: raised_channel(),
+            lease_ms,
+        }
+    }
+}
+
+impl Bus for LeaderFedBus {
+    fn publish(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
+        super::pg::log_publish(&self.db, changes)
+    }
+
+    fn announce(&self, alerts: Vec<Alert>) {
+        for alert in alerts {
+            let _ = self.raised.0.send(alert);
+        }
+    }
+
+    fn start(self: Arc<Self>, start: Start) {
+        super::pg::store_alerts(&self.db, &self.raised.1, &start.shutdown);
+        start.shutdown.spawn(lead(
+            self.db.clone(),
+            self.cluster.clone(),
+            start.node_id.clone(),
+            self.lease_ms,
+            start.shutdown.clone(),
+        ));
+        follow_stream(
+            &self.cluster,
+            &self.inlet,
+            &self.raised.0,
+            Some(self.db.clone()),
+            &start,
+        );
+    }
+
+    fn has_log(&self) -> bool {
+        true
+    }
+
+    fn replay<'a>(
+        &'a self,
+        engine: &'a crate::fanout::Engine,
+        tenant: &'a str,
+        ns: Namespace,
+        since: u64,
+        through: u64,
+    ) -> BoxFuture<'a, Result<LogReplay, BusError>> {
+        super::pg::log_replay(&self.db, engine, tenant, ns, since, through)
+    }
+
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    fn keep_session<'a>(
+        &'a self,
+        pid: &'a str,
+        kept: &'a KeptSession,
+        expires_ms: u64,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        super::pg::keep(&self.db, pid, kept, expires_ms)
+    }
+
+    fn take_session<'a>(
+        &'a self,
+        pid: &'a str,
+        tenant: &'a str,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<KeptSession>, BusError>> {
+        super::pg::take(&self.db, pid, tenant, user_id)
+    }
+
+    fn membership(&self) -> Option<&dyn Membership> {
+        Some(&*self.cluster)
+    }
+
+    fn health(&self, staff: bool) -> BoxFuture<'_, (Value, Value)> {
+        Box::pin(async move {
+            let niledb = self.db.health(self.cluster.leading.load(Relaxed));
+            let redis = self.cluster.health(true, staff).await;
+            (niledb, redis)
+        })
+    }
+
+    fn metrics(&self) -> Option<Value> {
+        Some(self.db.metrics())
+    }
+
+    fn prometheus(&self, text: &mut String) {
+        self.db.prometheus(text)
     }
 }
