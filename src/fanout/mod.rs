@@ -18,6 +18,8 @@ pub mod change;
 pub mod index;
 pub mod outbox;
 pub mod replay;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
