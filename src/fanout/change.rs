@@ -151,6 +151,9 @@ pub struct Change {
     pub data: Map<String, Value>,
 }
 
+/// The `type` a notification without a string `type` is delivered (and filtered) as.
+pub const DEFAULT_NOTIFICATION_TYPE: &str = "system_alert";
+
 /// Notification priorities, ordered so that a `priority` filter is a threshold.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -236,7 +239,14 @@ impl Keys {
                 keys.activity_type = text("activityType").or_else(|| text("type"));
             }
             DataType::Notification => {
-                keys.notification_type = text("type");
+                // Filtered as delivered: a `type` that is not a string is delivered as
+                // `system_alert` (see `notification_payload`).
+                keys.notification_type = Some(
+                    data.get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or(DEFAULT_NOTIFICATION_TYPE)
+                        .into(),
+                );
                 // A notification without a valid priority is delivered as `medium`, and
                 // filtered as such.
                 keys.priority = Some(
@@ -372,7 +382,7 @@ fn notification_payload(seq: u64, change: &Change, timestamp_ms: u64) -> Vec<u8>
     let kind = d
         .get("type")
         .and_then(Value::as_str)
-        .unwrap_or("system_alert");
+        .unwrap_or(DEFAULT_NOTIFICATION_TYPE);
     let priority = d
         .get("priority")
         .and_then(Value::as_str)

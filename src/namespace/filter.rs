@@ -269,8 +269,12 @@ impl Filter {
     /// subscriptions regardless of their status filter.
     pub fn index_keys(&self, tenant: &str) -> Vec<u64> {
         let ns = self.namespace();
+        // A value given twice is one key: the index holds a subscription once per key.
         let by = |field: Field, values: &[Box<str>]| {
-            values.iter().map(|v| key_of(tenant, field, v)).collect()
+            let mut keys: Vec<u64> = values.iter().map(|v| key_of(tenant, field, v)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
         };
         match self {
             Filter::Inventory {
