@@ -285,7 +285,7 @@ async fn start_database(
     world: simulator::World,
     bus_start: bus::Start,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = crate::backoff::Backoff::new();
     let detection = db.config.detection;
     loop {
         let step = async {
@@ -303,12 +303,12 @@ async fn start_database(
         match step.await {
             Ok(()) => break,
             Err(e) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not ready; serving degraded and retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = app.shutdown.cancelled() => return,
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -48,6 +48,7 @@
 pub mod alerts;
 pub mod app;
 pub mod auth;
+pub mod backoff;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -177,6 +177,27 @@ impl Verifier {
         &self.algorithms
     }
 
+    /// Verifies a token presented by `remote` (at `what`, for the log): who it names,
+    /// or the refusal, recorded as a security event. The one token check of the HTTP
+    /// API, `auth:login` and Socket.IO CONNECT.
+    pub fn check(
+        &self,
+        token: &str,
+        metrics: &crate::metrics::Metrics,
+        remote: std::net::SocketAddr,
+        what: &str,
+    ) -> Result<Principal, Refusal> {
+        self.verify(token).map_err(|fault| {
+            crate::security::record(
+                metrics,
+                crate::security::Event::TokenRefused,
+                remote,
+                &format!("{what}: token refused: {}", fault.as_str()),
+            );
+            fault.refusal()
+        })
+    }
+
     /// Verifies a token and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenFault> {
         if token.len() > self.max_bytes {

@@ -480,7 +480,7 @@ async fn follow(
 ) {
     let key = cluster.key("changes");
     let mut started = false;
-    let mut failures = 0u32;
+    let mut backoff = crate::backoff::Backoff::new();
     loop {
         // With a database and an empty stream (a new deployment, or Redis lost its
         // data), the leader appends after the feed's stored position: that is where
@@ -522,6 +522,7 @@ async fn follow(
                 .invoke_async(&mut conn)
                 .await?;
             cluster.connected.store(true, Relaxed);
+            backoff.reset();
             loop {
                 if shutdown.is_triggered() {
                     return Ok::<(), redis::RedisError>(());
@@ -558,10 +559,8 @@ async fn follow(
             },
             _ = shutdown.cancelled() => return,
         }
-        failures = (failures + 1).min(6);
-        let delay = Duration::from_millis((100u64 << failures).min(5000));
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = shutdown.cancelled() => return,
         }
     }

@@ -11,7 +11,7 @@
 //!
 //! In cluster mode the feed runs on the leader only and its sink is the Redis stream
 //! ([`Sink::Stream`]): the batch is appended under the log's seqs and every node
-//! publishes it from there (`cluster::lead`).
+//! delivers it from there (`bus::redis`, `LeaderFedBus`).
 //!
 //! # The horizon
 //!
@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 
 use super::{Db, DbError, Detection, FeedStart};
 use crate::alerts::Alert;
+use crate::backoff::Backoff;
 use crate::fanout::change::{Change, DataType};
 use crate::fanout::Inlet;
 use crate::fanout::Logged;
@@ -404,17 +405,6 @@ pub fn to_logged(seq: u64, row: &tokio_postgres::Row) -> Option<Logged> {
     })
 }
 
-/// Exponential backoff with jitter, 100 ms to 5 s.
-struct Backoff(u32);
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let base = 100u64 << self.0.min(6);
-        self.0 += 1;
-        Duration::from_millis(base.min(5000) + fastrand::u64(..base.min(5000) / 2 + 1))
-    }
-}
-
 /// A stream append that failed, as a feed error: the feed retries it with backoff.
 fn redis_error(e: crate::bus::redis::ClusterError) -> DbError {
     DbError::Unavailable(e.to_string())
@@ -423,7 +413,7 @@ fn redis_error(e: crate::bus::redis::ClusterError) -> DbError {
 /// Runs the feed until shutdown: connects, catches up, follows; on any database (or
 /// stream) error reconnects with backoff and continues from the last seq.
 pub async fn run(db: Arc<Db>, sink: Sink, shutdown: Shutdown) {
-    let mut backoff = Backoff(0);
+    let mut backoff = Backoff::new();
     let mut reader: Option<Reader> = None;
     loop {
         let outcome = follow(&db, &sink, &shutdown, &mut reader, &mut backoff).await;
@@ -436,7 +426,7 @@ pub async fn run(db: Arc<Db>, sink: Sink, shutdown: Shutdown) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff.next()) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = shutdown.cancelled() => return,
         }
     }
@@ -466,7 +456,7 @@ async fn follow(
         return Ok(());
     };
     db.stats.feed_connected.store(true, Relaxed);
-    *backoff = Backoff(0);
+    backoff.reset();
     let poll = Duration::from_millis(db.config.poll_interval_ms);
     loop {
         let caught = reader.catch_up(db).await?;
@@ -659,17 +649,5 @@ mod tests {
         assert!(!r.settle(20, &snap("109:112:109", 112)));
         assert_eq!(r.hole.as_ref().map(|h| h.before), Some(20));
         assert!(r.settle(20, &snap("112:112:", 112)));
-    }
-
-    #[test]
-    fn backoff_grows_to_five_seconds() {
-        let mut b = Backoff(0);
-        let first = b.next();
-        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(151));
-        for _ in 0..10 {
-            b.next();
-        }
-        let late = b.next();
-        assert!(late >= Duration::from_millis(5000) && late <= Duration::from_millis(7501));
     }
 }

@@ -170,12 +170,16 @@ pub async fn alert_writer(
             _ = shutdown.cancelled() => return,
         };
         // An alert is worth a few retries: the database may blink.
+        let mut backoff = crate::backoff::Backoff::new();
         for attempt in 0..5u64 {
             match store_alert(&db, &alert).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(alert = %alert.id, error = %e, attempt, "could not store an alert");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
                 }
             }
         }

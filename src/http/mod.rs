@@ -170,15 +170,7 @@ pub fn identify<B>(
     let Some(token) = auth::request_token(req.headers(), query_param(req.uri(), "token")) else {
         return Ok(Principal::anonymous());
     };
-    let principal = verifier.verify(&token).map_err(|fault| {
-        security::record(
-            &app.metrics,
-            Event::TokenRefused,
-            remote,
-            &format!("token refused: {}", fault.as_str()),
-        );
-        fault.refusal()
-    })?;
+    let principal = verifier.check(&token, &app.metrics, remote, "HTTP request")?;
     if let Some(asked) = tenant.filter(|t| !t.is_empty() && *t != *principal.tenant) {
         security::record(
             &app.metrics,

@@ -273,16 +273,9 @@ fn login(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
         }
         Some(verifier) => {
             let token = data.get("token").and_then(Value::as_str).unwrap_or("");
-            match verifier.verify(token) {
+            match verifier.check(token, &ctx.app.metrics, ctx.session.remote, "auth:login") {
                 Ok(p) => p,
-                Err(fault) => {
-                    security::record(
-                        &ctx.app.metrics,
-                        Event::TokenRefused,
-                        ctx.session.remote,
-                        &format!("auth:login token refused: {}", fault.as_str()),
-                    );
-                    let refusal = fault.refusal();
+                Err(refusal) => {
                     ctx.app.metrics.error(refusal.code);
                     ctx.reply(
                         "auth:error",

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -31,7 +30,6 @@ use super::Mode;
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::close;
-use crate::fanout::change::Namespace;
 use crate::fanout::outbox::{state, Outbox};
 use crate::protocol::{native, Wire};
 use crate::rate_limit::RateLimiter;
@@ -127,18 +125,10 @@ pub fn start(
             )));
     }
     if mode == Mode::Native {
-        let principal = session.principal();
         session.outbox.send(native::event_frame(
             "/",
             "connection:established",
-            &json!({
-                "connectionId": session.connection_id(),
-                "node": &app.node_id,
-                "serverTime": time::iso8601(now),
-                "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
-                "authenticated": principal.authenticated,
-                "heartbeatMs": config.heartbeat_interval_ms,
-            }),
+            &super::established(app, &session, now),
         ));
     }
     // Bytes the client sent right behind its handshake arrive as a slice of hyper's

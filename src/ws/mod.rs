@@ -180,6 +180,23 @@ pub fn upgrade(
     response
 }
 
+/// `connection:established` (docs/protocol.md, "3.3 `connection:established`"): the
+/// first event on `/`, the same for both protocols.
+pub fn established(
+    app: &crate::app::App,
+    session: &crate::session::Session,
+    now_ms: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "connectionId": session.connection_id(),
+        "node": &app.node_id,
+        "serverTime": crate::time::iso8601(now_ms),
+        "namespaces": crate::fanout::change::Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
+        "authenticated": session.principal().authenticated,
+        "heartbeatMs": app.config.heartbeat_interval_ms,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -34,7 +34,6 @@ use crate::namespace::{self, filter::Filter};
 use crate::protocol::native::{BadRequest, Request};
 use crate::protocol::socketio::{self, EnginePacket, Packet, PacketType};
 use crate::protocol::{text_frame, Wire};
-use crate::security::{self, Event};
 use crate::session::{Session, SubKind};
 use crate::time;
 
@@ -184,14 +183,7 @@ fn finish_connect(
         session.outbox.send(Wire::SocketIo.event_frame(
             "/",
             "connection:established",
-            &json!({
-                "connectionId": session.connection_id(),
-                "node": &app.node_id,
-                "serverTime": time::iso8601(time::now_ms()),
-                "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
-                "authenticated": principal.authenticated,
-                "heartbeatMs": app.config.heartbeat_interval_ms,
-            }),
+            &super::established(app, session, time::now_ms()),
         ));
     }
     if let Some((_, kept)) = recovered {
@@ -363,7 +355,12 @@ impl Conn {
         };
         let current = self.session.principal();
         match auth.get("token").and_then(Value::as_str) {
-            Some(token) => match verifier.verify(token) {
+            Some(token) => match verifier.check(
+                token,
+                &self.app.metrics,
+                self.session.remote,
+                "Socket.IO CONNECT",
+            ) {
                 Ok(p) => {
                     if current.authenticated
                         && (current.user_id != p.user_id || current.tenant != p.tenant)
@@ -384,15 +381,7 @@ impl Conn {
                     }
                     Ok(())
                 }
-                Err(fault) => {
-                    security::record(
-                        &self.app.metrics,
-                        Event::TokenRefused,
-                        self.session.remote,
-                        &format!("Socket.IO CONNECT token refused: {}", fault.as_str()),
-                    );
-                    Err(fault.refusal())
-                }
+                Err(refusal) => Err(refusal),
             },
             None if current.authenticated => Ok(()),
             None => Err(Refusal::new(
