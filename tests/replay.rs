@@ -182,27 +182,36 @@ async fn gap_when_change_count_retention_evicted() {
     for q in 0..10 {
         s.push(publish_one(port, inv("p-r-gap", "w-1", 100 + q)).await);
     }
-    // Retained: the newest five, s[5..10].
+    wait_delivered(port, s[9]).await;
+    // Retained: the newest five, s[5..10]. With a change log or a stream the replay
+    // reaches below the ring, without a gap (docs/protocol.md, "5.5 Deployment shapes").
+    let log = shape().has_log();
     let retained = s[5..].to_vec();
 
     // A fresh connection each time: one connection never gets a seq twice on a
     // namespace, so a second replay on the same connection would skip what it has.
     for (since, gap) in [(s[0], true), (s[3], true), (s[4], false)] {
+        let expected: Vec<u64> = if log {
+            s.iter().copied().filter(|&seq| seq > since).collect()
+        } else {
+            retained.clone()
+        };
         let mut c = server.connect().await;
         let (reply, seqs) = subscribe_and_read_replay(
             &mut c,
             &INV,
             json!({"productIds": ["p-r-gap"], "sinceSeq": since}),
             true,
-            5,
+            expected.len(),
         )
         .await;
+        assert_eq!(seqs, expected, "sinceSeq {since}: retained changes replayed");
         assert_eq!(
-            seqs, retained,
-            "sinceSeq {since}: retained changes replayed"
+            reply["replayed"],
+            expected.len(),
+            "sinceSeq {since}: {reply}"
         );
-        assert_eq!(reply["replayed"], 5, "sinceSeq {since}: {reply}");
-        assert_eq!(reply["gap"], gap, "sinceSeq {since}: {reply}");
+        assert_eq!(reply["gap"], gap && !log, "sinceSeq {since}: {reply}");
     }
     let mut c = server.connect().await;
     let (reply, seqs) = subscribe_and_read_replay(
@@ -254,6 +263,7 @@ async fn gap_when_age_retention_expired() {
     let port = server.port;
     let s1 = publish_one(port, inv("p-r-age", "w-1", 50)).await;
     let s2 = publish_one(port, inv("p-r-age", "w-1", 51)).await;
+    wait_delivered(port, s2).await;
 
     let mut c = server.connect().await;
     let (reply, seqs) = subscribe_and_read_replay(
@@ -267,6 +277,11 @@ async fn gap_when_age_retention_expired() {
     assert_eq!(seqs, vec![s1, s2]);
     assert_eq!(reply["gap"], false);
     drop(c);
+    if shape().has_log() {
+        // The change log or the stream keeps them past the ring's age: covered by
+        // tests/bus_contract.rs and tests/database.rs.
+        return;
+    }
 
     // Once older than REPLAY_MAX_AGE_MS they are gone: replayed 0, gap true. There is
     // nothing to wait on but time here, so poll, each time on a fresh connection (one

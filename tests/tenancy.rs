@@ -84,6 +84,7 @@ async fn replay_and_alerts_are_tenant_scoped() {
     let port = server.port;
     let s_t2 = publish_one(port, with_tenant(inv("p-tn-r", "w-1", 3), "t2")).await;
     let s_d = publish_one(port, inv("p-tn-r", "w-1", 50)).await;
+    wait_delivered(port, s_d).await;
 
     let mut t2 = Client::connect_path(port, "/ws?tenant=t2").await;
     let r = t2

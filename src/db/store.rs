@@ -91,18 +91,33 @@ async fn write_through(
         match change.data_type {
             DataType::Inventory => {
                 tx.execute(
-                    "INSERT INTO inventory (tenant_id, product_id, warehouse_id, quantity)
-                     VALUES ($1, $2, $3, $4)
+                    "INSERT INTO inventory
+                         (tenant_id, product_id, warehouse_id, quantity, low_stock_threshold)
+                     VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (tenant_id, product_id, warehouse_id) DO UPDATE
-                     SET quantity = EXCLUDED.quantity, updated_at = now()",
+                     SET quantity = EXCLUDED.quantity,
+                         low_stock_threshold = coalesce(EXCLUDED.low_stock_threshold,
+                                                        inventory.low_stock_threshold),
+                         updated_at = now()",
                     &[
                         &tenant,
                         &text("productId"),
                         &text("warehouseId"),
                         &num("quantity"),
+                        &num("lowStockThreshold"),
                     ],
                 )
                 .await?;
+                // A product the catalogue does not know yet enters it with the category
+                // the change names (the catalogue's own rows are never changed).
+                if let Some(category) = text("category") {
+                    tx.execute(
+                        "INSERT INTO products (tenant_id, id, name, sku, category)
+                         VALUES ($1, $2, $2, $2, $3) ON CONFLICT (tenant_id, id) DO NOTHING",
+                        &[&tenant, &text("productId"), &category],
+                    )
+                    .await?;
+                }
             }
             _ => {
                 tx.execute(

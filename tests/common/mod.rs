@@ -132,6 +132,161 @@ pub struct TestServer {
     dir: PathBuf,
     /// The server's stderr (its log), line by line as it comes.
     log: mpsc::Receiver<String>,
+    /// What the shape under test put behind this server, removed with it.
+    _backing: Option<Backing>,
+}
+
+/// The deployment shape the black-box tests run against (docs/protocol.md, "5.5
+/// Deployment shapes"): `NILECAST_TEST_SHAPE` = `memory` (the default), `database`,
+/// `redis` or `database+redis`. `scripts/test.sh` runs the protocol tests once in each.
+/// A test that configures a database or Redis itself keeps its own configuration.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Shape {
+    Memory,
+    Database,
+    Redis,
+    DatabaseAndRedis,
+}
+
+/// Waits until the server has delivered `seq` to its engine. In memory that is done when
+/// the publish returns; with a change log or a stream the change is accepted first and
+/// delivered a moment later (docs/protocol.md, "5.5 Deployment shapes"), so a test that
+/// needs the change in the retention ring or the read model waits for it.
+pub async fn wait_delivered(port: u16, seq: u64) {
+    if !shape().has_log() {
+        return;
+    }
+    let ok = wait_until(TIMEOUT, || async move {
+        metrics(port).await["changes"]["lastSeq"]
+            .as_u64()
+            .is_some_and(|last| last >= seq)
+    })
+    .await;
+    assert!(ok, "seq {seq} was not delivered: {}", metrics(port).await);
+}
+
+pub fn shape() -> Shape {
+    match std::env::var("NILECAST_TEST_SHAPE").as_deref() {
+        Ok("database") => Shape::Database,
+        Ok("redis") => Shape::Redis,
+        Ok("database+redis") => Shape::DatabaseAndRedis,
+        _ => Shape::Memory,
+    }
+}
+
+impl Shape {
+    /// Whether changes below the retention ring can be replayed (a change log or a stream).
+    pub fn has_log(self) -> bool {
+        self != Shape::Memory
+    }
+}
+
+/// A fresh database and Redis key prefix behind one server of a non-memory shape.
+struct Backing {
+    _db: Option<pg::TestDb>,
+    redis_prefix: Option<String>,
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        let Some(prefix) = self.redis_prefix.clone() else {
+            return;
+        };
+        block_on_detached(async move {
+            let addr =
+                std::env::var("NILECAST_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into());
+            let Ok(client) = redis::Client::open(format!("redis://{addr}")) else {
+                return;
+            };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+            }
+        });
+    }
+}
+
+/// Runs `fut` on a runtime of its own, in a thread of its own, and returns its output.
+fn block_on_thread<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for test set-up")
+            .block_on(fut)
+    })
+    .join()
+    .expect("test set-up thread")
+}
+
+/// The environment and backing of the shape under test, for a server whose options do
+/// not configure a database or Redis themselves.
+fn shape_backing(options: &ServerOptions) -> Option<(Vec<(String, String)>, Backing)> {
+    let shape = shape();
+    let own = options.envs.iter().any(|(k, _)| {
+        matches!(
+            *k,
+            "NILEDB_CONNECTION_STRING" | "NILEDB_HOST" | "DATABASE_URL" | "REDIS_URL"
+        )
+    });
+    if shape == Shape::Memory || own {
+        return None;
+    }
+    let mut env = Vec::new();
+    let db = match shape {
+        Shape::Database | Shape::DatabaseAndRedis => {
+            let db = block_on_thread(pg::TestDb::create());
+            db.migrate("notify");
+            env.extend(db.env("notify"));
+            Some(db)
+        }
+        _ => None,
+    };
+    let redis_prefix = match shape {
+        Shape::Redis | Shape::DatabaseAndRedis => {
+            let n = SERVER_COUNTER.fetch_add(1, Ordering::SeqCst);
+            let prefix = format!("nilecast-shape-{}-{n}-{}", std::process::id(), now_ms());
+            let addr =
+                std::env::var("NILECAST_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into());
+            env.push(("REDIS_URL".into(), format!("redis://{addr}")));
+            env.push(("REDIS_PREFIX".into(), prefix.clone()));
+            env.push(("LEADER_LEASE_MS".into(), "1500".into()));
+            Some(prefix)
+        }
+        _ => None,
+    };
+    Some((env, Backing { _db: db, redis_prefix }))
+}
+
+/// Waits until a server of the shape under test follows its bus: the feed listens (a
+/// change logged before would be taken for history), the stream reader is connected,
+/// and with both, the node leads.
+fn wait_backing_ready(port: u16) {
+    let shape = shape();
+    let ready = block_on_thread(async move {
+        wait_until(Duration::from_secs(30), || async move {
+            let h = get_json(port, "/health").await;
+            let services = &h["services"];
+            let feed = services["niledb"]["listenerConnected"] == true;
+            let stream = services["redis"]["connected"] == true;
+            let leading = services["redis"]["role"] == "leader";
+            match shape {
+                Shape::Memory => true,
+                Shape::Database => feed,
+                Shape::Redis => stream,
+                Shape::DatabaseAndRedis => stream && leading && feed,
+            }
+        })
+        .await
+    });
+    assert!(ready, "the server on port {port} did not get ready in shape {shape:?}");
 }
 
 /// How [`spawn_server_with`] and [`run_server_to_exit`] start the server, beyond what
@@ -209,9 +364,14 @@ pub fn spawn_server(envs: &[(&str, &str)]) -> TestServer {
 /// [`spawn_server`] with more control: defaults left unset, a `.env` file, arguments.
 pub fn spawn_server_with(options: ServerOptions) -> TestServer {
     let dir = server_dir();
-    let mut child = server_command(&dir, &options)
-        .spawn()
-        .expect("spawn the nilecast binary");
+    let backing = shape_backing(&options);
+    let mut command = server_command(&dir, &options);
+    if let Some((env, _)) = &backing {
+        for (k, v) in env {
+            command.env(k, v);
+        }
+    }
+    let mut child = command.spawn().expect("spawn the nilecast binary");
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     // Server logs go through the test's captured output: shown only when a test fails
@@ -259,12 +419,17 @@ pub fn spawn_server_with(options: ServerOptions) -> TestServer {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("cannot parse a port from {line:?}"));
     assert_ne!(port, 0, "server reported port 0: {line:?}");
-    TestServer {
+    let server = TestServer {
         port,
         child,
         dir,
         log,
+        _backing: backing.map(|(_, backing)| backing),
+    };
+    if server._backing.is_some() {
+        wait_backing_ready(port);
     }
+    server
 }
 
 /// How a server process that was expected to exit ended.
