@@ -81,7 +81,7 @@ impl Later {
 
     /// Sends the error reply a refused request gets, and counts it.
     pub fn refuse(&self, refusal: &Refusal) {
-        self.app.metrics.error(refusal.code);
+        count_refusal(&self.app, &self.session, refusal);
         self.session.outbox.send(self.session.wire.refusal_frame(
             self.ns.path(),
             refusal,
@@ -95,6 +95,21 @@ impl Later {
             .db
             .as_ref()
             .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no database configured"))
+    }
+}
+
+/// Counts a refused request, and records a forbidden one as a security event (a
+/// cross-tenant request was recorded as such where it was refused). Every refusal of a
+/// request comes here, answered at once or after an await.
+pub fn count_refusal(app: &App, session: &Session, refusal: &Refusal) {
+    app.metrics.error(refusal.code);
+    if refusal.code == ErrorCode::Forbidden && refusal.message != OTHER_TENANT {
+        security::record(
+            &app.metrics,
+            Event::Forbidden,
+            session.remote,
+            &format!("connection {}: {}", session.id, refusal.message),
+        );
     }
 }
 
