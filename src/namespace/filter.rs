@@ -101,7 +101,9 @@ fn list(items: &[Value], field: &str, max: usize) -> Result<Values, Refusal> {
     Ok(Some(out.into_boxed_slice()))
 }
 
-fn flag(data: &Map<String, Value>, field: &str) -> Result<bool, Refusal> {
+/// Reads a boolean field; absent or null is false, anything but a boolean is refused.
+/// The one reading of a flag, in filters and in query parameters alike.
+pub(crate) fn flag(data: &Map<String, Value>, field: &str) -> Result<bool, Refusal> {
     match data.get(field) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),

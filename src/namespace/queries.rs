@@ -72,10 +72,7 @@ fn inventory_query(params: &Map<String, Value>, max: usize) -> Result<InventoryQ
         product_ids: values(params, "productId", "productIds", max)?,
         warehouse_ids: values(params, "warehouseId", "warehouseIds", max)?,
         categories: values(params, "category", "categories", max)?,
-        low_stock_only: params
-            .get("lowStockOnly")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        low_stock_only: super::filter::flag(params, "lowStockOnly")?,
     })
 }
 
@@ -256,7 +253,7 @@ async fn answer_db(
         }
         "customer_activity" => q::activity(db, tenant, limit).await.map_err(failed)?,
         "alerts" => {
-            let all = params.get("all").and_then(Value::as_bool).unwrap_or(false);
+            let all = super::filter::flag(params, "all")?;
             let mut rows = db.read(&q::alerts(tenant, all)).await.map_err(failed)?;
             Value::Array(
                 rows.value
@@ -324,10 +321,7 @@ fn answer(ctx: &Ctx, data_type: &str, params: &Map<String, Value>) -> Result<Val
         }
         "alerts" => {
             needs(Namespace::Dashboard)?;
-            Value::Array(app.alerts.list(
-                tenant,
-                params.get("all").and_then(Value::as_bool).unwrap_or(false),
-            ))
+            Value::Array(app.alerts.list(tenant, super::filter::flag(params, "all")?))
         }
         "recent_changes" => {
             needs(Namespace::Dashboard)?;
