@@ -33,7 +33,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub store: Arc<MemoryStore>,
     pub alerts: Arc<Alerts>,
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
+    /// What requests and the HTTP API read: PostgreSQL with a database, else memory.
+    pub read_model: Arc<dyn crate::store::Store>,
     pub dashboards: Dashboards,
     /// Open connections by id: `/clients`, the heartbeat and shutdown walk it.
     pub sessions: DashMap<u64, Arc<Session>>,
@@ -70,7 +72,26 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(MemoryStore::new());
         let alerts = Arc::new(Alerts::new(&config));
-        let engine = Engine::new(&config, store.clone(), alerts.clone(), metrics.clone());
+        let engine = Arc::new(Engine::new(
+            &config,
+            store.clone(),
+            alerts.clone(),
+            metrics.clone(),
+        ));
+        let read_model: Arc<dyn crate::store::Store> = match &db {
+            Some(db) => Arc::new(crate::db::queries::InPostgres::new(
+                &config,
+                db.clone(),
+                alerts.clone(),
+                engine.clone(),
+            )),
+            None => Arc::new(crate::store::memory::InMemory::new(
+                &config,
+                store.clone(),
+                alerts.clone(),
+                engine.clone(),
+            )),
+        };
         let addresses =
             AddressLimits::new(config.max_connections_per_ip, config.upgrades_per_ip_per_s);
         let node_id = config
@@ -87,6 +108,7 @@ impl App {
             store,
             alerts,
             engine,
+            read_model,
             dashboards: Dashboards::default(),
             sessions: DashMap::new(),
             addresses,

@@ -216,19 +216,6 @@ impl Engine {
         self.publish_follow_ups(&mut state, vec![alert]);
     }
 
-    /// Publishes a notification announcing `alert` (used for acknowledgements too).
-    pub fn publish_notification(
-        &self,
-        tenant: &str,
-        data: serde_json::Map<String, serde_json::Value>,
-    ) -> u64 {
-        self.publish(Change {
-            data_type: DataType::Notification,
-            tenant: Arc::from(tenant),
-            data,
-        })
-    }
-
     /// Publishes one change with the seq `state.next_seq`. `timestamp_ms` is the
     /// change-log time of a logged change (None: now).
     fn publish_locked(

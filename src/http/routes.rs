@@ -15,11 +15,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::{error_response, json_response, query_param};
+use crate::alerts;
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::{Change, DataType, Namespace};
 use crate::security::{self, Event};
+use crate::store::{ChangesQuery, StoreError};
 use crate::time;
 use crate::ws::{self, Mode};
 
@@ -171,23 +173,12 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
             cluster_clients(app, &principal, &req).await
         }
         ["clients"] => clients(app, &principal, &req),
-        ["alerts"] if app.db.is_some() => {
+        ["alerts"] => {
             let all = query_param(req.uri(), "all").as_deref() == Some("true");
-            db_alerts(app, &principal, all).await
+            alerts(app, &principal, all).await
         }
-        ["alerts", id, "acknowledge"] if app.db.is_some() => {
-            db_acknowledge(app, &principal, id).await
-        }
-        ["changes", data_type] if app.db.is_some() => {
-            db_changes(app, &principal, data_type, &req).await
-        }
-        ["alerts"] => alerts(
-            app,
-            &principal,
-            query_param(req.uri(), "all").as_deref() == Some("true"),
-        ),
-        ["alerts", id, "acknowledge"] => acknowledge(app, &principal, id),
-        ["changes", data_type] => changes(app, &principal, data_type, &req),
+        ["alerts", id, "acknowledge"] => acknowledge(app, &principal, id).await,
+        ["changes", data_type] => changes(app, &principal, data_type, &req).await,
         ["publish"] => publish(app, &principal, req, remote).await,
         ["test"] if !app.config.is_production() => {
             static_text(TEST_PAGE, "text/html; charset=utf-8")
@@ -599,37 +590,50 @@ fn local_clients(app: &App, tenant: &str, page: &Page) -> (Vec<Value>, Option<St
     (list, next)
 }
 
-fn alerts(app: &App, principal: &Principal, all: bool) -> Resp {
-    if let Err(r) = principal.may_administer() {
-        return error_response(&r);
-    }
-    let list = app.alerts.list(&principal.tenant, all);
-    json_response(
-        StatusCode::OK,
-        &json!({ "count": list.len(), "alerts": list }),
-    )
+/// A refusal of the store, counted.
+fn store_error(app: &App, e: &StoreError) -> Resp {
+    let refusal = Refusal::from(e);
+    app.metrics.error(refusal.code);
+    error_response(&refusal)
 }
 
-fn acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
+/// `GET /alerts[?all=true]`.
+async fn alerts(app: &App, principal: &Principal, all: bool) -> Resp {
     if let Err(r) = principal.may_administer() {
         return error_response(&r);
     }
-    let Some((alert, first_time)) = app.alerts.acknowledge(&principal.tenant, id) else {
-        return not_found("no such alert");
+    match app.read_model.alerts(&principal.tenant, all).await {
+        Ok(list) => json_response(
+            StatusCode::OK,
+            &json!({ "count": list.len(), "alerts": list }),
+        ),
+        Err(e) => store_error(app, &e),
+    }
+}
+
+/// `POST /alerts/:id/acknowledge`. The first acknowledgement is announced with an
+/// `alert_acknowledged` notification, published like any change from the API.
+async fn acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
+    if let Err(r) = principal.may_administer() {
+        return error_response(&r);
+    }
+    let tenant = &principal.tenant;
+    let (alert, first_time) = match app.read_model.acknowledge(tenant, id).await {
+        Ok(Some(acknowledged)) => acknowledged,
+        Ok(None) => return not_found("no such alert"),
+        Err(e) => return store_error(app, &e),
     };
     if first_time {
-        let data = json!({
-            "type": "alert_acknowledged",
-            "priority": "low",
-            "message": format!("alert {} ({}) acknowledged", alert.id, alert.kind),
-            "data": { "alertId": alert.id, "alertType": alert.kind, "acknowledgedBy": &*principal.user_id },
-        });
-        app.engine.publish_notification(
-            &principal.tenant,
-            data.as_object().cloned().unwrap_or_default(),
-        );
+        let kind = alert["type"].as_str().unwrap_or_default();
+        let notice = alerts::acknowledged_notification(tenant, id, kind, &principal.user_id);
+        // The acknowledgement stands whether or not its announcement gets out; the
+        // answer says what the alert is now.
+        if let Err(refusal) = publish_changes(app, vec![notice]).await {
+            app.metrics.error(refusal.code);
+            tracing::warn!(alert = id, error = %refusal.message, "could not announce an acknowledgement");
+        }
     }
-    json_response(StatusCode::OK, &alert.to_json())
+    json_response(StatusCode::OK, &alert)
 }
 
 /// `/changes/:dataType` parameters: the data type, `since` and `limit`.
@@ -637,7 +641,7 @@ fn changes_params(
     principal: &Principal,
     data_type: &str,
     req: &Request<Incoming>,
-) -> Result<(DataType, u64, usize), Refusal> {
+) -> Result<ChangesQuery, Refusal> {
     principal.may_administer()?;
     let data_type = DataType::parse(data_type)
         .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown data type"))?;
@@ -661,103 +665,30 @@ fn changes_params(
             ))
         }
     };
-    Ok((data_type, since, limit))
+    Ok(ChangesQuery {
+        data_type: Some(data_type),
+        since,
+        limit,
+    })
 }
 
-fn changes(app: &App, principal: &Principal, data_type: &str, req: &Request<Incoming>) -> Resp {
-    let (data_type, since, limit) = match changes_params(principal, data_type, req) {
-        Ok(p) => p,
-        Err(refusal) => return error_response(&refusal),
-    };
-    let list: Vec<Value> = app
-        .engine
-        .recent(&principal.tenant, Some(data_type), since, limit)
-        .iter()
-        .map(|r| r.payload_json())
-        .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({ "count": list.len(), "changes": list }),
-    )
-}
-
-fn db_error(app: &App, e: &crate::db::DbError) -> Resp {
-    let refusal = crate::namespace::db_refusal(e);
-    app.metrics.error(refusal.code);
-    error_response(&refusal)
-}
-
-/// `/changes/:dataType` from the change log.
-async fn db_changes(
+/// `GET /changes/:dataType[?since=&limit=]`.
+async fn changes(
     app: &App,
     principal: &Principal,
     data_type: &str,
     req: &Request<Incoming>,
 ) -> Resp {
-    let (data_type, since, limit) = match changes_params(principal, data_type, req) {
-        Ok(p) => p,
+    let query = match changes_params(principal, data_type, req) {
+        Ok(query) => query,
         Err(refusal) => return error_response(&refusal),
     };
-    let Some(db) = &app.db else {
-        return changes(app, principal, data_type.name(), req);
-    };
-    let query = crate::db::queries::changes(&principal.tenant, Some(data_type), since, limit);
-    match db.read(&query).await {
-        Ok(timed) => {
-            let list: Vec<Value> = crate::db::queries::records(&app.engine, &timed.value)
-                .iter()
-                .map(|r| r.payload_json())
-                .collect();
-            json_response(
-                StatusCode::OK,
-                &json!({ "count": list.len(), "changes": list }),
-            )
-        }
-        Err(e) => db_error(app, &e),
-    }
-}
-
-/// `/alerts` from the alerts table.
-async fn db_alerts(app: &App, principal: &Principal, all: bool) -> Resp {
-    if let Err(r) = principal.may_administer() {
-        return error_response(&r);
-    }
-    let Some(db) = &app.db else {
-        return alerts(app, principal, all);
-    };
-    match db
-        .read(&crate::db::queries::alerts(&principal.tenant, all))
-        .await
-    {
-        Ok(timed) => {
-            let list: Vec<Value> = timed
-                .value
-                .into_iter()
-                .map(|mut r| crate::db::store::alert_json(&mut r, &principal.tenant))
-                .collect();
-            json_response(
-                StatusCode::OK,
-                &json!({ "count": list.len(), "alerts": list }),
-            )
-        }
-        Err(e) => db_error(app, &e),
-    }
-}
-
-/// Acknowledges an alert in the alerts table (and in the in-memory rules, so the same
-/// condition may raise a new alert).
-async fn db_acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
-    if let Err(r) = principal.may_administer() {
-        return error_response(&r);
-    }
-    let Some(db) = &app.db else {
-        return acknowledge(app, principal, id);
-    };
-    app.alerts.acknowledge(&principal.tenant, id);
-    match crate::db::store::acknowledge(db, &principal.tenant, id, &principal.user_id).await {
-        Ok(Some((alert, _))) => json_response(StatusCode::OK, &alert),
-        Ok(None) => not_found("no such alert"),
-        Err(e) => db_error(app, &e),
+    match app.read_model.changes(&principal.tenant, query).await {
+        Ok(list) => json_response(
+            StatusCode::OK,
+            &json!({ "count": list.len(), "changes": list }),
+        ),
+        Err(e) => store_error(app, &e),
     }
 }
 

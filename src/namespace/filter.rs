@@ -68,8 +68,13 @@ fn plural(data: &Map<String, Value>, field: &str, max: usize) -> Result<Values, 
     }
 }
 
-/// Reads a field that takes a string or an array (`customerId`, `status`).
-fn one_or_many(data: &Map<String, Value>, field: &str, max: usize) -> Result<Values, Refusal> {
+/// Reads a field that takes a string or an array (`customerId`, `status`; the
+/// inventory fields of `inventory:get-current`).
+pub(crate) fn one_or_many(
+    data: &Map<String, Value>,
+    field: &str,
+    max: usize,
+) -> Result<Values, Refusal> {
     match data.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => list(items, field, max),
