@@ -97,15 +97,16 @@ impl Later {
 /// cross-tenant request was recorded as such where it was refused). Every refusal of a
 /// request comes here, answered at once or after an await.
 pub fn count_refusal(app: &App, session: &Session, refusal: &Refusal) {
-    app.metrics.error(refusal.code);
-    if refusal.code == ErrorCode::Forbidden && refusal.message != OTHER_TENANT {
-        security::record(
-            &app.metrics,
-            Event::Forbidden,
-            session.remote,
-            &format!("connection {}: {}", session.id, refusal.message),
-        );
+    if refusal.message == OTHER_TENANT {
+        app.metrics.error(refusal.code);
+        return;
     }
+    security::refused(
+        &app.metrics,
+        session.remote,
+        format_args!("connection {}", session.id),
+        refusal,
+    );
 }
 
 /// A database error as the refusal a client sees: the store's mapping.
