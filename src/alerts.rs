@@ -14,12 +14,13 @@
 //! grow the server's memory, nor push another tenant's history out.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
-use crate::fanout::change::{Priority, Record};
+use crate::fanout::change::{Change, DataType, Priority, Record};
 use crate::time;
 
 #[derive(Debug, Clone)]
@@ -65,6 +66,23 @@ impl Alert {
             "data": { "alertId": self.id, "alert": self.data },
         });
         v.as_object().cloned().unwrap_or_default()
+    }
+}
+
+/// The notification that tells a tenant its alert `alert_id` (of type `kind`) was
+/// acknowledged by `by` (PROTOCOL.md, `POST /alerts/:id/acknowledge`). Published once,
+/// by the first acknowledgement, through the same path as any published change.
+pub fn acknowledged_notification(tenant: &str, alert_id: &str, kind: &str, by: &str) -> Change {
+    let data = json!({
+        "type": "alert_acknowledged",
+        "priority": "low",
+        "message": format!("alert {alert_id} ({kind}) acknowledged"),
+        "data": { "alertId": alert_id, "alertType": kind, "acknowledgedBy": by },
+    });
+    Change {
+        data_type: DataType::Notification,
+        tenant: Arc::from(tenant),
+        data: data.as_object().cloned().unwrap_or_default(),
     }
 }
 

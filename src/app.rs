@@ -41,14 +41,14 @@ pub struct App {
     pub engine: Arc<Engine>,
     /// Where every change is published (`crate::bus`).
     pub bus: Arc<dyn Bus>,
+    /// What requests and the HTTP API read: PostgreSQL with a database, else memory.
+    pub read_model: Arc<dyn crate::store::Store>,
     pub dashboards: Dashboards,
     /// Open connections by id: `/clients`, the heartbeat and shutdown walk it.
     pub sessions: DashMap<u64, Arc<Session>>,
     /// Connections and upgrades per client address.
     pub addresses: AddressLimits,
     pub shutdown: Shutdown,
-    /// PostgreSQL / Nile DB for reads, when configured.
-    pub db: Option<Arc<Db>>,
     /// Socket.IO connections' namespaces, and subscriptions kept for recovery.
     pub socketio: crate::ws::socketio::SocketIo,
     /// This node's name (`NODE_ID`, or random).
@@ -108,9 +108,21 @@ impl App {
             default_threshold: config.low_stock_threshold,
         });
         let (engine, inlet) = Engine::new(&config, rules, metrics.clone());
-        let db = match &backing {
-            Backing::Database(db) | Backing::DatabaseAndRedis(db, _) => Some(db.clone()),
-            _ => None,
+        let read_model: Arc<dyn crate::store::Store> = match &backing {
+            Backing::Database(db) | Backing::DatabaseAndRedis(db, _) => {
+                Arc::new(crate::db::queries::InPostgres::new(
+                    &config,
+                    db.clone(),
+                    alerts.clone(),
+                    engine.clone(),
+                ))
+            }
+            Backing::Memory | Backing::Redis(_) => Arc::new(crate::store::memory::InMemory::new(
+                &config,
+                store.clone(),
+                alerts.clone(),
+                engine.clone(),
+            )),
         };
         let bus = backing.bus(&config, inlet);
         let addresses =
@@ -130,11 +142,11 @@ impl App {
             alerts,
             engine,
             bus,
+            read_model,
             dashboards: Dashboards::default(),
             sessions: DashMap::new(),
             addresses,
             shutdown: Shutdown::new(),
-            db,
             socketio: Default::default(),
             node_id,
             next_session: AtomicU64::new(1),

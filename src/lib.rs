@@ -24,7 +24,8 @@
 //! - [`protocol`]: the native codec, pure.
 //! - [`fanout`]: the engine: change records, index, outboxes, replay ring.
 //! - [`namespace`]: request handling per namespace, filters, dashboards, queries.
-//! - [`source`]: producers of changes (the simulator); [`store`]: query state.
+//! - [`source`]: producers of changes (the simulator); [`store`]: the read model behind
+//!   one trait, in memory or in PostgreSQL.
 //! - [`db`]: PostgreSQL / Nile DB: schema, the change feed (change log in, engine
 //!   out), queries and writes, and the MySQL read fallback.
 //! - [`cluster`]: Redis cluster mode: the stream between nodes, membership, and the

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use hyper::header::HeaderMap;
 
+use crate::error::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 
 /// Kinds of security event.
@@ -72,6 +73,22 @@ impl Event {
 pub fn record(metrics: &Metrics, event: Event, remote: SocketAddr, detail: &str) {
     metrics.security[event.index()].fetch_add(1, Relaxed);
     tracing::warn!(target: "nilecast::security", event = event.as_str(), remote = %remote, "{detail}");
+}
+
+/// Counts a refused request (WebSocket or HTTP) and, when the refusal is `forbidden`
+/// (a role asking for what it may not have), records it as a security event. `who`
+/// names the caller in the log line. Refusals of a token, of another tenant, of an
+/// origin or of an address are recorded where they are made, each as its own event.
+pub fn refused(metrics: &Metrics, remote: SocketAddr, who: std::fmt::Arguments, refusal: &Refusal) {
+    metrics.error(refusal.code);
+    if refusal.code == ErrorCode::Forbidden {
+        record(
+            metrics,
+            Event::Forbidden,
+            remote,
+            &format!("{who}: {}", refusal.message),
+        );
+    }
 }
 
 /// An address range of `TRUSTED_PROXIES`: one address, or a CIDR block.

@@ -1162,6 +1162,14 @@ async fn every_query_is_tenant_scoped() {
     assert!(acked.is_some(), "the acknowledgement is stored");
 }
 
+/// Request parameters are read the same way whichever store answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_stock_only_must_be_a_boolean_with_a_database() {
+    let (_db, _pg, server) = setup("notify", &["default"], &[]).await;
+    let mut c = server.connect().await;
+    assert_low_stock_only_takes_only_booleans(&mut c).await;
+}
+
 // ---------------------------------------------------------------------------
 // Operations: db-check, metrics, slow queries, a degraded start.
 // ---------------------------------------------------------------------------

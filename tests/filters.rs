@@ -462,3 +462,10 @@ async fn max_filter_values_per_field() {
     let seqs = c.seqs_until("/inventory", "inventory:update", s).await;
     assert_eq!(seqs, vec![s], "only the accepted subscription exists");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_stock_only_must_be_a_boolean_in_every_request() {
+    let server = spawn_server(&[]);
+    let mut c = server.connect().await;
+    assert_low_stock_only_takes_only_booleans(&mut c).await;
+}

@@ -205,7 +205,10 @@ async fn gap_when_change_count_retention_evicted() {
             expected.len(),
         )
         .await;
-        assert_eq!(seqs, expected, "sinceSeq {since}: retained changes replayed");
+        assert_eq!(
+            seqs, expected,
+            "sinceSeq {since}: retained changes replayed"
+        );
         assert_eq!(
             reply["replayed"],
             expected.len(),

@@ -442,6 +442,33 @@ async fn publishing_needs_the_role_and_stays_in_the_tenant() {
     bystander.assert_receives(port).await;
 }
 
+/// A role refused by an HTTP route is a security event, as one refused on a
+/// WebSocket is; a request without a token is only unauthorized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_role_refusals_are_security_events() {
+    let (server, mut bystander) = hs_server(&[]).await;
+    let port = server.port;
+    let before = security_count(port, "forbidden").await;
+    let auth = bearer(&token("c-1", "t-a", &["customer"]));
+    for (method, path) in [
+        ("GET", "/alerts"),
+        ("POST", "/alerts/alert-1/acknowledge"),
+        ("GET", "/changes/inventory"),
+        ("GET", "/clients"),
+        ("POST", "/publish"),
+    ] {
+        http_request_with(port, method, path, &[("Authorization", &auth)], None)
+            .await
+            .assert_error(403, "forbidden");
+    }
+    assert_eq!(security_count(port, "forbidden").await, before + 5);
+    http_request(port, "GET", "/alerts", None)
+        .await
+        .assert_error(401, "unauthorized");
+    assert_eq!(security_count(port, "forbidden").await, before + 5);
+    bystander.assert_receives(port).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_not_listed_may_not_connect() {
     let (server, mut bystander) = hs_server(&[("CORS_ORIGIN", "https://shop.example")]).await;

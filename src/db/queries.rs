@@ -1,6 +1,8 @@
-//! Reads for requests and the HTTP API. Every query names the caller's tenant
-//! ([`Query::new`] makes it the first parameter); reads of the business tables also run
-//! on the MySQL fallback, reads of the change log and alerts only on PostgreSQL.
+//! Reads for requests and the HTTP API: [`InPostgres`], the [`Store`] that answers from
+//! the tables and the change log, and the replay of the change log for `sinceSeq`. Every
+//! query names the caller's tenant ([`Query::new`] makes it the first parameter); reads
+//! of the business tables also run on the MySQL fallback, reads of the change log and
+//! alerts only on PostgreSQL.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,17 +12,157 @@ use serde_json::{json, Value};
 
 use super::sql::{Param, Query, Rows};
 use super::{Db, DbError, Timed};
+use crate::alerts::Alerts;
+use crate::config::Config;
 use crate::fanout::change::{DataType, Namespace, Record};
 use crate::fanout::{Engine, LogReplay, Logged};
-use crate::store::memory::InventoryQuery;
+use crate::store::{Answer, ChangesQuery, InventoryQuery, Store};
+use crate::time;
+
+/// The read model in PostgreSQL: the business tables (on the MySQL fallback while
+/// PostgreSQL is unreachable), the alerts table and the change log. Order statistics
+/// take `ordersLastMinute` from the alert book, which counts new orders as the feed
+/// publishes them.
+pub struct InPostgres {
+    db: Arc<Db>,
+    alerts: Arc<Alerts>,
+    /// Builds records of change-log rows (keys completed as the feed's would be).
+    engine: Arc<Engine>,
+    /// `LOW_STOCK_THRESHOLD` and `OUT_OF_STOCK_THRESHOLD`.
+    low_stock: f64,
+    out_of_stock: f64,
+}
+
+impl InPostgres {
+    pub fn new(
+        config: &Config,
+        db: Arc<Db>,
+        alerts: Arc<Alerts>,
+        engine: Arc<Engine>,
+    ) -> InPostgres {
+        InPostgres {
+            db,
+            alerts,
+            engine,
+            low_stock: config.low_stock_threshold,
+            out_of_stock: config.out_of_stock_threshold,
+        }
+    }
+
+    async fn rows(&self, query: Query) -> Result<Rows, DbError> {
+        Ok(self.db.read(&query).await?.value)
+    }
+
+    /// The first row's `customerId`.
+    async fn customer(&self, query: Query) -> Result<Option<String>, DbError> {
+        let rows = self.rows(query).await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.get("customerId"))
+            .and_then(Value::as_str)
+            .map(String::from))
+    }
+}
+
+fn objects(rows: Rows) -> Vec<Value> {
+    rows.into_iter().map(Value::Object).collect()
+}
+
+impl Store for InPostgres {
+    fn inventory_current<'a>(
+        &'a self,
+        tenant: &'a str,
+        query: &'a InventoryQuery,
+    ) -> Answer<'a, Vec<Value>> {
+        let sql = inventory_rows(tenant, query, self.low_stock);
+        Box::pin(async move { Ok(objects(self.rows(sql).await?)) })
+    }
+
+    fn inventory_summary<'a>(&'a self, tenant: &'a str) -> Answer<'a, Value> {
+        Box::pin(
+            async move { Ok(summary(&self.db, tenant, self.low_stock, self.out_of_stock).await?) },
+        )
+    }
+
+    fn order_stats<'a>(&'a self, tenant: &'a str) -> Answer<'a, Value> {
+        Box::pin(async move {
+            let last_minute = self.alerts.orders_last_minute(tenant, time::now_ms());
+            Ok(stats(&self.db, tenant, last_minute).await?)
+        })
+    }
+
+    fn recent_orders<'a>(&'a self, tenant: &'a str, limit: usize) -> Answer<'a, Vec<Value>> {
+        Box::pin(async move { Ok(objects(self.rows(recent_orders(tenant, limit)).await?)) })
+    }
+
+    fn customer_activity<'a>(&'a self, tenant: &'a str, limit: usize) -> Answer<'a, Value> {
+        Box::pin(async move { Ok(activity(&self.db, tenant, limit).await?) })
+    }
+
+    fn alerts<'a>(&'a self, tenant: &'a str, all: bool) -> Answer<'a, Vec<Value>> {
+        Box::pin(async move {
+            let rows = self.rows(alerts(tenant, all)).await?;
+            Ok(rows
+                .into_iter()
+                .map(|mut r| super::store::alert_json(&mut r, tenant))
+                .collect())
+        })
+    }
+
+    /// Acknowledges in the alerts table, and in the in-memory rules too, so that the
+    /// same condition may raise a new alert.
+    fn acknowledge<'a>(
+        &'a self,
+        tenant: &'a str,
+        id: &'a str,
+    ) -> Answer<'a, Option<(Value, bool)>> {
+        Box::pin(async move {
+            self.alerts.acknowledge(tenant, id);
+            Ok(super::store::acknowledge(&self.db, tenant, id).await?)
+        })
+    }
+
+    fn changes<'a>(&'a self, tenant: &'a str, query: ChangesQuery) -> Answer<'a, Vec<Value>> {
+        Box::pin(async move {
+            let rows = self.rows(changes(tenant, query)).await?;
+            Ok(records(&self.engine, &rows)
+                .iter()
+                .map(|r| r.payload_json())
+                .collect())
+        })
+    }
+
+    /// From the orders table, else from the change log: an order published through
+    /// `POST /publish` has a change-log row and no `orders` row.
+    fn order_customer<'a>(
+        &'a self,
+        tenant: &'a str,
+        order_id: &'a str,
+    ) -> Answer<'a, Option<String>> {
+        Box::pin(async move {
+            match self.customer(order_customer(tenant, order_id)).await? {
+                Some(customer) => Ok(Some(customer)),
+                None => Ok(self
+                    .customer(order_customer_logged(tenant, order_id))
+                    .await?),
+            }
+        })
+    }
+
+    fn latest_tracking<'a>(
+        &'a self,
+        tenant: &'a str,
+        order_id: &'a str,
+    ) -> Answer<'a, Option<Arc<Record>>> {
+        Box::pin(async move {
+            let rows = self.rows(latest_tracking(tenant, order_id)).await?;
+            Ok(records(&self.engine, &rows).pop())
+        })
+    }
+}
 
 /// Stock rows with their product's category, name, sku and threshold.
-pub fn inventory_rows(
-    tenant: &str,
-    q: &InventoryQuery,
-    default_threshold: f64,
-    limit: usize,
-) -> Query {
+fn inventory_rows(tenant: &str, q: &InventoryQuery, default_threshold: f64) -> Query {
     let mut query = Query::new(
         "inventory_current",
         tenant,
@@ -48,11 +190,11 @@ pub fn inventory_rows(
     }
     query.push(
         " ORDER BY i.product_id, i.warehouse_id LIMIT ?",
-        [Param::Int(limit as i64)],
+        [Param::Int(q.limit as i64)],
     )
 }
 
-pub fn inventory_summary(tenant: &str, default_threshold: f64, out_of_stock: f64) -> Query {
+fn inventory_summary(tenant: &str, default_threshold: f64, out_of_stock: f64) -> Query {
     Query::with_leading(
         "inventory_summary",
         [
@@ -74,7 +216,7 @@ pub fn inventory_summary(tenant: &str, default_threshold: f64, out_of_stock: f64
     )
 }
 
-pub fn product_count(tenant: &str) -> Query {
+fn product_count(tenant: &str) -> Query {
     Query::new(
         "product_count",
         tenant,
@@ -82,7 +224,7 @@ pub fn product_count(tenant: &str) -> Query {
     )
 }
 
-pub fn order_stats(tenant: &str) -> Query {
+fn order_stats(tenant: &str) -> Query {
     Query::new(
         "order_stats",
         tenant,
@@ -91,7 +233,7 @@ pub fn order_stats(tenant: &str) -> Query {
     )
 }
 
-pub fn recent_orders(tenant: &str, limit: usize) -> Query {
+fn recent_orders(tenant: &str, limit: usize) -> Query {
     Query::new(
         "recent_orders",
         tenant,
@@ -101,7 +243,7 @@ pub fn recent_orders(tenant: &str, limit: usize) -> Query {
     .push("", [Param::Int(limit as i64)])
 }
 
-pub fn activity_recent(tenant: &str, limit: usize) -> Query {
+fn activity_recent(tenant: &str, limit: usize) -> Query {
     Query::new(
         "customer_activity",
         tenant,
@@ -112,7 +254,7 @@ pub fn activity_recent(tenant: &str, limit: usize) -> Query {
     .push("", [Param::Int(limit as i64)])
 }
 
-pub fn activity_counts(tenant: &str, since: SystemTime) -> Query {
+fn activity_counts(tenant: &str, since: SystemTime) -> Query {
     Query::new(
         "customer_activity_counts",
         tenant,
@@ -122,7 +264,7 @@ pub fn activity_counts(tenant: &str, since: SystemTime) -> Query {
     .push("", [Param::Time(since)])
 }
 
-pub fn activity_customers(tenant: &str, since: SystemTime) -> Query {
+fn activity_customers(tenant: &str, since: SystemTime) -> Query {
     Query::new(
         "customer_activity_customers",
         tenant,
@@ -132,7 +274,7 @@ pub fn activity_customers(tenant: &str, since: SystemTime) -> Query {
     .push("", [Param::Time(since)])
 }
 
-pub fn order_customer(tenant: &str, order_id: &str) -> Query {
+fn order_customer(tenant: &str, order_id: &str) -> Query {
     Query::new(
         "order_customer",
         tenant,
@@ -143,7 +285,7 @@ pub fn order_customer(tenant: &str, order_id: &str) -> Query {
 
 /// The customer of an order as the change log last told it: an order published through
 /// `POST /publish` has a change-log row and no `orders` row.
-pub fn order_customer_logged(tenant: &str, order_id: &str) -> Query {
+fn order_customer_logged(tenant: &str, order_id: &str) -> Query {
     Query::new(
         "order_customer_logged",
         tenant,
@@ -156,7 +298,7 @@ pub fn order_customer_logged(tenant: &str, order_id: &str) -> Query {
     .pg_only()
 }
 
-pub fn alerts(tenant: &str, all: bool) -> Query {
+fn alerts(tenant: &str, all: bool) -> Query {
     Query::new(
         "alerts",
         tenant,
@@ -175,7 +317,7 @@ pub fn alerts(tenant: &str, all: bool) -> Query {
 }
 
 /// Change-log rows of one tenant, newest first (`/changes`, `recent_changes`).
-pub fn changes(tenant: &str, data_type: Option<DataType>, since: u64, limit: usize) -> Query {
+fn changes(tenant: &str, query: ChangesQuery) -> Query {
     let mut q = Query::new(
         "changes",
         tenant,
@@ -183,16 +325,19 @@ pub fn changes(tenant: &str, data_type: Option<DataType>, since: u64, limit: usi
                 (extract(epoch FROM committed_at) * 1000)::int8 AS committed_ms
          FROM nilecast_changes WHERE tenant_id = ? AND seq > ?",
     )
-    .push("", [Param::Int(since as i64)]);
-    if let Some(t) = data_type {
+    .push("", [Param::Int(query.since as i64)]);
+    if let Some(t) = query.data_type {
         q = q.push(" AND data_type = ?", [Param::Text(t.name().into())]);
     }
-    q.push(" ORDER BY seq DESC LIMIT ?", [Param::Int(limit as i64)])
-        .pg_only()
+    q.push(
+        " ORDER BY seq DESC LIMIT ?",
+        [Param::Int(query.limit as i64)],
+    )
+    .pg_only()
 }
 
 /// The latest tracking change of an order, from the change log.
-pub fn latest_tracking(tenant: &str, order_id: &str) -> Query {
+fn latest_tracking(tenant: &str, order_id: &str) -> Query {
     Query::new(
         "latest_tracking",
         tenant,
@@ -207,7 +352,7 @@ pub fn latest_tracking(tenant: &str, order_id: &str) -> Query {
 }
 
 /// Change-log rows (as JSON rows) to records.
-pub fn records(engine: &Engine, rows: &Rows) -> Vec<Arc<Record>> {
+fn records(engine: &Engine, rows: &Rows) -> Vec<Arc<Record>> {
     rows.iter()
         .filter_map(|row| {
             let seq = row.get("seq")?.as_u64()?;
@@ -297,7 +442,7 @@ pub async fn replay(
 }
 
 /// `inventory_summary` from the tables.
-pub async fn summary(
+async fn summary(
     db: &Db,
     tenant: &str,
     default_threshold: f64,
@@ -323,7 +468,7 @@ pub async fn summary(
 }
 
 /// `order_stats` from the tables.
-pub async fn stats(db: &Db, tenant: &str, orders_last_minute: u64) -> Result<Value, DbError> {
+async fn stats(db: &Db, tenant: &str, orders_last_minute: u64) -> Result<Value, DbError> {
     let rows = db.read(&order_stats(tenant)).await?.value;
     let mut by_status = BTreeMap::new();
     let (mut total, mut revenue) = (0u64, 0.0);
@@ -346,7 +491,7 @@ pub async fn stats(db: &Db, tenant: &str, orders_last_minute: u64) -> Result<Val
 }
 
 /// `customer_activity` from the tables.
-pub async fn activity(db: &Db, tenant: &str, limit: usize) -> Result<Value, DbError> {
+async fn activity(db: &Db, tenant: &str, limit: usize) -> Result<Value, DbError> {
     let since = SystemTime::now() - Duration::from_secs(60);
     let recent = db.read(&activity_recent(tenant, limit)).await?.value;
     let counts = db.read(&activity_counts(tenant, since)).await?.value;

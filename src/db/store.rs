@@ -237,17 +237,14 @@ async fn store_alert(db: &Db, alert: &Alert) -> Result<(), DbError> {
 }
 
 /// Acknowledges an alert of `tenant`: the alert as JSON and whether this call
-/// acknowledged it, or None for an unknown id. A first acknowledgement logs an
-/// `alert_acknowledged` notification in the same transaction.
+/// acknowledged it, or None for an unknown id. Announcing it is the caller's business.
 pub async fn acknowledge(
     db: &Db,
     tenant: &str,
     id: &str,
-    by: &str,
 ) -> Result<Option<(Value, bool)>, DbError> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await?;
-    let updated = tx
+    let client = db.client().await?;
+    let updated = client
         .query_opt(
             "UPDATE alerts SET acknowledged_at = now()
              WHERE tenant_id = $1 AND id = $2 AND acknowledged_at IS NULL
@@ -257,7 +254,7 @@ pub async fn acknowledge(
         .await?;
     let (row, first_time) = match updated {
         Some(row) => (row, true),
-        None => match tx
+        None => match client
             .query_opt(
                 "SELECT id, type, severity, message, data, created_at, acknowledged_at
                  FROM alerts WHERE tenant_id = $1 AND id = $2",
@@ -272,26 +269,6 @@ pub async fn acknowledge(
     let mut alert = super::sql::pg_rows(std::slice::from_ref(&row))
         .pop()
         .unwrap_or_default();
-    let kind = alert.get("type").cloned().unwrap_or(Value::Null);
-    if first_time {
-        let data = json!({
-            "type": "alert_acknowledged",
-            "priority": "low",
-            "message": format!("alert {id} ({}) acknowledged", kind.as_str().unwrap_or("")),
-            "data": { "alertId": id, "alertType": kind, "acknowledgedBy": by },
-        });
-        let change = Change {
-            data_type: DataType::Notification,
-            tenant: Arc::from(tenant),
-            data: data.as_object().cloned().unwrap_or_default(),
-        };
-        insert_log(&tx, std::slice::from_ref(&change)).await?;
-        if db.config.detection == Detection::Notify {
-            tx.execute("SELECT pg_notify($1, '')", &[&super::feed::CHANNEL])
-                .await?;
-        }
-    }
-    tx.commit().await?;
     Ok(Some((alert_json(&mut alert, tenant), first_time)))
 }
 

@@ -1,5 +1,7 @@
 //! HTTP: the accept loop, one hyper connection per socket, and the small helpers every
-//! route shares (JSON answers, error bodies, query strings, CORS).
+//! route shares (JSON answers, error bodies, query strings). `table.rs` is the route
+//! table (every method, path, caller check and handler, in one list); `routes.rs` holds
+//! the handlers and CORS.
 //!
 //! Every accepted connection takes a place in its address's count
 //! (`MAX_CONNECTIONS_PER_IP`) before hyper sees it, unless it comes from a trusted
@@ -10,6 +12,7 @@
 
 pub mod peer;
 mod routes;
+mod table;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;

@@ -1,4 +1,6 @@
-//! The HTTP API of PROTOCOL.md section 1, one function per endpoint.
+//! The HTTP API of PROTOCOL.md section 1, one function per endpoint. Which endpoint
+//! answers a request, and whether its caller may call it, is the route table's
+//! business (`table.rs`): a handler here runs only for a caller already admitted.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -7,27 +9,29 @@ use std::sync::Arc;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
-    HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
-    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ALLOW,
-    CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, VARY,
+    HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_LENGTH,
+    CONTENT_TYPE, ORIGIN, VARY,
 };
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
+use super::table::Call;
 use super::{error_response, json_response, query_param};
+use crate::alerts;
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::{Change, DataType, Namespace};
 use crate::security::{self, Event};
+use crate::store::{ChangesQuery, StoreError};
 use crate::time;
 use crate::ws::{self, Mode};
 
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 /// The test page, served from the binary.
-const TEST_PAGE: &str = include_str!("test_page.html");
-const DEMO_PAGE: &str = include_str!("demo_page.html");
+pub(super) const TEST_PAGE: &str = include_str!("test_page.html");
+pub(super) const DEMO_PAGE: &str = include_str!("demo_page.html");
 /// The JavaScript client, served for the pages (and any page of yours).
 const JS_CLIENT: &str = include_str!("../../clients/js/nilecast.js");
 
@@ -38,7 +42,7 @@ const CHANGES_MAX_LIMIT: usize = 1000;
 pub async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
     app.metrics.http_requests.fetch_add(1, Relaxed);
     let origin = req.headers().get(ORIGIN).cloned();
-    let mut response = dispatch(&app, req, remote).await;
+    let mut response = super::table::dispatch(&app, req, remote).await;
     if response.status().is_client_error() || response.status().is_server_error() {
         app.metrics.http_errors.fetch_add(1, Relaxed);
     }
@@ -72,141 +76,10 @@ fn cors(app: &App, origin: Option<&HeaderValue>, response: &mut Resp) {
     }
 }
 
-/// The methods each known path takes.
-fn allowed_methods(path: &str) -> Option<&'static [Method]> {
-    const GET: &[Method] = &[Method::GET];
-    const POST: &[Method] = &[Method::POST];
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    Some(match segments.as_slice() {
-        []
-        | ["health"]
-        | ["metrics"]
-        | ["metrics", "prometheus"]
-        | ["clients"]
-        | ["cluster", "clients"]
-        | ["alerts"]
-        | ["test"]
-        | ["demo"]
-        | ["js", "nilecast.js"]
-        | ["ws"]
-        | ["echo"] => GET,
-        ["changes", _] => GET,
-        ["publish"] | ["alerts", _, "acknowledge"] => POST,
-        _ => return None,
-    })
-}
-
-async fn dispatch(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
-    let path = req.uri().path().to_string();
-    if path == "/socket.io/" || path == "/socket.io" {
-        return socketio(app, req, remote);
-    }
-    if ws::is_upgrade(&req) {
-        match path.as_str() {
-            "/" | "/ws" => return ws::upgrade(app, req, remote, Mode::Native),
-            "/echo" if app.config.echo_endpoint => {
-                return ws::upgrade(app, req, remote, Mode::Echo)
-            }
-            _ => {}
-        }
-    }
-    let Some(methods) = allowed_methods(&path) else {
-        return not_found("no such endpoint");
-    };
-    if path == "/echo" && !app.config.echo_endpoint {
-        return not_found("no such endpoint");
-    }
-    if req.method() == Method::OPTIONS {
-        return preflight(methods);
-    }
-    if !methods.contains(req.method()) {
-        let mut response = error_response(&Refusal::new(
-            ErrorCode::MethodNotAllowed,
-            "method not allowed on this path",
-        ));
-        let allow = methods
-            .iter()
-            .map(Method::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        if let Ok(v) = HeaderValue::from_str(&allow) {
-            response.headers_mut().insert(ALLOW, v);
-        }
-        return response;
-    }
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let needs_principal = matches!(
-        segments.as_slice(),
-        ["clients"] | ["alerts", ..] | ["changes", _] | ["publish"]
-    );
-    let principal = if needs_principal {
-        match super::identify(app, &req, remote) {
-            Ok(p) => p,
-            Err(refusal) => {
-                app.metrics.error(refusal.code);
-                return error_response(&refusal);
-            }
-        }
-    } else {
-        Principal::anonymous()
-    };
-    match segments.as_slice() {
-        [] => json_response(StatusCode::OK, &info(app)),
-        ["health"] => {
-            // Members' addresses are a staff detail.
-            let staff =
-                super::identify(app, &req, remote).is_ok_and(|p| p.may_administer().is_ok());
-            health(app, staff).await
-        }
-        ["cluster", "clients"] => member_clients(app, &req, remote).await,
-        ["metrics"] => {
-            let mut body = app.metrics.to_json(&app.gauges());
-            if let Some(bus) = app.bus.metrics() {
-                body["niledb"] = bus;
-            }
-            json_response(StatusCode::OK, &body)
-        }
-        ["metrics", "prometheus"] => prometheus(app),
-        ["clients"] if query_param(req.uri(), "scope").as_deref() == Some("cluster") => {
-            cluster_clients(app, &principal, &req).await
-        }
-        ["clients"] => clients(app, &principal, &req),
-        ["alerts"] if app.db.is_some() => {
-            let all = query_param(req.uri(), "all").as_deref() == Some("true");
-            db_alerts(app, &principal, all).await
-        }
-        ["alerts", id, "acknowledge"] if app.db.is_some() => {
-            db_acknowledge(app, &principal, id).await
-        }
-        ["changes", data_type] if app.db.is_some() => {
-            db_changes(app, &principal, data_type, &req).await
-        }
-        ["alerts"] => alerts(
-            app,
-            &principal,
-            query_param(req.uri(), "all").as_deref() == Some("true"),
-        ),
-        ["alerts", id, "acknowledge"] => acknowledge(app, &principal, id).await,
-        ["changes", data_type] => changes(app, &principal, data_type, &req),
-        ["publish"] => publish(app, &principal, req, remote).await,
-        ["test"] if !app.config.is_production() => {
-            static_text(TEST_PAGE, "text/html; charset=utf-8")
-        }
-        ["demo"] if !app.config.is_production() => {
-            static_text(DEMO_PAGE, "text/html; charset=utf-8")
-        }
-        ["js", "nilecast.js"] => static_text(JS_CLIENT, "text/javascript; charset=utf-8"),
-        ["ws"] | ["echo"] => error_response(&Refusal::new(
-            ErrorCode::InvalidMessage,
-            "this endpoint takes a WebSocket upgrade",
-        )),
-        _ => not_found("no such endpoint"),
-    }
-}
-
 /// `/socket.io/`: Engine.IO v4 over WebSocket. Anything else (long-polling, another
 /// Engine.IO version) gets an Engine.IO error body, `{"code","message"}`, with 400.
-fn socketio(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
+pub(super) fn socketio(app: &Arc<App>, call: Call) -> Resp {
+    let Call { req, remote, .. } = call;
     let version = query_param(req.uri(), "EIO");
     let transport = query_param(req.uri(), "transport");
     let engine_error = |code: u8, message: &str| {
@@ -231,6 +104,35 @@ fn socketio(app: &Arc<App>, req: Request<Incoming>, remote: SocketAddr) -> Resp 
     ws::upgrade(app, req, remote, Mode::SocketIo)
 }
 
+/// `GET /`: the server's info, or a native WebSocket connection (`ws://host:port`).
+pub(super) fn root(app: &Arc<App>, call: Call) -> Resp {
+    if ws::is_upgrade(&call.req) {
+        return ws::upgrade(app, call.req, call.remote, Mode::Native);
+    }
+    json_response(StatusCode::OK, &info(app))
+}
+
+/// `GET /ws` and `GET /echo`: a WebSocket upgrade and nothing else.
+pub(super) fn websocket(app: &Arc<App>, call: Call, mode: Mode) -> Resp {
+    if ws::is_upgrade(&call.req) {
+        return ws::upgrade(app, call.req, call.remote, mode);
+    }
+    error_response(&Refusal::new(
+        ErrorCode::InvalidMessage,
+        "this endpoint takes a WebSocket upgrade",
+    ))
+}
+
+/// `GET /test` and `GET /demo`.
+pub(super) fn page(html: &'static str) -> Resp {
+    static_text(html, "text/html; charset=utf-8")
+}
+
+/// `GET /js/nilecast.js`.
+pub(super) fn script() -> Resp {
+    static_text(JS_CLIENT, "text/javascript; charset=utf-8")
+}
+
 /// A page or script compiled into the binary.
 fn static_text(body: &'static str, content_type: &'static str) -> Resp {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
@@ -240,29 +142,8 @@ fn static_text(body: &'static str, content_type: &'static str) -> Resp {
     response
 }
 
-fn not_found(message: &'static str) -> Resp {
+pub(super) fn not_found(message: &'static str) -> Resp {
     error_response(&Refusal::new(ErrorCode::NotFound, message))
-}
-
-fn preflight(methods: &[Method]) -> Resp {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    let headers = response.headers_mut();
-    let allow = methods
-        .iter()
-        .map(Method::as_str)
-        .chain(["OPTIONS"])
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Ok(v) = HeaderValue::from_str(&allow) {
-        headers.insert(ACCESS_CONTROL_ALLOW_METHODS, v);
-    }
-    headers.insert(
-        ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Authorization, Content-Type"),
-    );
-    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
-    response
 }
 
 fn info(app: &App) -> Value {
@@ -275,16 +156,15 @@ fn info(app: &App) -> Value {
         "auth": if app.config.verifier.is_some() { "jwt" } else { "open" },
         "namespaces": Namespace::ALL.iter().map(|n| n.path()).collect::<Vec<_>>(),
         "protocols": { "native": ["/ws", "/"], "socketio": ["/socket.io/"] },
-        "endpoints": [
-            "GET /", "GET /health", "GET /metrics", "GET /metrics/prometheus", "GET /clients",
-            "GET /alerts", "POST /alerts/:id/acknowledge", "GET /changes/:dataType", "POST /publish",
-            "GET /test", "GET /demo", "GET /js/nilecast.js", "GET /ws (WebSocket)", "GET /socket.io/ (Socket.IO, websocket transport)",
-        ],
+        "endpoints": super::table::endpoints(app),
         "dataTypes": DataType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>(),
     })
 }
 
-async fn health(app: &App, staff: bool) -> Resp {
+/// `GET /health`. Anyone may ask; the Redis members' addresses are shown to staff only.
+pub(super) async fn health(app: &App, call: Call) -> Resp {
+    let staff =
+        super::identify(app, &call.req, call.remote).is_ok_and(|p| p.may_administer().is_ok());
     let over_memory = app.over_memory();
     let shutting_down = app.shutdown.is_triggered();
     let (niledb, redis) = app.bus.health(staff).await;
@@ -330,7 +210,17 @@ async fn health(app: &App, staff: bool) -> Resp {
     json_response(status, &body)
 }
 
-fn prometheus(app: &App) -> Resp {
+/// `GET /metrics`.
+pub(super) fn metrics(app: &App) -> Resp {
+    let mut body = app.metrics.to_json(&app.gauges());
+    if let Some(bus) = app.bus.metrics() {
+        body["niledb"] = bus;
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+/// `GET /metrics/prometheus`.
+pub(super) fn prometheus(app: &App) -> Resp {
     let mut text = app.metrics.to_prometheus(&app.gauges());
     app.bus.prometheus(&mut text);
     let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -386,12 +276,17 @@ impl Page {
     }
 }
 
+/// `GET /clients[?limit=&after=&scope=cluster]`.
+pub(super) async fn clients(app: &App, call: Call) -> Resp {
+    if call.query("scope").as_deref() == Some("cluster") {
+        return cluster_clients(app, &call.principal, &call.req).await;
+    }
+    node_clients(app, &call.principal, &call.req)
+}
+
 /// `GET /clients[?limit=&after=]`: this node's clients of the caller's tenant, by
 /// connection id, a page at a time; `next` is the `after` of the next page.
-fn clients(app: &App, principal: &Principal, req: &Request<Incoming>) -> Resp {
-    if let Err(r) = principal.may_administer() {
-        return error_response(&r);
-    }
+fn node_clients(app: &App, principal: &Principal, req: &Request<Incoming>) -> Resp {
     let page = match Page::of(req) {
         Ok(page) => page,
         Err(r) => return error_response(&r),
@@ -406,39 +301,8 @@ fn clients(app: &App, principal: &Principal, req: &Request<Incoming>) -> Resp {
 /// `GET /cluster/clients?tenant=&limit=&after=`: the node-to-node listing behind
 /// `/clients?scope=cluster`. It answers for this node alone and never asks another, so
 /// no request can fan out twice; it takes the cluster secret, not a user's token.
-async fn member_clients(app: &App, req: &Request<Incoming>, remote: SocketAddr) -> Resp {
-    let Some(cluster) = app.bus.membership() else {
-        return not_found("no such endpoint");
-    };
-    let presented = req
-        .headers()
-        .get(crate::bus::redis::SECRET_HEADER)
-        .map(|v| v.as_bytes().to_vec())
-        .unwrap_or_default();
-    let secret = match cluster.secret().await {
-        Ok(secret) => secret,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the cluster secret");
-            return error_response(&Refusal::new(
-                ErrorCode::Unavailable,
-                "Redis is unreachable: the cluster secret is unknown",
-            ));
-        }
-    };
-    if !constant_time_eq(&presented, secret.as_bytes()) {
-        security::record(
-            &app.metrics,
-            Event::TokenRefused,
-            remote,
-            "a node-to-node request without the cluster secret",
-        );
-        let refusal = Refusal::new(
-            ErrorCode::Forbidden,
-            "this endpoint is for the cluster's nodes",
-        );
-        app.metrics.error(refusal.code);
-        return error_response(&refusal);
-    }
+pub(super) fn member_clients(app: &App, call: Call) -> Resp {
+    let req = &call.req;
     let page = match Page::of(req) {
         Ok(page) => page,
         Err(r) => return error_response(&r),
@@ -451,21 +315,13 @@ async fn member_clients(app: &App, req: &Request<Incoming>, remote: SocketAddr) 
     )
 }
 
-/// Whether `a` and `b` are equal, in a time that does not tell how much of them is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// `GET /clients?scope=cluster`: this node's clients and every live member's (at most
 /// [`MEMBERS_ASKED_MAX`]), each member asked once with a fixed node-to-node request
 /// (`/cluster/clients`, the caller's tenant and page, the cluster secret). A member
 /// that does not answer within two seconds is listed under `nodes` as unreachable.
 async fn cluster_clients(app: &App, principal: &Principal, req: &Request<Incoming>) -> Resp {
-    if let Err(r) = principal.may_administer() {
-        return error_response(&r);
-    }
     let Some(cluster) = app.bus.membership() else {
-        return clients(app, principal, req);
+        return node_clients(app, principal, req);
     };
     let page = match Page::of(req) {
         Ok(page) => page,
@@ -590,51 +446,50 @@ fn local_clients(app: &App, tenant: &str, page: &Page) -> (Vec<Value>, Option<St
     (list, next)
 }
 
-fn alerts(app: &App, principal: &Principal, all: bool) -> Resp {
-    if let Err(r) = principal.may_administer() {
-        return error_response(&r);
-    }
-    let list = app.alerts.list(&principal.tenant, all);
-    json_response(
-        StatusCode::OK,
-        &json!({ "count": list.len(), "alerts": list }),
-    )
+/// A refusal of the store, counted.
+fn store_error(app: &App, e: &StoreError) -> Resp {
+    let refusal = Refusal::from(e);
+    app.metrics.error(refusal.code);
+    error_response(&refusal)
 }
 
-async fn acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
-    if let Err(r) = principal.may_administer() {
-        return error_response(&r);
+/// `GET /alerts[?all=true]`.
+pub(super) async fn alerts(app: &App, call: Call) -> Resp {
+    let all = call.query("all").as_deref() == Some("true");
+    match app.read_model.alerts(&call.principal.tenant, all).await {
+        Ok(list) => json_response(
+            StatusCode::OK,
+            &json!({ "count": list.len(), "alerts": list }),
+        ),
+        Err(e) => store_error(app, &e),
     }
-    let Some((alert, first_time)) = app.alerts.acknowledge(&principal.tenant, id) else {
-        return not_found("no such alert");
+}
+
+/// `POST /alerts/:id/acknowledge`. The first acknowledgement is announced with an
+/// `alert_acknowledged` notification, published like any change from the API.
+pub(super) async fn acknowledge(app: &App, call: Call) -> Resp {
+    let (principal, id) = (&call.principal, call.param(0));
+    let tenant = &principal.tenant;
+    let (alert, first_time) = match app.read_model.acknowledge(tenant, id).await {
+        Ok(Some(acknowledged)) => acknowledged,
+        Ok(None) => return not_found("no such alert"),
+        Err(e) => return store_error(app, &e),
     };
     if first_time {
-        let data = json!({
-            "type": "alert_acknowledged",
-            "priority": "low",
-            "message": format!("alert {} ({}) acknowledged", alert.id, alert.kind),
-            "data": { "alertId": alert.id, "alertType": alert.kind, "acknowledgedBy": &*principal.user_id },
-        });
-        let change = Change {
-            data_type: DataType::Notification,
-            tenant: principal.tenant.clone(),
-            data: data.as_object().cloned().unwrap_or_default(),
-        };
-        if let Err(refusal) = publish_changes(app, vec![change]).await {
+        let kind = alert["type"].as_str().unwrap_or_default();
+        let notice = alerts::acknowledged_notification(tenant, id, kind, &principal.user_id);
+        // The acknowledgement stands whether or not its announcement gets out; the
+        // answer says what the alert is now.
+        if let Err(refusal) = publish_changes(app, vec![notice]).await {
             app.metrics.error(refusal.code);
-            return error_response(&refusal);
+            tracing::warn!(alert = id, error = %refusal.message, "could not announce an acknowledgement");
         }
     }
-    json_response(StatusCode::OK, &alert.to_json())
+    json_response(StatusCode::OK, &alert)
 }
 
 /// `/changes/:dataType` parameters: the data type, `since` and `limit`.
-fn changes_params(
-    principal: &Principal,
-    data_type: &str,
-    req: &Request<Incoming>,
-) -> Result<(DataType, u64, usize), Refusal> {
-    principal.may_administer()?;
+fn changes_params(data_type: &str, req: &Request<Incoming>) -> Result<ChangesQuery, Refusal> {
     let data_type = DataType::parse(data_type)
         .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "unknown data type"))?;
     let since = match query_param(req.uri(), "since").map(|s| s.parse::<u64>()) {
@@ -657,103 +512,25 @@ fn changes_params(
             ))
         }
     };
-    Ok((data_type, since, limit))
+    Ok(ChangesQuery {
+        data_type: Some(data_type),
+        since,
+        limit,
+    })
 }
 
-fn changes(app: &App, principal: &Principal, data_type: &str, req: &Request<Incoming>) -> Resp {
-    let (data_type, since, limit) = match changes_params(principal, data_type, req) {
-        Ok(p) => p,
+/// `GET /changes/:dataType[?since=&limit=]`.
+pub(super) async fn changes(app: &App, call: Call) -> Resp {
+    let query = match changes_params(call.param(0), &call.req) {
+        Ok(query) => query,
         Err(refusal) => return error_response(&refusal),
     };
-    let list: Vec<Value> = app
-        .engine
-        .recent(&principal.tenant, Some(data_type), since, limit)
-        .iter()
-        .map(|r| r.payload_json())
-        .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({ "count": list.len(), "changes": list }),
-    )
-}
-
-fn db_error(app: &App, e: &crate::db::DbError) -> Resp {
-    let refusal = crate::namespace::db_refusal(e);
-    app.metrics.error(refusal.code);
-    error_response(&refusal)
-}
-
-/// `/changes/:dataType` from the change log.
-async fn db_changes(
-    app: &App,
-    principal: &Principal,
-    data_type: &str,
-    req: &Request<Incoming>,
-) -> Resp {
-    let (data_type, since, limit) = match changes_params(principal, data_type, req) {
-        Ok(p) => p,
-        Err(refusal) => return error_response(&refusal),
-    };
-    let Some(db) = &app.db else {
-        return changes(app, principal, data_type.name(), req);
-    };
-    let query = crate::db::queries::changes(&principal.tenant, Some(data_type), since, limit);
-    match db.read(&query).await {
-        Ok(timed) => {
-            let list: Vec<Value> = crate::db::queries::records(&app.engine, &timed.value)
-                .iter()
-                .map(|r| r.payload_json())
-                .collect();
-            json_response(
-                StatusCode::OK,
-                &json!({ "count": list.len(), "changes": list }),
-            )
-        }
-        Err(e) => db_error(app, &e),
-    }
-}
-
-/// `/alerts` from the alerts table.
-async fn db_alerts(app: &App, principal: &Principal, all: bool) -> Resp {
-    if let Err(r) = principal.may_administer() {
-        return error_response(&r);
-    }
-    let Some(db) = &app.db else {
-        return alerts(app, principal, all);
-    };
-    match db
-        .read(&crate::db::queries::alerts(&principal.tenant, all))
-        .await
-    {
-        Ok(timed) => {
-            let list: Vec<Value> = timed
-                .value
-                .into_iter()
-                .map(|mut r| crate::db::store::alert_json(&mut r, &principal.tenant))
-                .collect();
-            json_response(
-                StatusCode::OK,
-                &json!({ "count": list.len(), "alerts": list }),
-            )
-        }
-        Err(e) => db_error(app, &e),
-    }
-}
-
-/// Acknowledges an alert in the alerts table (and in the in-memory rules, so the same
-/// condition may raise a new alert).
-async fn db_acknowledge(app: &App, principal: &Principal, id: &str) -> Resp {
-    if let Err(r) = principal.may_administer() {
-        return error_response(&r);
-    }
-    let Some(db) = &app.db else {
-        return acknowledge(app, principal, id).await;
-    };
-    app.alerts.acknowledge(&principal.tenant, id);
-    match crate::db::store::acknowledge(db, &principal.tenant, id, &principal.user_id).await {
-        Ok(Some((alert, _))) => json_response(StatusCode::OK, &alert),
-        Ok(None) => not_found("no such alert"),
-        Err(e) => db_error(app, &e),
+    match app.read_model.changes(&call.principal.tenant, query).await {
+        Ok(list) => json_response(
+            StatusCode::OK,
+            &json!({ "count": list.len(), "changes": list }),
+        ),
+        Err(e) => store_error(app, &e),
     }
 }
 
@@ -831,7 +608,7 @@ pub fn parse_change(value: Value, principal: &Principal) -> Result<Change, Strin
     })
 }
 
-async fn publish(
+pub(super) async fn publish(
     app: &App,
     principal: &Principal,
     req: Request<Incoming>,

@@ -10,7 +10,9 @@ pub mod dashboard;
 pub mod filter;
 mod queries;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -82,7 +84,7 @@ impl Later {
 
     /// Sends the error reply a refused request gets, and counts it.
     pub fn refuse(&self, refusal: &Refusal) {
-        self.app.metrics.error(refusal.code);
+        count_refusal(&self.app, &self.session, refusal);
         self.session.outbox.send(self.session.wire.refusal_frame(
             self.ns.path(),
             refusal,
@@ -90,25 +92,27 @@ impl Later {
             self.ack,
         ));
     }
-
-    pub fn db(&self) -> Result<&Arc<crate::db::Db>, Refusal> {
-        self.app
-            .db
-            .as_ref()
-            .ok_or_else(|| Refusal::new(ErrorCode::Internal, "no database configured"))
-    }
 }
 
-/// A database error as the refusal a client sees.
-pub fn db_refusal(e: &crate::db::DbError) -> Refusal {
-    if e.is_unavailable() {
-        Refusal::new(
-            ErrorCode::Unavailable,
-            "the database is unreachable; try again",
-        )
-    } else {
-        Refusal::new(ErrorCode::Internal, "the database query failed")
+/// Counts a refused request, and records a forbidden one as a security event (a
+/// cross-tenant request was recorded as such where it was refused). Every refusal of a
+/// request comes here, answered at once or after an await.
+pub fn count_refusal(app: &App, session: &Session, refusal: &Refusal) {
+    if refusal.message == OTHER_TENANT {
+        app.metrics.error(refusal.code);
+        return;
     }
+    security::refused(
+        &app.metrics,
+        session.remote,
+        format_args!("connection {}", session.id),
+        refusal,
+    );
+}
+
+/// A database error as the refusal a client sees: the store's mapping.
+pub fn db_refusal(e: &crate::db::DbError) -> Refusal {
+    Refusal::from(crate::store::StoreError::from(e))
 }
 
 impl Ctx<'_> {
@@ -137,25 +141,32 @@ impl Ctx<'_> {
         }
     }
 
-    /// Whether requests are answered from the database.
-    pub fn uses_db(&self) -> bool {
-        self.app.db.is_some()
-    }
-
-    /// Runs `job` in a task of its own (it queries the database); a refusal it returns
-    /// is sent as the request's error reply.
+    /// Runs `job`, which may wait (on the database, on Redis); a refusal it returns is
+    /// sent as the request's error reply. A job that finishes without waiting (the
+    /// in-memory store's answers) finishes here, so its reply is queued before the
+    /// connection's next request is read; one that waits goes on in a task of its own
+    /// and the connection goes on meanwhile.
     pub fn defer<F, Fut>(&self, job: F)
     where
         F: FnOnce(Later) -> Fut,
-        Fut: std::future::Future<Output = Result<(), Refusal>> + Send + 'static,
+        Fut: Future<Output = Result<(), Refusal>> + Send + 'static,
     {
         let later = self.later();
-        let fut = job(later.clone());
-        tokio::spawn(async move {
-            if let Err(refusal) = fut.await {
-                later.refuse(&refusal);
+        let mut fut = Box::pin(job(later.clone()));
+        // Polling with a waker that does nothing is enough to learn whether the job is
+        // done; a future that is not registers the task's own waker at its next poll.
+        let mut first = Context::from_waker(Waker::noop());
+        match fut.as_mut().poll(&mut first) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(refusal)) => later.refuse(&refusal),
+            Poll::Pending => {
+                tokio::spawn(async move {
+                    if let Err(refusal) = fut.await {
+                        later.refuse(&refusal);
+                    }
+                });
             }
-        });
+        }
     }
 }
 
@@ -507,47 +518,13 @@ fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
                 "orderId must be a string or number",
             )
         })?;
-    let tenant = &ctx.principal.tenant;
-    if ctx.uses_db() {
-        ctx.defer(move |later| async move {
-            let db = later.db()?;
-            let tenant = &later.principal.tenant;
-            let refuse = |e: crate::db::DbError| db_refusal(&e);
-            let rows = db
-                .read(&crate::db::queries::latest_tracking(tenant, &order_id))
-                .await
-                .map_err(refuse)?;
-            let latest = crate::db::queries::records(&later.app.engine, &rows.value).pop();
-            let customer = |rows: &[Map<String, Value>]| {
-                rows.first()
-                    .and_then(|r| r.get("customerId"))
-                    .and_then(Value::as_str)
-                    .map(String::from)
-            };
-            let mut owner = customer(
-                &db.read(&crate::db::queries::order_customer(tenant, &order_id))
-                    .await
-                    .map_err(refuse)?
-                    .value,
-            );
-            if owner.is_none() {
-                // Published through `POST /publish`: only the change log knows it.
-                owner = customer(
-                    &db.read(&crate::db::queries::order_customer_logged(
-                        tenant, &order_id,
-                    ))
-                    .await
-                    .map_err(refuse)?
-                    .value,
-                );
-            }
-            follow_order(&later, order_id, latest, owner)
-        });
-        return Ok(());
-    }
-    let latest = ctx.app.store.latest_tracking(tenant, &order_id);
-    let owner = ctx.app.store.order_customer(tenant, &order_id);
-    follow_order(&ctx.later(), order_id, latest, owner)
+    ctx.defer(move |later| async move {
+        let (store, tenant) = (&later.app.read_model, &later.principal.tenant);
+        let latest = store.latest_tracking(tenant, &order_id).await?;
+        let owner = store.order_customer(tenant, &order_id).await?;
+        follow_order(&later, order_id, latest, owner)
+    });
+    Ok(())
 }
 
 /// The rest of `orders:track`, once the latest tracking change and the order's owner

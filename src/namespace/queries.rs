@@ -1,13 +1,14 @@
-//! Read-only requests: `data:request` and `inventory:get-current`. Every query is scoped
-//! to the principal's tenant.
+//! Read-only requests: `data:request` and `inventory:get-current`. Each is checked and
+//! parsed here, then answered by the store (`App::read_model`), whichever it is. Every
+//! query is scoped to the principal's tenant.
 
 use serde_json::{json, Map, Value};
 
 use super::Ctx;
 use crate::error::{ErrorCode, Refusal};
-use crate::fanout::change::Namespace;
-use crate::namespace::filter::Values;
-use crate::store::memory::InventoryQuery;
+use crate::fanout::change::{DataType, Namespace};
+use crate::namespace::filter::{self, Values};
+use crate::store::{ChangesQuery, InventoryQuery, Store, StoreError};
 use crate::time;
 
 /// Default and largest `limit` of a query (the same as `/changes`).
@@ -26,7 +27,8 @@ fn limit(params: &Map<String, Value>) -> Result<usize, Refusal> {
     }
 }
 
-/// A string-or-array field, or its plural array form (`category` or `categories`).
+/// A string-or-array field, or its plural array form (`category` or `categories`),
+/// at most `max` values over both.
 fn values(
     params: &Map<String, Value>,
     singular: &str,
@@ -35,28 +37,7 @@ fn values(
 ) -> Result<Values, Refusal> {
     let mut out: Vec<Box<str>> = Vec::new();
     for field in [singular, plural] {
-        match params.get(field) {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(items)) => {
-                for item in items {
-                    out.push(crate::fanout::change::scalar_text(item).ok_or_else(|| {
-                        Refusal::new(
-                            ErrorCode::InvalidFilter,
-                            format!("{field} values must be strings or numbers"),
-                        )
-                    })?);
-                }
-            }
-            Some(v @ (Value::String(_) | Value::Number(_))) => {
-                out.extend(crate::fanout::change::scalar_text(v))
-            }
-            Some(_) => {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidFilter,
-                    format!("{field} must be a string or an array"),
-                ))
-            }
-        }
+        out.extend(filter::one_or_many(params, field, max)?.map_or_else(Vec::new, Vec::from));
     }
     if out.len() > max {
         return Err(Refusal::new(
@@ -72,10 +53,8 @@ fn inventory_query(params: &Map<String, Value>, max: usize) -> Result<InventoryQ
         product_ids: values(params, "productId", "productIds", max)?,
         warehouse_ids: values(params, "warehouseId", "warehouseIds", max)?,
         categories: values(params, "category", "categories", max)?,
-        low_stock_only: params
-            .get("lowStockOnly")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        low_stock_only: filter::flag(params, "lowStockOnly")?,
+        limit: limit(params)?,
     })
 }
 
@@ -92,33 +71,19 @@ pub fn inventory_current(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Ref
             ))
         }
     };
-    let config = ctx.config();
-    let query = inventory_query(params, config.max_filter_values)?;
-    let limit = limit(params)?;
-    if ctx.uses_db() {
-        let default = config.low_stock_threshold;
-        ctx.defer(move |later| async move {
-            let db = later.db()?;
-            let q = crate::db::queries::inventory_rows(&later.principal.tenant, &query, default, limit);
-            let items = db.read(&q).await.map_err(|e| super::db_refusal(&e))?.value;
-            later.reply(
-                "inventory:current",
-                &json!({ "count": items.len(), "items": items, "timestamp": time::iso8601(time::now_ms()) }),
-            );
-            Ok(())
-        });
-        return Ok(());
-    }
-    let items = ctx.app.store.inventory_current(
-        &ctx.principal.tenant,
-        &query,
-        config.low_stock_threshold,
-        limit,
-    );
-    ctx.reply(
-        "inventory:current",
-        &json!({ "count": items.len(), "items": items, "timestamp": time::iso8601(time::now_ms()) }),
-    );
+    let query = inventory_query(params, ctx.config().max_filter_values)?;
+    ctx.defer(move |later| async move {
+        let items = later
+            .app
+            .read_model
+            .inventory_current(&later.principal.tenant, &query)
+            .await?;
+        later.reply(
+            "inventory:current",
+            &json!({ "count": items.len(), "items": items, "timestamp": time::iso8601(time::now_ms()) }),
+        );
+        Ok(())
+    });
     Ok(())
 }
 
@@ -150,201 +115,101 @@ pub fn data_request(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal>
             ))
         }
     };
-    if ctx.uses_db() && DB_TYPES.contains(&data_type) {
-        let data_type = data_type.to_string();
-        let params = params.clone();
-        // Checked here, before the task: a refused request is answered at once.
-        required(ctx, &data_type)?;
-        ctx.defer(move |later| async move {
-            let answer = answer_db(&later, &data_type, &params).await?;
-            later.reply(
-                "data:response",
-                &json!({ "dataType": data_type, "data": answer, "timestamp": time::iso8601(time::now_ms()) }),
-            );
-            Ok(())
-        });
-        return Ok(());
-    }
-    let answer = answer(ctx, data_type, params)?;
-    ctx.reply(
-        "data:response",
-        &json!({ "dataType": data_type, "data": answer, "timestamp": time::iso8601(time::now_ms()) }),
-    );
+    // Checked and parsed here: a refused request is answered at once.
+    let ask = Ask::parse(ctx, data_type, params)?;
+    let data_type = data_type.to_string();
+    ctx.defer(move |later| async move {
+        let answer = ask
+            .answer(&*later.app.read_model, &later.principal.tenant)
+            .await?;
+        later.reply(
+            "data:response",
+            &json!({ "dataType": data_type, "data": answer, "timestamp": time::iso8601(time::now_ms()) }),
+        );
+        Ok(())
+    });
     Ok(())
 }
 
-/// `recent_changes` parameters: the data type (if any) and `since`.
-fn recent_changes_params(
-    params: &Map<String, Value>,
-) -> Result<(Option<crate::fanout::change::DataType>, u64), Refusal> {
-    let kind =
-        match params.get("dataType").and_then(Value::as_str) {
-            Some(name) => Some(crate::fanout::change::DataType::parse(name).ok_or_else(|| {
-                Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters")
-            })?),
-            None => None,
-        };
-    Ok((
-        kind,
-        params.get("since").and_then(Value::as_u64).unwrap_or(0),
-    ))
+/// One `data:request`, checked and with its parameters read.
+enum Ask {
+    InventorySummary,
+    LowStockItems(InventoryQuery),
+    OrderStats,
+    RecentOrders(usize),
+    CustomerActivity(usize),
+    Alerts { all: bool },
+    RecentChanges(ChangesQuery),
 }
 
-/// The `data:request` types answered from the database when one is configured (the
-/// others, and the dashboard's widgets, come from the in-memory state).
-const DB_TYPES: [&str; 7] = DATA_TYPES;
-
-/// The namespace whose read permission a data type needs.
-fn required(ctx: &Ctx, data_type: &str) -> Result<(), Refusal> {
-    let ns = match data_type {
-        "inventory_summary" | "low_stock_items" => Namespace::Inventory,
-        "customer_activity" => Namespace::Customer,
-        _ => Namespace::Dashboard,
-    };
-    ctx.principal.may_read(ns)
-}
-
-/// One `data:request` answer from the database.
-async fn answer_db(
-    later: &super::Later,
-    data_type: &str,
-    params: &Map<String, Value>,
-) -> Result<Value, Refusal> {
-    use crate::db::queries as q;
-    let db = later.db()?;
-    let app = &later.app;
-    let config = &app.config;
-    let tenant = &*later.principal.tenant;
-    let failed = |e: crate::db::DbError| super::db_refusal(&e);
-    let limit = limit(params)?;
-    Ok(match data_type {
-        "inventory_summary" => q::summary(
-            db,
-            tenant,
-            config.low_stock_threshold,
-            config.out_of_stock_threshold,
-        )
-        .await
-        .map_err(failed)?,
-        "low_stock_items" => {
-            let mut query = inventory_query(params, config.max_filter_values)?;
-            query.low_stock_only = true;
-            let rows = db
-                .read(&q::inventory_rows(
-                    tenant,
-                    &query,
-                    config.low_stock_threshold,
-                    limit,
+impl Ask {
+    /// Refuses a data type the principal may not read (each needs the read permission
+    /// of one namespace) and parameters of the wrong shape.
+    fn parse(ctx: &Ctx, data_type: &str, params: &Map<String, Value>) -> Result<Ask, Refusal> {
+        let needs = |ns: Namespace| ctx.principal.may_read(ns);
+        Ok(match data_type {
+            "inventory_summary" => {
+                needs(Namespace::Inventory)?;
+                Ask::InventorySummary
+            }
+            "low_stock_items" => {
+                needs(Namespace::Inventory)?;
+                let mut query = inventory_query(params, ctx.config().max_filter_values)?;
+                query.low_stock_only = true;
+                Ask::LowStockItems(query)
+            }
+            "order_stats" => {
+                needs(Namespace::Dashboard)?;
+                Ask::OrderStats
+            }
+            "recent_orders" => {
+                needs(Namespace::Dashboard)?;
+                Ask::RecentOrders(limit(params)?)
+            }
+            "customer_activity" => {
+                needs(Namespace::Customer)?;
+                Ask::CustomerActivity(limit(params)?)
+            }
+            "alerts" => {
+                needs(Namespace::Dashboard)?;
+                Ask::Alerts {
+                    all: filter::flag(params, "all")?,
+                }
+            }
+            "recent_changes" => {
+                needs(Namespace::Dashboard)?;
+                let data_type = match params.get("dataType").and_then(Value::as_str) {
+                    Some(name) => Some(DataType::parse(name).ok_or_else(|| {
+                        Refusal::new(ErrorCode::NotFound, "unknown dataType in parameters")
+                    })?),
+                    None => None,
+                };
+                Ask::RecentChanges(ChangesQuery {
+                    data_type,
+                    since: params.get("since").and_then(Value::as_u64).unwrap_or(0),
+                    limit: limit(params)?,
+                })
+            }
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!("unknown dataType; known: {}", DATA_TYPES.join(", ")),
                 ))
-                .await
-                .map_err(failed)?;
-            Value::Array(rows.value.into_iter().map(Value::Object).collect())
-        }
-        "order_stats" => q::stats(
-            db,
-            tenant,
-            app.alerts.orders_last_minute(tenant, time::now_ms()),
-        )
-        .await
-        .map_err(failed)?,
-        "recent_orders" => {
-            let rows = db
-                .read(&q::recent_orders(tenant, limit))
-                .await
-                .map_err(failed)?;
-            Value::Array(rows.value.into_iter().map(Value::Object).collect())
-        }
-        "customer_activity" => q::activity(db, tenant, limit).await.map_err(failed)?,
-        "alerts" => {
-            let all = params.get("all").and_then(Value::as_bool).unwrap_or(false);
-            let mut rows = db.read(&q::alerts(tenant, all)).await.map_err(failed)?;
-            Value::Array(
-                rows.value
-                    .iter_mut()
-                    .map(|r| crate::db::store::alert_json(r, tenant))
-                    .collect(),
-            )
-        }
-        "recent_changes" => {
-            let (kind, since) = recent_changes_params(params)?;
-            let rows = db
-                .read(&q::changes(tenant, kind, since, limit))
-                .await
-                .map_err(failed)?;
-            Value::Array(
-                q::records(&app.engine, &rows.value)
-                    .iter()
-                    .map(|r| r.payload_json())
-                    .collect(),
-            )
-        }
-        _ => return Err(Refusal::new(ErrorCode::NotFound, "unknown dataType")),
-    })
-}
+            }
+        })
+    }
 
-/// Computes one `data:request` answer (also used by the dashboard's widgets).
-fn answer(ctx: &Ctx, data_type: &str, params: &Map<String, Value>) -> Result<Value, Refusal> {
-    let app = ctx.app;
-    let tenant = &*ctx.principal.tenant;
-    let config = &app.config;
-    let now = time::now_ms();
-    let needs = |ns: Namespace| ctx.principal.may_read(ns);
-    Ok(match data_type {
-        "inventory_summary" => {
-            needs(Namespace::Inventory)?;
-            app.store.inventory_summary(
-                tenant,
-                config.low_stock_threshold,
-                config.out_of_stock_threshold,
-            )
-        }
-        "low_stock_items" => {
-            needs(Namespace::Inventory)?;
-            let mut query = inventory_query(params, config.max_filter_values)?;
-            query.low_stock_only = true;
-            Value::Array(app.store.inventory_current(
-                tenant,
-                &query,
-                config.low_stock_threshold,
-                limit(params)?,
-            ))
-        }
-        "order_stats" => {
-            needs(Namespace::Dashboard)?;
-            app.store
-                .order_stats(tenant, app.alerts.orders_last_minute(tenant, now))
-        }
-        "recent_orders" => {
-            needs(Namespace::Dashboard)?;
-            Value::Array(app.store.recent_orders(tenant, limit(params)?))
-        }
-        "customer_activity" => {
-            needs(Namespace::Customer)?;
-            app.store.customer_activity(tenant, limit(params)?, now)
-        }
-        "alerts" => {
-            needs(Namespace::Dashboard)?;
-            Value::Array(app.alerts.list(
-                tenant,
-                params.get("all").and_then(Value::as_bool).unwrap_or(false),
-            ))
-        }
-        "recent_changes" => {
-            needs(Namespace::Dashboard)?;
-            let (kind, since) = recent_changes_params(params)?;
-            Value::Array(
-                app.engine
-                    .recent(tenant, kind, since, limit(params)?)
-                    .iter()
-                    .map(|r| r.payload_json())
-                    .collect(),
-            )
-        }
-        _ => {
-            return Err(Refusal::new(
-                ErrorCode::NotFound,
-                format!("unknown dataType; known: {}", DATA_TYPES.join(", ")),
-            ))
-        }
-    })
+    async fn answer(self, store: &dyn Store, tenant: &str) -> Result<Value, StoreError> {
+        Ok(match self {
+            Ask::InventorySummary => store.inventory_summary(tenant).await?,
+            Ask::LowStockItems(query) => {
+                Value::Array(store.inventory_current(tenant, &query).await?)
+            }
+            Ask::OrderStats => store.order_stats(tenant).await?,
+            Ask::RecentOrders(limit) => Value::Array(store.recent_orders(tenant, limit).await?),
+            Ask::CustomerActivity(limit) => store.customer_activity(tenant, limit).await?,
+            Ask::Alerts { all } => Value::Array(store.alerts(tenant, all).await?),
+            Ask::RecentChanges(query) => Value::Array(store.changes(tenant, query).await?),
+        })
+    }
 }

@@ -1,5 +1,7 @@
 //! The in-memory store, per tenant: products, the latest inventory row per product and
-//! warehouse, orders, the latest tracking change per order, and recent customer activity.
+//! warehouse, orders, the latest tracking change per order, and recent customer activity
+//! ([`MemoryStore`], kept current by the engine); and [`InMemory`], the [`Store`] that
+//! answers from it, from the alert book and from the engine's retention ring.
 //!
 //! Every query takes the tenant first; there is no query that spans tenants. Each
 //! tenant's data sits behind its own `parking_lot::RwLock`, held only for the few
@@ -12,7 +14,11 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use serde_json::{json, Map, Value};
 
+use super::{Answer, ChangesQuery, Store};
+use crate::alerts::Alerts;
+use crate::config::Config;
 use crate::fanout::change::{DataType, Record};
+use crate::fanout::Engine;
 use crate::namespace::filter::Values;
 use crate::time;
 
@@ -56,12 +62,14 @@ fn any_match(values: &Values, value: Option<&str>) -> bool {
 }
 
 /// Which inventory rows `inventory:get-current` returns.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InventoryQuery {
     pub product_ids: Values,
     pub warehouse_ids: Values,
     pub categories: Values,
     pub low_stock_only: bool,
+    /// At most this many, the first by product and warehouse.
+    pub limit: usize,
 }
 
 impl MemoryStore {
@@ -194,7 +202,6 @@ impl MemoryStore {
         tenant: &str,
         q: &InventoryQuery,
         default_threshold: f64,
-        limit: usize,
     ) -> Vec<Value> {
         self.read(tenant, |t| {
             t.inventory
@@ -211,7 +218,7 @@ impl MemoryStore {
                             || row.get("quantity").and_then(Value::as_f64).unwrap_or(0.0)
                                 <= Self::threshold_of(t, row, default_threshold))
                 })
-                .take(limit)
+                .take(q.limit)
                 .map(|row| Value::Object(row.clone()))
                 .collect()
         })
@@ -322,5 +329,246 @@ impl MemoryStore {
     /// The latest tracking change of an order.
     pub fn latest_tracking(&self, tenant: &str, order_id: &str) -> Option<Arc<Record>> {
         self.read(tenant, |t| t.tracking.get(order_id).cloned())
+    }
+}
+
+/// The read model in memory: [`MemoryStore`] for the business data, the alert book, and
+/// the engine's retention ring for `/changes` (nothing older than the ring is known).
+/// Every answer is computed when asked and is ready at its first poll.
+pub struct InMemory {
+    state: Arc<MemoryStore>,
+    alerts: Arc<Alerts>,
+    engine: Arc<Engine>,
+    /// `LOW_STOCK_THRESHOLD` and `OUT_OF_STOCK_THRESHOLD`.
+    low_stock: f64,
+    out_of_stock: f64,
+}
+
+impl InMemory {
+    pub fn new(
+        config: &Config,
+        state: Arc<MemoryStore>,
+        alerts: Arc<Alerts>,
+        engine: Arc<Engine>,
+    ) -> InMemory {
+        InMemory {
+            state,
+            alerts,
+            engine,
+            low_stock: config.low_stock_threshold,
+            out_of_stock: config.out_of_stock_threshold,
+        }
+    }
+}
+
+fn ready<'a, T: Send + 'a>(value: T) -> Answer<'a, T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl Store for InMemory {
+    fn inventory_current<'a>(
+        &'a self,
+        tenant: &'a str,
+        query: &'a InventoryQuery,
+    ) -> Answer<'a, Vec<Value>> {
+        ready(self.state.inventory_current(tenant, query, self.low_stock))
+    }
+
+    fn inventory_summary<'a>(&'a self, tenant: &'a str) -> Answer<'a, Value> {
+        ready(
+            self.state
+                .inventory_summary(tenant, self.low_stock, self.out_of_stock),
+        )
+    }
+
+    fn order_stats<'a>(&'a self, tenant: &'a str) -> Answer<'a, Value> {
+        let last_minute = self.alerts.orders_last_minute(tenant, time::now_ms());
+        ready(self.state.order_stats(tenant, last_minute))
+    }
+
+    fn recent_orders<'a>(&'a self, tenant: &'a str, limit: usize) -> Answer<'a, Vec<Value>> {
+        ready(self.state.recent_orders(tenant, limit))
+    }
+
+    fn customer_activity<'a>(&'a self, tenant: &'a str, limit: usize) -> Answer<'a, Value> {
+        ready(self.state.customer_activity(tenant, limit, time::now_ms()))
+    }
+
+    fn alerts<'a>(&'a self, tenant: &'a str, all: bool) -> Answer<'a, Vec<Value>> {
+        ready(self.alerts.list(tenant, all))
+    }
+
+    fn acknowledge<'a>(
+        &'a self,
+        tenant: &'a str,
+        id: &'a str,
+    ) -> Answer<'a, Option<(Value, bool)>> {
+        ready(
+            self.alerts
+                .acknowledge(tenant, id)
+                .map(|(alert, first_time)| (alert.to_json(), first_time)),
+        )
+    }
+
+    fn changes<'a>(&'a self, tenant: &'a str, query: ChangesQuery) -> Answer<'a, Vec<Value>> {
+        let ChangesQuery {
+            data_type,
+            since,
+            limit,
+        } = query;
+        ready(
+            self.engine
+                .recent(tenant, data_type, since, limit)
+                .iter()
+                .map(|r| r.payload_json())
+                .collect(),
+        )
+    }
+
+    fn order_customer<'a>(
+        &'a self,
+        tenant: &'a str,
+        order_id: &'a str,
+    ) -> Answer<'a, Option<String>> {
+        ready(self.state.order_customer(tenant, order_id))
+    }
+
+    fn latest_tracking<'a>(
+        &'a self,
+        tenant: &'a str,
+        order_id: &'a str,
+    ) -> Answer<'a, Option<Arc<Record>>> {
+        ready(self.state.latest_tracking(tenant, order_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::fanout::change::Change;
+    use crate::metrics::Metrics;
+
+    /// The inlet of an engine with the server's rules, and the in-memory store that
+    /// answers from what it delivers.
+    fn parts() -> (crate::fanout::Inlet, InMemory) {
+        let config = Config::for_tests();
+        let state = Arc::new(MemoryStore::new());
+        let alerts = Arc::new(Alerts::new(&config));
+        let metrics = Arc::new(Metrics::new());
+        let rules = Arc::new(crate::domain::Domain {
+            store: state.clone(),
+            alerts: alerts.clone(),
+            default_threshold: config.low_stock_threshold,
+        });
+        let (engine, inlet) = Engine::new(&config, rules, metrics);
+        let store = InMemory::new(&config, state, alerts, engine);
+        (inlet, store)
+    }
+
+    fn change(tenant: &str, data_type: DataType, data: Value) -> Change {
+        Change {
+            data_type,
+            tenant: Arc::from(tenant),
+            data: data.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn stock(tenant: &str, product: &str, quantity: u64) -> Change {
+        let data = json!({ "productId": product, "warehouseId": "w1", "quantity": quantity });
+        change(tenant, DataType::Inventory, data)
+    }
+
+    fn asking(data_type: Option<DataType>, since: u64, limit: usize) -> ChangesQuery {
+        ChangesQuery {
+            data_type,
+            since,
+            limit,
+        }
+    }
+
+    /// The answer, which the in-memory store has at the first poll.
+    fn now<T>(answer: Answer<'_, T>) -> T {
+        match answer.now_or_never() {
+            Some(Ok(value)) => value,
+            Some(Err(e)) => panic!("the in-memory store failed: {e}"),
+            None => panic!("the in-memory store made a caller wait"),
+        }
+    }
+
+    #[test]
+    fn answers_what_the_engine_published_for_its_tenant_only() {
+        let (engine, store) = parts();
+        engine.sequence(&[
+            stock("a", "p1", 3),
+            stock("a", "p2", 50),
+            stock("b", "p1", 1),
+            change(
+                "a",
+                DataType::Orders,
+                json!({"orderId": "o1", "customerId": "c1", "status": "shipped"}),
+            ),
+            change(
+                "a",
+                DataType::OrderTracking,
+                json!({"orderId": "o1", "location": "Lyon"}),
+            ),
+        ]);
+        let store: &dyn Store = &store;
+
+        let low = InventoryQuery {
+            product_ids: None,
+            warehouse_ids: None,
+            categories: None,
+            low_stock_only: true,
+            limit: 100,
+        };
+        let rows = now(store.inventory_current("a", &low));
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0]["productId"], "p1");
+        assert_eq!(now(store.inventory_summary("a"))["stockRows"], 2);
+        assert_eq!(now(store.order_stats("a"))["totalOrders"], 1);
+        assert_eq!(now(store.recent_orders("b", 10)), Vec::<Value>::new());
+
+        assert_eq!(now(store.order_customer("a", "o1")).as_deref(), Some("c1"));
+        assert_eq!(now(store.order_customer("b", "o1")), None);
+        let tracking = now(store.latest_tracking("a", "o1")).expect("a's tracking");
+        assert_eq!(tracking.payload_json()["data"]["location"], "Lyon");
+        assert!(now(store.latest_tracking("b", "o1")).is_none());
+
+        let changes = now(store.changes("a", asking(Some(DataType::Inventory), 0, 10)));
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(changes.iter().all(|c| c["tenantId"] == "a"), "{changes:?}");
+        let newest = changes[0]["seq"].as_u64().unwrap_or(0);
+        let later = now(store.changes("a", asking(None, newest, 10)));
+        assert!(
+            later.iter().all(|c| c["seq"].as_u64() > Some(newest)),
+            "{later:?}"
+        );
+        let types: Vec<&str> = later.iter().filter_map(|c| c["type"].as_str()).collect();
+        assert!(types.contains(&"order_tracking"), "{types:?}");
+        assert_eq!(now(store.changes("a", asking(None, newest, 1))).len(), 1);
+    }
+
+    #[test]
+    fn acknowledges_an_alert_once_and_only_in_its_tenant() {
+        let (engine, store) = parts();
+        engine.sequence(&[stock("a", "p1", 1)]);
+        let store: &dyn Store = &store;
+        let active = now(store.alerts("a", false));
+        assert_eq!(active.len(), 1, "{active:?}");
+        let id = active[0]["id"].as_str().unwrap_or_default().to_string();
+
+        assert!(now(store.acknowledge("b", &id)).is_none());
+        let (alert, first_time) = now(store.acknowledge("a", &id)).expect("a's alert");
+        assert!(first_time);
+        assert_eq!(alert["acknowledged"], true, "{alert}");
+        let (_, again) = now(store.acknowledge("a", &id)).expect("still a's alert");
+        assert!(!again, "the second acknowledgement is not the first");
+
+        assert_eq!(now(store.alerts("a", false)), Vec::<Value>::new());
+        assert_eq!(now(store.alerts("a", true)).len(), 1);
+        assert!(now(store.acknowledge("a", "alert-none")).is_none());
     }
 }

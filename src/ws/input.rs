@@ -238,16 +238,7 @@ impl Conn {
         let Some(refusal) = refusal else {
             return;
         };
-        let metrics = &self.app.metrics;
-        metrics.error(refusal.code);
-        if refusal.code == ErrorCode::Forbidden && refusal.message != namespace::OTHER_TENANT {
-            security::record(
-                metrics,
-                Event::Forbidden,
-                self.session.remote,
-                &format!("connection {}: {}", self.session.id, refusal.message),
-            );
-        }
+        namespace::count_refusal(&self.app, &self.session, &refusal);
         let (ns, event, ack) = match &parsed {
             Ok(req) => (req.ns.as_str(), Some(req.event.as_str()), req.ack),
             Err(bad) => (bad.ns.as_str(), bad.event.as_deref(), bad.ack),

@@ -262,7 +262,13 @@ fn shape_backing(options: &ServerOptions) -> Option<(Vec<(String, String)>, Back
         }
         _ => None,
     };
-    Some((env, Backing { _db: db, redis_prefix }))
+    Some((
+        env,
+        Backing {
+            _db: db,
+            redis_prefix,
+        },
+    ))
 }
 
 /// Waits until a server of the shape under test follows its bus: the feed listens (a
@@ -286,7 +292,10 @@ fn wait_backing_ready(port: u16) {
         })
         .await
     });
-    assert!(ready, "the server on port {port} did not get ready in shape {shape:?}");
+    assert!(
+        ready,
+        "the server on port {port} did not get ready in shape {shape:?}"
+    );
 }
 
 /// How [`spawn_server_with`] and [`run_server_to_exit`] start the server, beyond what
@@ -713,6 +722,35 @@ pub fn assert_ack_error(data: &Value, code: &str) {
         "expected an ack reply carrying an error {code}, got {data}"
     );
     assert_error_obj(&data["error"], code);
+}
+
+/// `lowStockOnly` that is not a boolean is `invalid_filter` wherever it is read: in a
+/// subscribe filter, in `inventory:get-current` (in `filters` or in `data` itself) and
+/// in `data:request low_stock_items`; `true` is taken.
+pub async fn assert_low_stock_only_takes_only_booleans(c: &mut Client) {
+    let yes = json!({"lowStockOnly": "yes"});
+    let asks = [
+        ("/inventory", "inventory:subscribe", yes.clone()),
+        (
+            "/inventory",
+            "inventory:get-current",
+            json!({"filters": yes}),
+        ),
+        ("/inventory", "inventory:get-current", yes.clone()),
+        (
+            "/",
+            "data:request",
+            json!({"dataType": "low_stock_items", "parameters": yes}),
+        ),
+    ];
+    for (ns, event, data) in asks {
+        let reply = c.request(ns, event, data.clone()).await;
+        assert!(reply.get("error").is_some(), "{event} {data}: {reply}");
+        assert_error_obj(&reply["error"], "invalid_filter");
+    }
+    let taken = json!({"dataType": "low_stock_items", "parameters": {"lowStockOnly": true}});
+    let low = c.request("/", "data:request", taken).await;
+    assert!(low["data"].is_array(), "{low}");
 }
 
 /// Seqs of the `event` frames on `ns` among `frames`, in arrival order.
