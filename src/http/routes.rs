@@ -313,7 +313,7 @@ async fn health(app: &App, staff: bool) -> Resp {
                 "metrics": {
                     "messagesSent": app.metrics.messages_sent.load(Relaxed),
                     "messagesReceived": app.metrics.messages_received.load(Relaxed),
-                    "changesPublished": app.metrics.changes_published.load(Relaxed),
+                    "changesPublished": app.metrics.engine.changes_published.load(Relaxed),
                     "rssBytes": app.metrics.rss_bytes.load(Relaxed),
                     "overMemoryLimit": over_memory,
                 },
