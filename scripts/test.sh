@@ -111,6 +111,14 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
+# The core crate's layering rule (ARCHITECTURE.md): no socket, HTTP, database, Redis or
+# CLI crate among its dependencies, direct or not.
+step "nilecast-core depends on no I/O crate"
+if cargo tree --locked -p nilecast-core -e normal | grep -E "hyper|postgres|deadpool|redis|mysql|socket2|clap|tokio"; then
+  echo "nilecast-core depends on the crates above; they belong in the server" >&2
+  exit 1
+fi
+
 # One build serves every test binary; benches are compiled (not run) by clippy above.
 # The Socket.IO connection storm opens 2,000 sockets on each side: up to the hard
 # limit of open files.

@@ -17,57 +17,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+pub use crate::alert::Alert;
 use crate::config::Config;
 use crate::fanout::change::{Change, DataType, Priority, Record};
 use crate::time;
-
-#[derive(Debug, Clone)]
-pub struct Alert {
-    pub id: String,
-    pub tenant: String,
-    pub kind: &'static str,
-    pub severity: Priority,
-    pub message: String,
-    pub data: Value,
-    pub timestamp_ms: u64,
-    pub acknowledged_ms: Option<u64>,
-    /// (product, warehouse) for stock alerts, the scope of "one unacknowledged alert".
-    scope: Option<(String, String)>,
-}
-
-impl Alert {
-    /// A: `{id, type, severity, message, data, timestamp}` plus its state.
-    pub fn to_json(&self) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "type": self.kind,
-            "severity": self.severity.as_str(),
-            "message": self.message,
-            "data": self.data,
-            "timestamp": time::iso8601(self.timestamp_ms),
-            "tenantId": self.tenant,
-            "acknowledged": self.acknowledged_ms.is_some(),
-        });
-        if let Some(ms) = self.acknowledged_ms {
-            v["acknowledgedAt"] = Value::String(time::iso8601(ms));
-        }
-        v
-    }
-
-    /// The notification change that announces this alert.
-    pub fn notification_data(&self) -> Map<String, Value> {
-        let v = json!({
-            "id": format!("n-{}", self.id),
-            "type": self.kind,
-            "priority": self.severity.as_str(),
-            "message": self.message,
-            "data": { "alertId": self.id, "alert": self.data },
-        });
-        v.as_object().cloned().unwrap_or_default()
-    }
-}
 
 /// The notification that tells a tenant its alert `alert_id` (of type `kind`) was
 /// acknowledged by `by` (PROTOCOL.md, `POST /alerts/:id/acknowledge`). Published once,

@@ -107,7 +107,7 @@ impl App {
             alerts: alerts.clone(),
             default_threshold: config.low_stock_threshold,
         });
-        let (engine, inlet) = Engine::new(&config, rules, metrics.clone());
+        let (engine, inlet) = Engine::new(config.engine_settings(), rules, metrics.engine.clone());
         let read_model: Arc<dyn crate::store::Store> = match &backing {
             Backing::Database(db) | Backing::DatabaseAndRedis(db, _) => {
                 Arc::new(crate::db::queries::InPostgres::new(
@@ -347,7 +347,7 @@ async fn slow_query_alerts(
             _ = app.shutdown.cancelled() => return,
         };
         if let Some(alert) = app.alerts.on_query(&slow.tenant, slow.query, slow.millis) {
-            app.metrics.alerts_raised.fetch_add(1, Relaxed);
+            app.metrics.engine.alerts_raised.fetch_add(1, Relaxed);
             app.bus.announce(vec![alert]);
         }
     }

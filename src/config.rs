@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, ValueEnum};
+use clap::{ArgAction, Args};
 
 /// Loads the `.env` file of the working directory (or, as dotenvy looks for it, of the
 /// nearest parent that has one) into the environment, without overriding variables
@@ -58,15 +58,28 @@ fn line_number(contents: &str, statement: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// What to do with a connection whose outgoing queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SlowConsumerPolicy {
-    /// Close the connection with 1013 (try again later). The client reconnects and
-    /// resumes with `sinceSeq`, so it loses nothing it can not replay.
-    Disconnect,
-    /// Drop the oldest queued frames and later tell the client how many with a
-    /// `messages:dropped` event.
-    DropOldest,
+pub use crate::fanout::outbox::SlowConsumerPolicy;
+use crate::fanout::EngineSettings;
+
+/// `SLOW_CONSUMER_POLICY`: the policy lives in the core crate, which knows no clap, so
+/// its values are listed here (the orphan rule keeps `ValueEnum` from being derived for
+/// it in this crate).
+fn slow_consumer_policy() -> impl clap::builder::TypedValueParser<Value = SlowConsumerPolicy> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new("disconnect").help(
+            "Close the connection with 1013 (try again later). The client reconnects and \
+             resumes with `sinceSeq`, so it loses nothing it can not replay",
+        ),
+        PossibleValue::new("drop-oldest").help(
+            "Drop the oldest queued frames and later tell the client how many with a \
+             `messages:dropped` event",
+        ),
+    ])
+    .map(|name| match name.as_str() {
+        "drop-oldest" => SlowConsumerPolicy::DropOldest,
+        _ => SlowConsumerPolicy::Disconnect,
+    })
 }
 
 /// Where the server runs. Only two behaviours exist; `test`, which test runners put in
@@ -258,7 +271,7 @@ pub struct Config {
     pub auth_timeout_ms: u64,
 
     /// What happens to a connection whose queue is full.
-    #[arg(long = "slow-consumer-policy", env = "SLOW_CONSUMER_POLICY", value_name = "SLOW_CONSUMER_POLICY", value_enum, default_value_t = SlowConsumerPolicy::Disconnect)]
+    #[arg(long = "slow-consumer-policy", env = "SLOW_CONSUMER_POLICY", value_name = "SLOW_CONSUMER_POLICY", value_parser = slow_consumer_policy(), default_value = "disconnect")]
     pub slow_consumer_policy: SlowConsumerPolicy,
 
     /// Interval between server pings, in milliseconds (`heartbeatMs`).
@@ -611,6 +624,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// What the engine is built with.
+    pub fn engine_settings(&self) -> EngineSettings {
+        EngineSettings {
+            replay_max_changes: self.replay_max_changes,
+            replay_max_age_ms: self.replay_max_age_ms,
+            max_subscriptions: self.max_subscriptions,
+        }
+    }
+
     /// Checks what clap's types cannot, and names the variable at fault.
     pub fn validate(&mut self) -> Result<(), String> {
         // NILECAST_ENV wins over NODE_ENV; an empty value counts as unset, as it does

@@ -5,6 +5,12 @@
 //!
 //! # Code map
 //!
+//! Two crates. `nilecast-core` (`crates/core`) holds what does no I/O: the model types,
+//! the codecs and the engine ([`fanout`], [`protocol`], [`ws::frame`],
+//! [`namespace::filter`], [`session`], [`auth::Principal`], [`alert`], [`error`],
+//! [`time`]), re-exported here under the same paths. This crate puts sockets, HTTP,
+//! PostgreSQL, Redis and the command line around it.
+//!
 //! The data flow, left to right:
 //!
 //! ```text
@@ -18,23 +24,26 @@
 //! - [`app`]: the shared parts (one `Arc<App>`), start and stop order.
 //! - [`config`]: every setting, its variable, default and validation.
 //! - [`shutdown`]: cancel signal, task tracking, deadline.
-//! - [`error`]: wire error codes and close codes, mapped to HTTP statuses in one place.
+//! - [`error`] (core): wire error codes and close codes; [`http::http_status`] maps
+//!   them to HTTP statuses in one place.
 //! - [`http`]: accept loop and the HTTP API; [`ws`]: upgrade, the connection (one
-//!   hand-written future per connection: input, output), framing.
-//! - [`protocol`]: the native codec, pure.
-//! - [`fanout`]: the engine: change records, index, outboxes, replay ring.
-//! - [`namespace`]: request handling per namespace, filters, dashboards, queries.
+//!   hand-written future per connection: input, output), framing (core).
+//! - [`protocol`] (core): the native and Socket.IO codecs, pure.
+//! - [`fanout`] (core): the engine: change records, index, outboxes, replay ring; its
+//!   domain rules come in through [`domain`].
+//! - [`namespace`]: request handling per namespace, filters (core), dashboards, queries.
 //! - [`source`]: producers of changes (the simulator); [`store`]: the read model behind
 //!   one trait, in memory or in PostgreSQL.
 //! - [`db`]: PostgreSQL / Nile DB: schema, the change feed (change log in, engine
 //!   out), queries and writes, and the MySQL read fallback.
 //! - [`cluster`]: Redis cluster mode: the stream between nodes, membership, and the
 //!   lease under which one node tails the database.
-//! - [`auth`]: principals, JWT verification, and the one place that decides what they
-//!   may do; [`security`]: security events, client addresses, origin and per-address
+//! - [`auth`]: principals and the one place that decides what they may do (core), JWT
+//!   verification; [`security`]: security events, client addresses, origin and per-address
 //!   limits.
-//! - [`alerts`], [`metrics`], [`rate_limit`], [`session`], [`time`], [`cli`],
-//!   [`fuzzing`] (entry points shared by the fuzz targets and the corpus test).
+//! - [`alerts`] (the rules; the [`alert`] record is core's), [`metrics`],
+//!   [`rate_limit`], [`session`] (core), [`time`] (core), [`cli`], [`fuzzing`] (entry
+//!   points shared by the fuzz targets and the corpus test).
 //!
 //! # Invariants
 //!
@@ -45,6 +54,8 @@
 //! - Architecture Invariant: the tenant is part of every index key and every store query.
 //! - Architecture Invariant: `protocol/` does no I/O; `source/` never touches sockets;
 //!   only `ws/` touches WebSocket sockets.
+//! - Architecture Invariant: the core crate depends on no socket, HTTP, database, Redis
+//!   or CLI crate; the compiler, not this comment, keeps it so.
 
 pub mod alerts;
 pub mod app;
@@ -55,21 +66,23 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
-pub mod error;
-pub mod fanout;
+#[cfg(test)]
+mod engine_tests;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod namespace;
-pub mod protocol;
 pub mod rate_limit;
 pub mod security;
-pub mod session;
 pub mod shutdown;
 pub mod source;
 pub mod store;
-pub mod time;
 pub mod ws;
+
+// The pure parts live in the core crate, which the compiler keeps free of I/O; they
+// keep their paths here (`crate::fanout::...`), so the server, tests/ and benches/
+// name them as before.
+pub use nilecast_core::{alert, error, fanout, protocol, session, time};
 
 pub use app::{start, App, Server};
 pub use config::Config;

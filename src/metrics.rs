@@ -7,11 +7,13 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
 use crate::error::ErrorCode;
+use crate::fanout::Counters;
 use crate::security::Event;
 
 /// Upper bounds of the latency buckets, in microseconds: 100 us to 5 s, roughly
@@ -103,12 +105,10 @@ pub struct Metrics {
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
-    pub deliveries: AtomicU64,
-    pub duplicates_suppressed: AtomicU64,
-    pub dropped_frames: AtomicU64,
+    /// The engine's counters (deliveries, duplicates, drops, changes, alerts), shared
+    /// with it.
+    pub engine: Arc<Counters>,
     pub slow_consumer_closes: AtomicU64,
-    pub changes_published: AtomicU64,
-    pub alerts_raised: AtomicU64,
     pub request_time_us: AtomicU64,
     pub requests_handled: AtomicU64,
     pub rss_bytes: AtomicU64,
@@ -132,12 +132,8 @@ impl Metrics {
             messages_received: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
-            deliveries: AtomicU64::new(0),
-            duplicates_suppressed: AtomicU64::new(0),
-            dropped_frames: AtomicU64::new(0),
+            engine: Arc::default(),
             slow_consumer_closes: AtomicU64::new(0),
-            changes_published: AtomicU64::new(0),
-            alerts_raised: AtomicU64::new(0),
             request_time_us: AtomicU64::new(0),
             requests_handled: AtomicU64::new(0),
             rss_bytes: AtomicU64::new(0),
@@ -209,9 +205,9 @@ impl Metrics {
                 "messagesSent": self.messages_sent.load(Relaxed),
                 "messagesReceived": self.messages_received.load(Relaxed),
                 "bytesSent": self.bytes_sent.load(Relaxed),
-                "deliveries": self.deliveries.load(Relaxed),
-                "duplicatesSuppressed": self.duplicates_suppressed.load(Relaxed),
-                "droppedFrames": self.dropped_frames.load(Relaxed),
+                "deliveries": self.engine.deliveries.load(Relaxed),
+                "duplicatesSuppressed": self.engine.duplicates_suppressed.load(Relaxed),
+                "droppedFrames": self.engine.dropped_frames.load(Relaxed),
                 "slowConsumerCloses": self.slow_consumer_closes.load(Relaxed),
                 "heartbeatTimeouts": self.heartbeat_timeouts.load(Relaxed),
                 "socketioRecoveries": self.socketio_recoveries.load(Relaxed),
@@ -230,12 +226,12 @@ impl Metrics {
             },
             "security": self.security_json(),
             "changes": {
-                "published": self.changes_published.load(Relaxed),
+                "published": self.engine.changes_published.load(Relaxed),
                 "lastSeq": gauges.last_seq,
                 "retained": gauges.retained,
             },
             "alerts": {
-                "raised": self.alerts_raised.load(Relaxed),
+                "raised": self.engine.alerts_raised.load(Relaxed),
                 "active": gauges.active_alerts,
             },
             "niledb": { "status": "disabled", "queriesExecuted": 0, "averageQueryTime": 0, "connectionHealth": "disabled" },
@@ -304,19 +300,19 @@ impl Metrics {
             "nilecast_deliveries_total",
             "counter",
             "Change frames queued for subscribers.",
-            self.deliveries.load(Relaxed),
+            self.engine.deliveries.load(Relaxed),
         );
         metric(
             "nilecast_duplicates_suppressed_total",
             "counter",
             "Deliveries skipped because the connection already had the seq.",
-            self.duplicates_suppressed.load(Relaxed),
+            self.engine.duplicates_suppressed.load(Relaxed),
         );
         metric(
             "nilecast_dropped_frames_total",
             "counter",
             "Frames dropped by the drop-oldest slow-consumer policy.",
-            self.dropped_frames.load(Relaxed),
+            self.engine.dropped_frames.load(Relaxed),
         );
         metric(
             "nilecast_slow_consumer_closes_total",
@@ -328,13 +324,13 @@ impl Metrics {
             "nilecast_changes_published_total",
             "counter",
             "Changes published.",
-            self.changes_published.load(Relaxed),
+            self.engine.changes_published.load(Relaxed),
         );
         metric(
             "nilecast_alerts_raised_total",
             "counter",
             "Alerts raised.",
-            self.alerts_raised.load(Relaxed),
+            self.engine.alerts_raised.load(Relaxed),
         );
         metric(
             "nilecast_queue_depth",

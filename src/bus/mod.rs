@@ -238,5 +238,3 @@ pub async fn subscribe_from_log(
     ))
 }
 
-#[cfg(test)]
-mod tests;

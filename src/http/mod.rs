@@ -203,10 +203,29 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
     response
 }
 
+/// The HTTP status of each error code, in one place (the codes are the core crate's,
+/// which knows no HTTP).
+pub fn http_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidMessage | ErrorCode::UnknownEvent | ErrorCode::InvalidFilter => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::Unauthorized | ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::RateLimited | ErrorCode::TooManySubscriptions => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+    }
+}
+
 /// `{"error":{"code","message"}}` with the code's status.
 pub fn error_response(refusal: &Refusal) -> Response<Full<Bytes>> {
     json_response(
-        refusal.code.http_status(),
+        http_status(refusal.code),
         &serde_json::json!({ "error": refusal.to_json() }),
     )
 }

@@ -193,7 +193,7 @@ pub(super) async fn health(app: &App, call: Call) -> Resp {
                 "metrics": {
                     "messagesSent": app.metrics.messages_sent.load(Relaxed),
                     "messagesReceived": app.metrics.messages_received.load(Relaxed),
-                    "changesPublished": app.metrics.changes_published.load(Relaxed),
+                    "changesPublished": app.metrics.engine.changes_published.load(Relaxed),
                     "rssBytes": app.metrics.rss_bytes.load(Relaxed),
                     "overMemoryLimit": over_memory,
                 },

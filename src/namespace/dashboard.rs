@@ -262,8 +262,8 @@ fn compute_widgets(app: &App, tenant: &str) -> Map<String, Value> {
             "connections": app.sessions.len(),
             "messagesSent": m.messages_sent.load(Relaxed),
             "messagesReceived": m.messages_received.load(Relaxed),
-            "deliveries": m.deliveries.load(Relaxed),
-            "changesPublished": m.changes_published.load(Relaxed),
+            "deliveries": m.engine.deliveries.load(Relaxed),
+            "changesPublished": m.engine.changes_published.load(Relaxed),
             "uptime": m.uptime_ms(),
             "rssBytes": m.rss_bytes.load(Relaxed),
         }),
@@ -303,8 +303,8 @@ impl Counters {
         let m = &app.metrics;
         Counters {
             at: std::time::Instant::now(),
-            deliveries: m.deliveries.load(Relaxed),
-            changes: m.changes_published.load(Relaxed),
+            deliveries: m.engine.deliveries.load(Relaxed),
+            changes: m.engine.changes_published.load(Relaxed),
             received: m.messages_received.load(Relaxed),
         }
     }

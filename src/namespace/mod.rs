@@ -7,7 +7,7 @@
 //! subscribe.
 
 pub mod dashboard;
-pub mod filter;
+pub use nilecast_core::namespace::filter;
 mod queries;
 
 use std::future::Future;

@@ -2,14 +2,15 @@
 //!
 //! The upgrade is answered by hyper; the socket is then taken back out of hyper
 //! (`Upgraded::downcast`) so the connection can wait for readability with no buffer and
-//! read only when bytes are there, and hand many frames to one vectored write. That is why the framing is ours ([`frame`]) and fastwebsockets is used for its
-//! unmasking only: its reader owns an 8 KiB buffer per connection for the connection's
-//! whole life, which an idle-heavy broadcast server can not afford.
+//! read only when bytes are there, and hand many frames to one vectored write. That is
+//! why the framing is ours ([`frame`], in the core crate) and not fastwebsockets': its
+//! reader owns an 8 KiB buffer per connection for the connection's whole life, which an
+//! idle-heavy broadcast server can not afford.
 //!
 //! Architecture Invariant: only this module touches WebSocket sockets.
 
 pub mod conn;
-pub mod frame;
+pub use nilecast_core::ws::frame;
 mod input;
 pub mod socketio;
 pub mod writer;

@@ -1,8 +1,8 @@
 //! The engine: one path from a change to every matching subscriber's queue.
 //!
 //! Changes enter only through the [`Inlet`] that [`Engine::new`] hands out once, to the
-//! bus (`crate::bus`): a handler holds the engine, which subscribes and lists, never the
-//! inlet, so nothing but the bus can give a change its seq. Delivering a change encodes
+//! server's bus (`nilecast::bus`): a handler holds the engine, which subscribes and
+//! lists, never the inlet, so nothing but the bus can give a change its seq. Delivering a change encodes
 //! it once ([`change::Record`]), runs the domain [`Rules`] on it (key completion, the
 //! read model, alert rules), appends it to the retention ring and routes it through the
 //! index into per-connection outboxes. All of that happens under one
@@ -18,8 +18,6 @@ pub mod change;
 pub mod index;
 pub mod outbox;
 pub mod replay;
-#[cfg(test)]
-mod tests;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -27,10 +25,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::alerts::Alert;
-use crate::config::Config;
+use crate::alert::Alert;
 use crate::error::{ErrorCode, Refusal};
-use crate::metrics::Metrics;
 use crate::namespace::filter::{change_keys, Filter};
 use crate::session::{Grant, Session, SubEntry, SubKind};
 use crate::time;
@@ -88,11 +84,38 @@ pub trait Rules: Send + Sync {
     ) -> Option<Alert>;
 }
 
+/// The settings the engine is built with (the server fills them from its `Config`).
+#[derive(Debug, Clone, Copy)]
+pub struct EngineSettings {
+    /// `REPLAY_MAX_CHANGES`: the retention ring's length.
+    pub replay_max_changes: usize,
+    /// `REPLAY_MAX_AGE_MS`: how long a change stays in the ring.
+    pub replay_max_age_ms: u64,
+    /// `MAX_SUBSCRIPTIONS`: per connection.
+    pub max_subscriptions: usize,
+}
+
+/// The engine's counters. The server's metrics hold the same `Arc` and render them;
+/// relaxed atomics, added once per change or batch, never once per subscriber.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames queued on outboxes by routing.
+    pub deliveries: AtomicU64,
+    /// Frames not queued because the connection already had that seq, and logged
+    /// changes skipped because they were delivered already.
+    pub duplicates_suppressed: AtomicU64,
+    /// Frames dropped by the drop-oldest slow-consumer policy while routing.
+    pub dropped_frames: AtomicU64,
+    pub changes_published: AtomicU64,
+    /// Alerts the rules raised (the server adds those raised elsewhere).
+    pub alerts_raised: AtomicU64,
+}
+
 pub struct Engine {
     state: Mutex<State>,
     index: Index,
     rules: Arc<dyn Rules>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Counters>,
     next_subscription: AtomicU64,
     /// `MAX_SUBSCRIPTIONS`, checked where a subscription is recorded.
     max_subscriptions: usize,
@@ -137,9 +160,9 @@ pub fn subscription_name(id: u64) -> String {
 impl Engine {
     /// The engine, and the inlet through which changes enter it (for the bus alone).
     pub fn new(
-        config: &Config,
+        settings: EngineSettings,
         rules: Arc<dyn Rules>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Counters>,
     ) -> (Arc<Engine>, Inlet) {
         // The first seq of a node is its start time in microseconds. A restart therefore
         // never reuses a seq that clients saw before it (as long as the average rate
@@ -150,8 +173,8 @@ impl Engine {
             state: Mutex::new(State {
                 next_seq: first_seq,
                 ring: Ring::new(
-                    config.replay_max_changes,
-                    config.replay_max_age_ms,
+                    settings.replay_max_changes,
+                    settings.replay_max_age_ms,
                     first_seq,
                 ),
             }),
@@ -159,7 +182,7 @@ impl Engine {
             rules,
             metrics,
             next_subscription: AtomicU64::new(1),
-            max_subscriptions: config.max_subscriptions,
+            max_subscriptions: settings.max_subscriptions,
         });
         let inlet = Inlet {
             engine: engine.clone(),

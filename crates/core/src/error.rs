@@ -1,4 +1,5 @@
-//! Error codes of the wire contract and the one place that maps them to HTTP statuses.
+//! Error codes of the wire contract and the WebSocket close codes. Their HTTP statuses
+//! are the server's (`http::http_status`), in one place.
 //!
 //! Every refusal a client can see is an [`ErrorCode`]; the code's string is what
 //! PROTOCOL.md names, so metrics, logs and frames all use the same spelling. This file
@@ -6,8 +7,6 @@
 //! own `thiserror` types and convert into a [`Refusal`] here.
 
 use std::borrow::Cow;
-
-use hyper::StatusCode;
 
 /// The error codes of PROTOCOL.md section 2, in its order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,25 +70,6 @@ impl ErrorCode {
     /// Position in [`ErrorCode::ALL`], used to index the per-code error counters.
     pub fn index(self) -> usize {
         self as usize
-    }
-
-    pub fn http_status(self) -> StatusCode {
-        match self {
-            ErrorCode::InvalidMessage | ErrorCode::UnknownEvent | ErrorCode::InvalidFilter => {
-                StatusCode::BAD_REQUEST
-            }
-            ErrorCode::Unauthorized | ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::RateLimited | ErrorCode::TooManySubscriptions => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
-        }
     }
 }
 

@@ -175,9 +175,8 @@ mod tests {
 
     use super::*;
     use crate::auth::Principal;
-    use crate::config::SlowConsumerPolicy;
     use crate::fanout::change::{DataType, Keys, Priority};
-    use crate::fanout::outbox::Outbox;
+    use crate::fanout::outbox::{Outbox, SlowConsumerPolicy};
     use crate::namespace::filter::change_keys;
 
     fn session() -> Arc<Session> {

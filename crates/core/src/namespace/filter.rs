@@ -70,11 +70,7 @@ fn plural(data: &Map<String, Value>, field: &str, max: usize) -> Result<Values, 
 
 /// Reads a field that takes a string or an array (`customerId`, `status`; the
 /// inventory fields of `inventory:get-current`).
-pub(crate) fn one_or_many(
-    data: &Map<String, Value>,
-    field: &str,
-    max: usize,
-) -> Result<Values, Refusal> {
+pub fn one_or_many(data: &Map<String, Value>, field: &str, max: usize) -> Result<Values, Refusal> {
     match data.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => list(items, field, max),
@@ -108,7 +104,7 @@ fn list(items: &[Value], field: &str, max: usize) -> Result<Values, Refusal> {
 
 /// Reads a boolean field; absent or null is false, anything but a boolean is refused.
 /// The one reading of a flag, in filters and in query parameters alike.
-pub(crate) fn flag(data: &Map<String, Value>, field: &str) -> Result<bool, Refusal> {
+pub fn flag(data: &Map<String, Value>, field: &str) -> Result<bool, Refusal> {
     match data.get(field) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),

@@ -29,8 +29,19 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 
-use crate::config::SlowConsumerPolicy;
 use crate::fanout::change::Namespace;
+
+/// What to do with a connection whose outgoing queue is full (`SLOW_CONSUMER_POLICY`;
+/// the server parses the setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with 1013 (try again later). The client reconnects and
+    /// resumes with `sinceSeq`, so it loses nothing it can not replay.
+    Disconnect,
+    /// Drop the oldest queued frames and later tell the client how many with a
+    /// `messages:dropped` event.
+    DropOldest,
+}
 
 /// One queued frame and, for broadcast frames, when its change was published (for the
 /// publish-to-write histogram; 0 for replies and control frames).

@@ -133,12 +133,31 @@ pub fn parse(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Frame>, Fr
     offset += 4;
     buf.advance(offset);
     let mut payload = buf.split_to(len);
-    fastwebsockets::unmask(&mut payload, mask);
+    unmask(&mut payload, mask);
     Ok(Some(Frame {
         fin,
         opcode,
         payload,
     }))
+}
+
+/// XORs a client frame's payload with its mask (RFC 6455 section 5.3), eight bytes at a
+/// time with the mask repeated in one `u64`, which the compiler vectorizes further. It
+/// was fastwebsockets' `unmask` (the same word-at-a-time loop); that crate brings tokio's
+/// I/O traits, which this crate may not depend on.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let [a, b, c, d] = mask;
+    let wide = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // The remainder starts at a multiple of 8, so the mask's phase starts again at 0.
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
 }
 
 /// Writes a server frame header for a payload of `len` bytes into the end of `out`

@@ -1,5 +1,6 @@
 //! Routing through the engine's public API: subscribe, publish, unsubscribe, and what
-//! lands in each connection's outbox.
+//! lands in each connection's outbox. The engine is the core crate's; these tests live
+//! in the server because they run it with the server's domain rules and store.
 //!
 //! The engine is built only in [`engine`] and changes are published only through
 //! [`publish`]: when the engine's constructor or publish API changes, those two
@@ -9,14 +10,14 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use super::change::{Change, DataType, Namespace};
-use super::{Engine, Inlet, Subscribed};
 use crate::alerts::Alerts;
 use crate::auth::Principal;
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::domain::Domain;
 use crate::error::ErrorCode;
+use crate::fanout::change::{Change, DataType, Namespace};
 use crate::fanout::outbox::{Outbox, Outgoing};
+use crate::fanout::{Engine, Inlet, Subscribed};
 use crate::metrics::Metrics;
 use crate::namespace::filter::Filter;
 use crate::session::Session;
@@ -43,7 +44,8 @@ fn engine(config: &Config) -> Fed {
         alerts: Arc::new(Alerts::new(config)),
         default_threshold: config.low_stock_threshold,
     });
-    let (engine, inlet) = Engine::new(config, rules, Arc::new(Metrics::new()));
+    let metrics = Metrics::new();
+    let (engine, inlet) = Engine::new(config.engine_settings(), rules, metrics.engine.clone());
     Fed { engine, inlet }
 }
 
@@ -816,7 +818,7 @@ fn a_fresh_engine_treats_any_earlier_seq_as_a_gap() {
 fn set_floor_starts_seqs_above_it_with_an_empty_ring() {
     let engine = engine(&config());
     publish(&engine, vec![stock("t1", "p1", "w1", "c1")]);
-    engine.set_floor(1000);
+    engine.inlet.set_floor(1000);
     assert_eq!(
         (engine.last_seq(), engine.ring_floor(), engine.retained()),
         (1000, 1000, 0)
