@@ -237,4 +237,3 @@ pub async fn subscribe_from_log(
         "changes arrive faster than the replay can read them; retry",
     ))
 }
-
