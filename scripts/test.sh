@@ -128,6 +128,17 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --locked --workspace --no-fail-fast 2>&1 | tee "$log"
 
+# The black-box protocol tests once more in each deployment shape (docs/protocol.md,
+# "5.5 Deployment shapes"): every server they start gets a fresh database, a Redis key
+# prefix, or both (tests/common, NILECAST_TEST_SHAPE). Same build, same binaries.
+for shape in database redis database+redis; do
+  step "protocol tests on the $shape bus"
+  NILECAST_TEST_SHAPE="$shape" cargo test --locked --no-fail-fast \
+    --test native_events --test namespaces --test filters --test replay --test tenancy \
+    --test bad_input --test alerts --test http_api --test dashboard --test socketio \
+    2>&1 | tee -a "$log"
+done
+
 # One closing line over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"

@@ -25,7 +25,7 @@ use crate::fanout::change::{Change, DataType, Priority, Record};
 use crate::time;
 
 /// The notification that tells a tenant its alert `alert_id` (of type `kind`) was
-/// acknowledged by `by` (PROTOCOL.md, `POST /alerts/:id/acknowledge`). Published once,
+/// acknowledged by `by` (docs/protocol.md, "8.3 Acknowledging"). Published once,
 /// by the first acknowledgement, through the same path as any published change.
 pub fn acknowledged_notification(tenant: &str, alert_id: &str, kind: &str, by: &str) -> Change {
     let data = json!({

@@ -724,7 +724,7 @@ fn a_replay_skips_seqs_the_connection_already_has_on_that_namespace() {
     assert_eq!(received(&alice), changes(&[seqs[0], seqs[2]]));
 
     // An overlapping subscription replays nothing at or below the highest inventory
-    // seq alice has (PROTOCOL.md 5.4), p2's change included: replaying it after seq 3
+    // seq alice has (docs/protocol.md, "5.4 Ordering and no duplicates"), p2's change included: replaying it after seq 3
     // would break the order.
     let overlapping = subscribe(
         &engine,
@@ -878,7 +878,7 @@ fn a_types_filter_matches_the_type_the_notification_is_delivered_with() {
     );
     received(&alerts);
     received(&fives);
-    // Delivered as N.type "system_alert" both times (PROTOCOL.md 4.3), which is what
+    // Delivered as N.type "system_alert" both times (docs/protocol.md, "4.3 Notification N"), which is what
     // `types` is documented to match (section 6.2).
     let seqs = publish(
         &engine,

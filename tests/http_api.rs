@@ -339,6 +339,7 @@ async fn changes_limit_defaults_to_100_and_is_capped_at_1000() {
         .collect();
     let seqs = publish(port, &Value::Array(batch)).await;
     assert_eq!(seqs.len(), 1200);
+    wait_delivered(port, seqs[1199]).await;
     let newest_first = |b: &Value| -> Vec<u64> {
         b["changes"]
             .as_array()

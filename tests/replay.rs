@@ -92,6 +92,7 @@ async fn inventory_replay_then_live_in_order() {
     let s2 = publish_one(port, inv("p-r-1", "w-1", 49)).await;
     publish_one(port, inv("p-r-other", "w-1", 48)).await; // not matching
     let s3 = publish_one(port, inv("p-r-1", "w-2", 47)).await;
+    wait_delivered(port, s3).await;
 
     // With ack, since s1: s2 and s3 replayed after the ack reply.
     let mut c = server.connect().await;
@@ -148,6 +149,7 @@ async fn orders_and_customer_replay() {
     let a1 = publish_one(port, activity("c-r-1", "login")).await;
     publish_one(port, activity("c-r-2", "login")).await;
     let a2 = publish_one(port, activity("c-r-1", "purchase")).await;
+    wait_delivered(port, a2).await;
 
     let mut c = server.connect().await;
     let (reply, seqs) = subscribe_and_read_replay(

@@ -117,8 +117,27 @@ impl Store for InPostgres {
         id: &'a str,
     ) -> Answer<'a, Option<(Value, bool)>> {
         Box::pin(async move {
-            self.alerts.acknowledge(tenant, id);
-            Ok(super::store::acknowledge(&self.db, tenant, id).await?)
+            // Every node raises the alert from the change that caused it; its row is
+            // stored a moment after the change reached clients (the alert writer). An
+            // alert this node knows and the table does not have yet is waited for, up
+            // to two seconds, rather than answered as unknown.
+            let known = self.alerts.acknowledge(tenant, id).is_some();
+            let mut backoff = crate::backoff::Backoff::new();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+            loop {
+                if let Some(found) = super::store::acknowledge(&self.db, tenant, id).await? {
+                    return Ok(Some(found));
+                }
+                if !known || tokio::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                tokio::time::sleep(
+                    backoff
+                        .next_delay()
+                        .min(std::time::Duration::from_millis(200)),
+                )
+                .await;
+            }
         })
     }
 

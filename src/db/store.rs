@@ -244,28 +244,28 @@ pub async fn acknowledge(
     id: &str,
 ) -> Result<Option<(Value, bool)>, DbError> {
     let client = db.client().await?;
-    let updated = client
+    // One statement, so the update and the look-up see the same snapshot: an alert
+    // stored between two statements would otherwise be answered as found but not
+    // acknowledged.
+    let row = client
         .query_opt(
-            "UPDATE alerts SET acknowledged_at = now()
-             WHERE tenant_id = $1 AND id = $2 AND acknowledged_at IS NULL
-             RETURNING id, type, severity, message, data, created_at, acknowledged_at",
+            "WITH updated AS (
+                 UPDATE alerts SET acknowledged_at = now()
+                 WHERE tenant_id = $1 AND id = $2 AND acknowledged_at IS NULL
+                 RETURNING id, type, severity, message, data, created_at, acknowledged_at)
+             SELECT *, true AS first_time FROM updated
+             UNION ALL
+             SELECT id, type, severity, message, data, created_at, acknowledged_at,
+                    false AS first_time
+             FROM alerts
+             WHERE tenant_id = $1 AND id = $2 AND NOT EXISTS (SELECT 1 FROM updated)",
             &[&tenant, &id],
         )
         .await?;
-    let (row, first_time) = match updated {
-        Some(row) => (row, true),
-        None => match client
-            .query_opt(
-                "SELECT id, type, severity, message, data, created_at, acknowledged_at
-                 FROM alerts WHERE tenant_id = $1 AND id = $2",
-                &[&tenant, &id],
-            )
-            .await?
-        {
-            Some(row) => (row, false),
-            None => return Ok(None),
-        },
+    let Some(row) = row else {
+        return Ok(None);
     };
+    let first_time: bool = row.try_get("first_time").unwrap_or(false);
     let mut alert = super::sql::pg_rows(std::slice::from_ref(&row))
         .pop()
         .unwrap_or_default();

@@ -1,4 +1,4 @@
-//! The HTTP API of PROTOCOL.md section 1, one function per endpoint. Which endpoint
+//! The HTTP API of docs/protocol.md, "11. HTTP API", one function per endpoint. Which endpoint
 //! answers a request, and whether its caller may call it, is the route table's
 //! business (`table.rs`): a handler here runs only for a caller already admitted.
 
@@ -35,7 +35,7 @@ pub(super) const DEMO_PAGE: &str = include_str!("demo_page.html");
 /// The JavaScript client, served for the pages (and any page of yours).
 const JS_CLIENT: &str = include_str!("../../clients/js/nilecast.js");
 
-/// `/changes` limits (PROTOCOL.md section 6).
+/// `/changes` limits (docs/protocol.md, "11. HTTP API").
 const CHANGES_DEFAULT_LIMIT: usize = 100;
 const CHANGES_MAX_LIMIT: usize = 1000;
 
@@ -52,7 +52,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>, remote: SocketAddr) ->
     response
 }
 
-/// Adds CORS headers (PROTOCOL.md section 7). An origin that `CORS_ORIGIN` lists,
+/// Adds CORS headers (docs/protocol.md, "11. HTTP API"). An origin that `CORS_ORIGIN` lists,
 /// compared without case, is echoed with `Access-Control-Allow-Credentials`; `*` lets
 /// any page read the answers but never with credentials, so a visitor's cookies or HTTP
 /// auth never serve a page the operator did not name.

@@ -82,7 +82,7 @@ pub struct Route {
     pub handler: Handler,
 }
 
-/// Every route of the HTTP API (PROTOCOL.md sections 2 and 11), in the order `GET /`
+/// Every route of the HTTP API (docs/protocol.md, "2. Endpoints" and "11. HTTP API"), in the order `GET /`
 /// lists them.
 pub static ROUTES: [Route; 17] = [
     route(GET, "/", Anyone, |app, call| {

@@ -34,7 +34,7 @@ pub const WIDGETS: [&str; 4] = [
     "server-metrics",
 ];
 
-/// `metricsInterval` floor (PROTOCOL.md section 6) and default (the seed's example).
+/// `metricsInterval` floor (docs/protocol.md, "7.6 `/dashboard`") and default (the seed's example).
 const MIN_INTERVAL_MS: u64 = 1000;
 const DEFAULT_INTERVAL_MS: u64 = 5000;
 /// An hour: longer intervals are more likely a unit mistake than a wish.

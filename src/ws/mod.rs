@@ -40,7 +40,7 @@ use crate::time;
 /// What a connection speaks after the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// The native protocol of PROTOCOL.md section 2.
+    /// The native protocol (docs/protocol.md, "3. Native protocol frames").
     Native,
     /// The `/echo` conformance endpoint: every message comes back unchanged.
     Echo,

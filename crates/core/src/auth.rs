@@ -2,7 +2,7 @@
 //!
 //! With a JWT key configured, the server makes a principal from a verified token; a
 //! client without one is [`Principal::anonymous`] and may do nothing but log in.
-//! Without a key the server runs open (PROTOCOL.md section 5): every principal is an
+//! Without a key the server runs open (docs/protocol.md, "13. Authentication, tenancy and roles"): every principal is an
 //! anonymous admin of its tenant. Either way the decisions are made here, by role.
 //! Reading a request's token and verifying it are the server's (`auth/`).
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
 
-/// Roles of PROTOCOL.md section 5, as bits.
+/// Roles (docs/protocol.md, "13.3 Roles"), as bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Roles(u8);
 

@@ -2,13 +2,13 @@
 //! are the server's (`http::http_status`), in one place.
 //!
 //! Every refusal a client can see is an [`ErrorCode`]; the code's string is what
-//! PROTOCOL.md names, so metrics, logs and frames all use the same spelling. This file
+//! docs/protocol.md names, so metrics, logs and frames all use the same spelling. This file
 //! must not grow per-boundary error enums that leak to the wire: boundaries keep their
 //! own `thiserror` types and convert into a [`Refusal`] here.
 
 use std::borrow::Cow;
 
-/// The error codes of PROTOCOL.md section 2, in its order.
+/// The error codes of docs/protocol.md, "9.1 Error codes", in its order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     InvalidMessage,
@@ -102,7 +102,7 @@ impl Refusal {
     }
 }
 
-/// WebSocket close codes of PROTOCOL.md section 2.
+/// WebSocket close codes of docs/protocol.md, "9.2 Close codes".
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;

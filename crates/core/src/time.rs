@@ -1,6 +1,6 @@
 //! Wall-clock helpers: milliseconds since the Unix epoch and their ISO-8601 form.
 //!
-//! Every timestamp on the wire is `YYYY-MM-DDTHH:MM:SS.mmmZ` (PROTOCOL.md section 6).
+//! Every timestamp on the wire is `YYYY-MM-DDTHH:MM:SS.mmmZ` (docs/protocol.md, its conventions).
 //! Formatting is done here by hand because it is on the publish path (once per change)
 //! and the civil-date arithmetic is twenty lines, not worth a date crate.
 

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::protocol::{native, socketio, Wire};
 use crate::time;
 
-/// The six namespaces of PROTOCOL.md section 2.
+/// The six namespaces (docs/protocol.md, "7. Namespaces and events").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Namespace {
     Root = 0,
@@ -70,7 +70,7 @@ impl Namespace {
     }
 }
 
-/// The `dataType` of a published change (PROTOCOL.md section 4).
+/// The `dataType` of a published change (docs/protocol.md, "4.2 Change payload P").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DataType {
     Inventory,
@@ -188,7 +188,7 @@ impl Priority {
 
 /// The fields filters look at, pulled out of `data` once per change so that matching a
 /// subscriber compares strings and never walks JSON. Numbers become their decimal text,
-/// because PROTOCOL.md compares filter values as strings.
+/// because docs/protocol.md ("6.1 General rules") compares filter values as strings.
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
     pub product_id: Option<Box<str>>,

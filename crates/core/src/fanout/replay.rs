@@ -1,6 +1,6 @@
 //! The retention ring: the most recent changes, for `sinceSeq` replay and `/changes`.
 //!
-//! Bounded by count and by age (PROTOCOL.md section 6: 1000 changes or 5 minutes by
+//! Bounded by count and by age (docs/protocol.md, "5.3 Replay with `sinceSeq` and `gap`": 1000 changes or 5 minutes by
 //! default). It lives inside the engine's publish lock, so appending and replaying are
 //! ordered with routing and need no lock of their own.
 

@@ -1,5 +1,5 @@
 //! Subscription filters: parsed from a client's subscribe data with the rules of
-//! PROTOCOL.md section 6, matched against a change's [`Keys`], and turned into the index
+//! docs/protocol.md, "6. Filter semantics", matched against a change's [`Keys`], and turned into the index
 //! keys a subscription is registered under.
 //!
 //! Fields combine with AND, the values of one field with OR, an absent field (or an empty
@@ -360,7 +360,7 @@ impl Filter {
     }
 }
 
-/// Stock at or below the threshold in force (PROTOCOL.md section 6, `lowStockOnly`).
+/// Stock at or below the threshold in force (docs/protocol.md, "6.2 Per-namespace fields", `lowStockOnly`).
 pub fn is_low(keys: &Keys) -> bool {
     matches!((keys.quantity, keys.threshold), (Some(q), Some(t)) if q <= t)
 }

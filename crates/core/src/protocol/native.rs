@@ -1,4 +1,4 @@
-//! The native protocol of PROTOCOL.md section 2: client JSON frames in, server frames out.
+//! The native protocol (docs/protocol.md, "3. Native protocol frames"): client JSON frames in, server frames out.
 //!
 //! Pure: no I/O and no knowledge of connections. Parsing is lenient enough to recover
 //! `ns`, `event` and `ack` from a frame it then refuses, because the contract routes a
@@ -13,7 +13,7 @@ use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
 use crate::ws::frame::{self, OpCode, MAX_HEADER};
 
-/// Deepest JSON nesting a client frame may have (PROTOCOL.md section 6).
+/// Deepest JSON nesting a client frame may have (docs/protocol.md, "3.5 Bad frames").
 pub const MAX_DEPTH: usize = 64;
 
 /// A well-formed client request.

@@ -13,9 +13,9 @@
 //! 43/inventory,17[{...}]                            ACK of 17
 //! ```
 //!
-//! The socket endpoint that speaks this is not built yet; the codec, its bench and its
-//! fuzz target come first. Binary packets (attachments) are refused: nilecast's events
-//! are JSON.
+//! The server's `/socket.io/` endpoint (`ws/socketio.rs`) speaks it over WebSocket;
+//! `benches/socketio.rs` and the fuzz target `socketio_packet` exercise it alone.
+//! Binary packets (attachments) are refused: nilecast's events are JSON.
 
 use serde_json::Value;
 
