@@ -14,14 +14,20 @@
 //! The data flow, left to right:
 //!
 //! ```text
-//! source/ ──► fanout::Engine::publish ──► fanout/index ──► fanout/outbox ──► ws/conn ──► socket
-//!             (seq, encode once, store,    (tenant-keyed,    (bounded, never     (drain, one
-//!              alerts, replay ring)         copy-on-write)    awaited, slow-      writev)
-//!                                                             consumer policy)
+//! source/, http/ ──► bus::Bus::publish ──► fanout::Inlet ──► fanout/index ──► fanout/outbox ──► ws/conn ──► socket
+//!                    (the seq: process,    (domain rules,    (tenant-keyed)   (bounded, never    (drain, one
+//!                     change log, or        encode once,                       awaited)            writev)
+//!                     stream; every node)   replay ring)
 //! socket ──► ws/conn (input) ──► protocol/native ──► namespace/ ──► engine / store / reply
 //! ```
 //!
-//! - [`app`]: the shared parts (one `Arc<App>`), start and stop order.
+//! - [`app`]: the composition root: picks the bus and the store from the
+//!   configuration, the shared parts (one `Arc<App>`), start and stop order.
+//! - [`bus`]: the one way a change gets its seq and reaches every node's engine: in
+//!   process, the PostgreSQL change log, the Redis stream, or the stream fed by the
+//!   database's leader; its log (replays), recovery sessions and membership.
+//! - [`domain`]: the rules the engine runs on each change (key completion, the read
+//!   model, alerts).
 //! - [`config`]: every setting, its variable, default and validation.
 //! - [`shutdown`]: cancel signal, task tracking, deadline.
 //! - [`error`] (core): wire error codes and close codes; [`http::http_status`] maps
@@ -34,16 +40,14 @@
 //! - [`namespace`]: request handling per namespace, filters (core), dashboards, queries.
 //! - [`source`]: producers of changes (the simulator); [`store`]: the read model behind
 //!   one trait, in memory or in PostgreSQL.
-//! - [`db`]: PostgreSQL / Nile DB: schema, the change feed (change log in, engine
-//!   out), queries and writes, and the MySQL read fallback.
-//! - [`cluster`]: Redis cluster mode: the stream between nodes, membership, and the
-//!   lease under which one node tails the database.
+//! - [`db`]: PostgreSQL / Nile DB: schema, the change feed (change log in, engine or
+//!   stream out), queries and writes, and the MySQL read fallback.
 //! - [`auth`]: principals and the one place that decides what they may do (core), JWT
 //!   verification; [`security`]: security events, client addresses, origin and per-address
 //!   limits.
 //! - [`alerts`] (the rules; the [`alert`] record is core's), [`metrics`],
-//!   [`rate_limit`], [`session`] (core), [`time`] (core), [`cli`], [`fuzzing`] (entry
-//!   points shared by the fuzz targets and the corpus test).
+//!   [`rate_limit`], [`session`] (core), [`time`] (core), [`backoff`], [`cli`],
+//!   [`fuzzing`] (entry points shared by the fuzz targets and the corpus test).
 //!
 //! # Invariants
 //!

@@ -14,10 +14,6 @@ use common::pg::{self, TestDb};
 use common::*;
 use serde_json::{json, Value};
 
-fn redis_addr() -> String {
-    std::env::var("NILECAST_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
-}
-
 /// A deployment under test: its nodes, and what must outlive them.
 struct Shape {
     a: TestServer,
@@ -38,25 +34,9 @@ impl Shape {
 
 impl Drop for Shape {
     fn drop(&mut self) {
-        let Some(prefix) = self.prefix.clone() else {
-            return;
-        };
-        block_on_detached(async move {
-            let Ok(client) = redis::Client::open(format!("redis://{}", redis_addr())) else {
-                return;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                return;
-            };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}:*"))
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-            }
-        });
+        if let Some(prefix) = &self.prefix {
+            delete_redis_keys(prefix);
+        }
     }
 }
 

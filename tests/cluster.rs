@@ -16,10 +16,6 @@ use common::pg;
 use common::*;
 use serde_json::json;
 
-fn redis_addr() -> String {
-    std::env::var("NILECAST_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
-}
-
 fn prefix() -> String {
     format!(
         "nilecast-test-{}-{}",
@@ -36,23 +32,7 @@ struct Keys(String);
 
 impl Drop for Keys {
     fn drop(&mut self) {
-        let prefix = self.0.clone();
-        block_on_detached(async move {
-            let Ok(client) = redis::Client::open(format!("redis://{}", redis_addr())) else {
-                return;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                return;
-            };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}:*"))
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-            }
-        });
+        delete_redis_keys(&self.0);
     }
 }
 

@@ -105,53 +105,14 @@ pub trait Bus: Send + Sync {
     /// Starts the tasks that deliver the bus's changes to this node's engine.
     fn start(self: Arc<Self>, start: Start);
 
-    /// Whether changes below the ring can be replayed (a log or a stream).
-    fn has_log(&self) -> bool {
-        false
+    /// The changes below the ring, when the bus keeps them (a change log or a stream).
+    fn log(&self) -> Option<&dyn Log> {
+        None
     }
 
-    /// Matching changes of `tenant` on `ns` in `(since, through]`, oldest first, for a
-    /// `sinceSeq` replay below the ring.
-    fn replay<'a>(
-        &'a self,
-        _engine: &'a Engine,
-        _tenant: &'a str,
-        _ns: Namespace,
-        _since: u64,
-        _through: u64,
-    ) -> BoxFuture<'a, Result<LogReplay, BusError>> {
-        Box::pin(async move {
-            Ok(LogReplay {
-                records: Vec::new(),
-                through: _since,
-                gap: true,
-            })
-        })
-    }
-
-    /// Whether Socket.IO sessions are kept where any node can recover them.
-    fn shares_sessions(&self) -> bool {
-        false
-    }
-
-    /// Keeps a Socket.IO session for recovery on any node until `expires_ms`.
-    fn keep_session<'a>(
-        &'a self,
-        _pid: &'a str,
-        _kept: &'a KeptSession,
-        _expires_ms: u64,
-    ) -> BoxFuture<'a, Result<(), BusError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    /// Takes (once) the session kept under `pid` if it belongs to `tenant` and `user_id`.
-    fn take_session<'a>(
-        &'a self,
-        _pid: &'a str,
-        _tenant: &'a str,
-        _user_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<KeptSession>, BusError>> {
-        Box::pin(async { Ok(None) })
+    /// Where Socket.IO sessions are kept so that any node can recover them.
+    fn sessions(&self) -> Option<&dyn Sessions> {
+        None
     }
 
     /// The cluster's members, when the bus joins nodes.
@@ -174,6 +135,38 @@ pub trait Bus: Send + Sync {
     fn prometheus(&self, _text: &mut String) {}
 }
 
+/// What a bus keeps of past changes, for a `sinceSeq` replay below the ring.
+pub trait Log: Send + Sync {
+    /// Matching changes of `tenant` on `ns` in `(since, through]`, oldest first.
+    fn replay<'a>(
+        &'a self,
+        engine: &'a Engine,
+        tenant: &'a str,
+        ns: Namespace,
+        since: u64,
+        through: u64,
+    ) -> BoxFuture<'a, Result<LogReplay, BusError>>;
+}
+
+/// Where Socket.IO sessions are kept for recovery on any node (`ws::socketio`).
+pub trait Sessions: Send + Sync {
+    /// Keeps a session until `expires_ms`.
+    fn keep<'a>(
+        &'a self,
+        pid: &'a str,
+        kept: &'a KeptSession,
+        expires_ms: u64,
+    ) -> BoxFuture<'a, Result<(), BusError>>;
+
+    /// Takes (once) the session kept under `pid` if it belongs to `tenant` and `user_id`.
+    fn take<'a>(
+        &'a self,
+        pid: &'a str,
+        tenant: &'a str,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<KeptSession>, BusError>>;
+}
+
 /// The notifications announcing `alerts`.
 pub fn notifications(alerts: &[Alert]) -> Vec<Change> {
     alerts
@@ -189,7 +182,7 @@ pub fn notifications(alerts: &[Alert]) -> Vec<Change> {
 /// Whether a `sinceSeq` replay from `since` must read the bus's log: it reaches below
 /// the ring and the bus keeps one.
 pub fn replays_from_log(bus: &dyn Bus, engine: &Engine, since: u64) -> bool {
-    bus.has_log() && since < engine.ring_floor()
+    bus.log().is_some() && since < engine.ring_floor()
 }
 
 /// Subscribes with a replay that starts in the bus's log: reads the log up to the
@@ -205,6 +198,12 @@ pub async fn subscribe_from_log(
     since: u64,
     reply: impl Fn(Subscribed) -> Option<Bytes>,
 ) -> Result<(), Refusal> {
+    let Some(bus_log) = bus.log() else {
+        return Err(Refusal::new(
+            ErrorCode::Internal,
+            "this deployment keeps no log to replay from",
+        ));
+    };
     let tenant = grant.principal.tenant.clone();
     let ns = filter.namespace();
     let mut log: Option<LogReplay> = None;
@@ -214,7 +213,7 @@ pub async fn subscribe_from_log(
         }
         let from = log.as_ref().map_or(since, |l| l.through);
         let through = engine.ring_floor();
-        let more = bus
+        let more = bus_log
             .replay(engine, &tenant, ns, from, through)
             .await
             .map_err(|e| e.refusal())?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{BoxFuture, Bus, BusError, KeptSession, Start};
+use super::{BoxFuture, Bus, BusError, KeptSession, Log, Sessions, Start};
 use crate::alerts::Alert;
 use crate::db::feed::{self, Sink};
 use crate::db::{self, Db, DbError, Detection};
@@ -17,7 +17,7 @@ use crate::fanout::{Engine, Inlet, LogReplay};
 use crate::shutdown::Shutdown;
 
 pub struct PgLogBus {
-    db: Arc<Db>,
+    log: ChangeLog,
     inlet: Arc<Inlet>,
     raised: tokio::sync::mpsc::UnboundedSender<Alert>,
     /// Taken by [`Bus::start`] for the task that stores raised alerts.
@@ -28,7 +28,7 @@ impl PgLogBus {
     pub fn new(db: Arc<Db>, inlet: Inlet) -> PgLogBus {
         let (raised, to_store) = tokio::sync::mpsc::unbounded_channel();
         PgLogBus {
-            db,
+            log: ChangeLog { db },
             inlet: Arc::new(inlet),
             raised,
             to_store: parking_lot::Mutex::new(Some(to_store)),
@@ -56,58 +56,69 @@ pub async fn tail(db: Arc<Db>, sink: Sink, shutdown: Shutdown) {
     }
 }
 
-/// The change-log parts of the buses that have a database.
-pub(super) fn log_publish(
-    db: &Db,
-    changes: Vec<Change>,
-) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
-    Box::pin(async move {
-        db::store::log_changes(db, &changes)
-            .await
-            .map_err(unreachable)
-    })
+/// The database's parts of the buses that have one: publishing into the change log,
+/// replays from it, and Socket.IO sessions kept in `nilecast_recovery`.
+pub struct ChangeLog {
+    pub db: Arc<Db>,
 }
 
-pub(super) fn log_replay<'a>(
-    db: &'a Db,
-    engine: &'a Engine,
-    tenant: &'a str,
-    ns: Namespace,
-    since: u64,
-    through: u64,
-) -> BoxFuture<'a, Result<LogReplay, BusError>> {
-    Box::pin(async move {
-        db::queries::replay(db, engine, tenant, ns, since, through)
-            .await
-            .map(|timed| timed.value)
-            .map_err(unreachable)
-    })
+impl ChangeLog {
+    pub(super) fn publish(
+        &self,
+        changes: Vec<Change>,
+    ) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
+        Box::pin(async move {
+            db::store::log_changes(&self.db, &changes)
+                .await
+                .map_err(unreachable)
+        })
+    }
 }
 
-pub(super) fn keep<'a>(
-    db: &'a Db,
-    pid: &'a str,
-    kept: &'a KeptSession,
-    expires_ms: u64,
-) -> BoxFuture<'a, Result<(), BusError>> {
-    Box::pin(async move {
-        db::store::keep_session(db, pid, kept, expires_ms)
-            .await
-            .map_err(unreachable)
-    })
+impl Log for ChangeLog {
+    fn replay<'a>(
+        &'a self,
+        engine: &'a Engine,
+        tenant: &'a str,
+        ns: Namespace,
+        since: u64,
+        through: u64,
+    ) -> BoxFuture<'a, Result<LogReplay, BusError>> {
+        Box::pin(async move {
+            db::queries::replay(&self.db, engine, tenant, ns, since, through)
+                .await
+                .map(|timed| timed.value)
+                .map_err(unreachable)
+        })
+    }
 }
 
-pub(super) fn take<'a>(
-    db: &'a Db,
-    pid: &'a str,
-    tenant: &'a str,
-    user_id: &'a str,
-) -> BoxFuture<'a, Result<Option<KeptSession>, BusError>> {
-    Box::pin(async move {
-        db::store::take_session(db, pid, tenant, user_id)
-            .await
-            .map_err(unreachable)
-    })
+impl Sessions for ChangeLog {
+    fn keep<'a>(
+        &'a self,
+        pid: &'a str,
+        kept: &'a KeptSession,
+        expires_ms: u64,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            db::store::keep_session(&self.db, pid, kept, expires_ms)
+                .await
+                .map_err(unreachable)
+        })
+    }
+
+    fn take<'a>(
+        &'a self,
+        pid: &'a str,
+        tenant: &'a str,
+        user_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<KeptSession>, BusError>> {
+        Box::pin(async move {
+            db::store::take_session(&self.db, pid, tenant, user_id)
+                .await
+                .map_err(unreachable)
+        })
+    }
 }
 
 /// Starts the task that stores raised alerts (which logs their notifications once).
@@ -127,7 +138,7 @@ pub(super) fn store_alerts(
 
 impl Bus for PgLogBus {
     fn publish(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
-        log_publish(&self.db, changes)
+        self.log.publish(changes)
     }
 
     fn announce(&self, alerts: Vec<Alert>) {
@@ -137,63 +148,35 @@ impl Bus for PgLogBus {
     }
 
     fn start(self: Arc<Self>, start: Start) {
-        store_alerts(&self.db, &self.to_store, &start.shutdown);
+        let db = &self.log.db;
+        store_alerts(db, &self.to_store, &start.shutdown);
         let sink = Sink::Engine {
             inlet: self.inlet.clone(),
             raised: self.raised.clone(),
         };
         start
             .shutdown
-            .spawn(tail(self.db.clone(), sink, start.shutdown.clone()));
+            .spawn(tail(db.clone(), sink, start.shutdown.clone()));
     }
 
-    fn has_log(&self) -> bool {
-        true
+    fn log(&self) -> Option<&dyn Log> {
+        Some(&self.log)
     }
 
-    fn replay<'a>(
-        &'a self,
-        engine: &'a Engine,
-        tenant: &'a str,
-        ns: Namespace,
-        since: u64,
-        through: u64,
-    ) -> BoxFuture<'a, Result<LogReplay, BusError>> {
-        log_replay(&self.db, engine, tenant, ns, since, through)
-    }
-
-    fn shares_sessions(&self) -> bool {
-        true
-    }
-
-    fn keep_session<'a>(
-        &'a self,
-        pid: &'a str,
-        kept: &'a KeptSession,
-        expires_ms: u64,
-    ) -> BoxFuture<'a, Result<(), BusError>> {
-        keep(&self.db, pid, kept, expires_ms)
-    }
-
-    fn take_session<'a>(
-        &'a self,
-        pid: &'a str,
-        tenant: &'a str,
-        user_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<KeptSession>, BusError>> {
-        take(&self.db, pid, tenant, user_id)
+    fn sessions(&self) -> Option<&dyn Sessions> {
+        Some(&self.log)
     }
 
     fn health(&self, _staff: bool) -> BoxFuture<'_, (Value, Value)> {
-        let niledb = self.db.health(true);
+        let niledb = self.log.db.health(true);
         Box::pin(async move { (niledb, serde_json::json!({ "status": "disabled" })) })
     }
 
     fn metrics(&self) -> Option<Value> {
-        Some(self.db.metrics())
+        Some(self.log.db.metrics())
     }
 
     fn prometheus(&self, text: &mut String) {
-        self.db.prometheus(text)
+        self.log.db.prometheus(text)
     }
 }

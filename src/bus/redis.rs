@@ -32,7 +32,7 @@ use redis::aio::ConnectionManager;
 use redis::Value as RValue;
 use serde_json::{json, Map, Value};
 
-use super::{BoxFuture, Bus, BusError, KeptSession, Member, Membership, Start};
+use super::{BoxFuture, Bus, BusError, KeptSession, Log, Member, Membership, Sessions, Start};
 use crate::alerts::Alert;
 use crate::db::Db;
 use crate::fanout::change::{Change, DataType, Namespace};
@@ -963,10 +963,27 @@ impl Bus for RedisBus {
         follow_stream(&self.cluster, &self.inlet, &self.raised.0, None, &start);
     }
 
-    fn has_log(&self) -> bool {
-        true
+    fn log(&self) -> Option<&dyn Log> {
+        Some(self)
     }
 
+    fn sessions(&self) -> Option<&dyn Sessions> {
+        Some(&*self.cluster)
+    }
+
+    fn membership(&self) -> Option<&dyn Membership> {
+        Some(&*self.cluster)
+    }
+
+    fn health(&self, staff: bool) -> BoxFuture<'_, (Value, Value)> {
+        Box::pin(async move {
+            let redis = self.cluster.health(false, staff).await;
+            (json!({ "status": "disabled" }), redis)
+        })
+    }
+}
+
+impl Log for RedisBus {
     fn replay<'a>(
         &'a self,
         engine: &'a crate::fanout::Engine,
@@ -989,12 +1006,10 @@ impl Bus for RedisBus {
             .map_err(unreachable)
         })
     }
+}
 
-    fn shares_sessions(&self) -> bool {
-        true
-    }
-
-    fn keep_session<'a>(
+impl Sessions for Cluster {
+    fn keep<'a>(
         &'a self,
         pid: &'a str,
         kept: &'a KeptSession,
@@ -1002,35 +1017,22 @@ impl Bus for RedisBus {
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let ttl_ms = expires_ms.saturating_sub(time::now_ms());
-            self.cluster
-                .keep_session(pid, kept, ttl_ms)
+            self.keep_session(pid, kept, ttl_ms)
                 .await
                 .map_err(unreachable)
         })
     }
 
-    fn take_session<'a>(
+    fn take<'a>(
         &'a self,
         pid: &'a str,
         tenant: &'a str,
         user_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<KeptSession>, BusError>> {
         Box::pin(async move {
-            self.cluster
-                .take_session(pid, tenant, user_id)
+            self.take_session(pid, tenant, user_id)
                 .await
                 .map_err(unreachable)
-        })
-    }
-
-    fn membership(&self) -> Option<&dyn Membership> {
-        Some(&*self.cluster)
-    }
-
-    fn health(&self, staff: bool) -> BoxFuture<'_, (Value, Value)> {
-        Box::pin(async move {
-            let redis = self.cluster.health(false, staff).await;
-            (json!({ "status": "disabled" }), redis)
         })
     }
 }
@@ -1039,7 +1041,7 @@ impl Bus for RedisBus {
 /// tails it into the stream, and every node delivers from the stream ([`lead`]).
 /// Replays and recovery sessions use the database, which keeps more than the stream.
 pub struct LeaderFedBus {
-    db: Arc<Db>,
+    log: super::pg::ChangeLog,
     cluster: Arc<Cluster>,
     inlet: Arc<Inlet>,
     raised: Raised,
@@ -1050,7 +1052,7 @@ pub struct LeaderFedBus {
 impl LeaderFedBus {
     pub fn new(db: Arc<Db>, cluster: Arc<Cluster>, inlet: Inlet, lease_ms: u64) -> LeaderFedBus {
         LeaderFedBus {
-            db,
+            log: super::pg::ChangeLog { db },
             cluster,
             inlet: Arc::new(inlet),
             raised: raised_channel(),
@@ -1061,7 +1063,7 @@ impl LeaderFedBus {
 
 impl Bus for LeaderFedBus {
     fn publish(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
-        super::pg::log_publish(&self.db, changes)
+        self.log.publish(changes)
     }
 
     fn announce(&self, alerts: Vec<Alert>) {
@@ -1071,9 +1073,9 @@ impl Bus for LeaderFedBus {
     }
 
     fn start(self: Arc<Self>, start: Start) {
-        super::pg::store_alerts(&self.db, &self.raised.1, &start.shutdown);
+        super::pg::store_alerts(&self.log.db, &self.raised.1, &start.shutdown);
         start.shutdown.spawn(lead(
-            self.db.clone(),
+            self.log.db.clone(),
             self.cluster.clone(),
             start.node_id.clone(),
             self.lease_ms,
@@ -1083,46 +1085,17 @@ impl Bus for LeaderFedBus {
             &self.cluster,
             &self.inlet,
             &self.raised.0,
-            Some(self.db.clone()),
+            Some(self.log.db.clone()),
             &start,
         );
     }
 
-    fn has_log(&self) -> bool {
-        true
+    fn log(&self) -> Option<&dyn Log> {
+        Some(&self.log)
     }
 
-    fn replay<'a>(
-        &'a self,
-        engine: &'a crate::fanout::Engine,
-        tenant: &'a str,
-        ns: Namespace,
-        since: u64,
-        through: u64,
-    ) -> BoxFuture<'a, Result<LogReplay, BusError>> {
-        super::pg::log_replay(&self.db, engine, tenant, ns, since, through)
-    }
-
-    fn shares_sessions(&self) -> bool {
-        true
-    }
-
-    fn keep_session<'a>(
-        &'a self,
-        pid: &'a str,
-        kept: &'a KeptSession,
-        expires_ms: u64,
-    ) -> BoxFuture<'a, Result<(), BusError>> {
-        super::pg::keep(&self.db, pid, kept, expires_ms)
-    }
-
-    fn take_session<'a>(
-        &'a self,
-        pid: &'a str,
-        tenant: &'a str,
-        user_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<KeptSession>, BusError>> {
-        super::pg::take(&self.db, pid, tenant, user_id)
+    fn sessions(&self) -> Option<&dyn Sessions> {
+        Some(&self.log)
     }
 
     fn membership(&self) -> Option<&dyn Membership> {
@@ -1131,17 +1104,17 @@ impl Bus for LeaderFedBus {
 
     fn health(&self, staff: bool) -> BoxFuture<'_, (Value, Value)> {
         Box::pin(async move {
-            let niledb = self.db.health(self.cluster.leading.load(Relaxed));
+            let niledb = self.log.db.health(self.cluster.leading.load(Relaxed));
             let redis = self.cluster.health(true, staff).await;
             (niledb, redis)
         })
     }
 
     fn metrics(&self) -> Option<Value> {
-        Some(self.db.metrics())
+        Some(self.log.db.metrics())
     }
 
     fn prometheus(&self, text: &mut String) {
-        self.db.prometheus(text)
+        self.log.db.prometheus(text)
     }
 }

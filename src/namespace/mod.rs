@@ -8,27 +8,28 @@
 
 pub mod dashboard;
 pub use nilecast_core::namespace::filter;
+mod orders;
 mod queries;
+mod root;
+mod streams;
+
+pub use streams::{authorize, resubscribe, subscribed_json};
 
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::app::App;
 use crate::auth::Principal;
-use crate::bus;
 use crate::error::{ErrorCode, Refusal};
 use crate::fanout::change::Namespace;
-use crate::fanout::{subscription_name, Subscribed};
 use crate::protocol::native::Request;
 use crate::protocol::Wire;
 use crate::security::{self, Event};
-use crate::session::{superseded, too_many_subscriptions, Grant, Session};
-use crate::time;
-use filter::Filter;
+use crate::session::{superseded, Grant, Session};
 
 /// One request being handled.
 pub struct Ctx<'a> {
@@ -170,25 +171,64 @@ impl Ctx<'_> {
     }
 }
 
-/// Every request event, with its namespace, to tell `unknown_event` apart from a known
-/// event sent on the wrong namespace.
-const EVENTS: [(&str, Namespace); 15] = [
-    ("auth:login", Namespace::Root),
-    ("data:request", Namespace::Root),
-    ("inventory:subscribe", Namespace::Inventory),
-    ("inventory:unsubscribe", Namespace::Inventory),
-    ("inventory:get-current", Namespace::Inventory),
-    ("orders:subscribe", Namespace::Orders),
-    ("orders:unsubscribe", Namespace::Orders),
-    ("orders:track", Namespace::Orders),
-    ("dashboard:subscribe", Namespace::Dashboard),
-    ("dashboard:unsubscribe", Namespace::Dashboard),
-    ("customer:subscribe", Namespace::Customer),
-    ("customer:unsubscribe", Namespace::Customer),
-    ("notifications:subscribe", Namespace::Notifications),
-    ("notifications:unsubscribe", Namespace::Notifications),
-    ("ping", Namespace::Root),
-];
+/// What a request's principal must be allowed before its handler runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Permission {
+    /// Nothing (the handler checks what it reads, if anything).
+    Anyone,
+    /// Reading the event's namespace (`Principal::may_read`).
+    ReadNamespace,
+}
+
+type Handler = fn(&Ctx, &Map<String, Value>) -> Result<(), Refusal>;
+
+/// One event a client may send: its name, its namespace, what it needs, and its handler.
+struct EventRoute {
+    name: &'static str,
+    ns: Namespace,
+    permission: Permission,
+    handler: Handler,
+}
+
+const fn event(
+    name: &'static str,
+    ns: Namespace,
+    permission: Permission,
+    handler: Handler,
+) -> EventRoute {
+    EventRoute {
+        name,
+        ns,
+        permission,
+        handler,
+    }
+}
+
+/// Every event of docs/protocol.md, "7. Namespaces and events": the one table requests
+/// are dispatched by (one file per namespace holds the handlers).
+#[rustfmt::skip]
+const EVENTS: [EventRoute; 15] = {
+    use Namespace::*;
+    use Permission::*;
+    [
+        event("auth:login",                Root,          Anyone,        root::login),
+        // Each data type checks the namespace it reads (queries.rs).
+        event("data:request",              Root,          Anyone,        queries::data_request),
+        event("ping",                      Root,          Anyone,        root::ping),
+        event("inventory:subscribe",       Inventory,     ReadNamespace, streams::subscribe),
+        event("inventory:unsubscribe",     Inventory,     Anyone,        streams::unsubscribe),
+        event("inventory:get-current",     Inventory,     ReadNamespace, queries::inventory_current),
+        event("orders:subscribe",          Orders,        ReadNamespace, streams::subscribe),
+        event("orders:unsubscribe",        Orders,        Anyone,        streams::unsubscribe),
+        event("orders:track",              Orders,        ReadNamespace, orders::track),
+        event("customer:subscribe",        Customer,      ReadNamespace, streams::subscribe),
+        event("customer:unsubscribe",      Customer,      Anyone,        streams::unsubscribe),
+        event("notifications:subscribe",   Notifications, ReadNamespace, streams::subscribe),
+        event("notifications:unsubscribe", Notifications, Anyone,        streams::unsubscribe),
+        event("dashboard:subscribe",       Dashboard,     ReadNamespace, dashboard::subscribe),
+        event("dashboard:unsubscribe",     Dashboard,     Anyone,        streams::unsubscribe),
+    ]
+};
 
 /// Handles one request from `session`.
 pub fn handle(app: &Arc<App>, session: &Arc<Session>, req: &Request) -> Result<(), Refusal> {
@@ -206,38 +246,23 @@ pub fn handle(app: &Arc<App>, session: &Arc<Session>, req: &Request) -> Result<(
     };
     let data = &req.data;
     refuse_other_tenant(&ctx, data)?;
-    // `<prefix>:subscribe` and `<prefix>:unsubscribe` of the namespace the request is on.
-    let action = req
-        .event
-        .strip_prefix(ns.prefix())
-        .and_then(|rest| rest.strip_prefix(':'));
-    match (ns, req.event.as_str()) {
-        (Namespace::Root, "auth:login") => login(&ctx, data),
-        (Namespace::Root, "data:request") => queries::data_request(&ctx, data),
-        (Namespace::Root, "ping") => {
-            ctx.reply(
-                "pong",
-                &json!({ "serverTime": time::iso8601(time::now_ms()) }),
-            );
-            Ok(())
-        }
-        (Namespace::Inventory, "inventory:get-current") => queries::inventory_current(&ctx, data),
-        (Namespace::Orders, "orders:track") => track(&ctx, data),
-        (Namespace::Dashboard, "dashboard:subscribe") => dashboard::subscribe(&ctx, data),
-        (Namespace::Root, _) => Err(unknown_event(&req.event)),
-        _ if action == Some("subscribe") => subscribe(&ctx, data),
-        _ if action == Some("unsubscribe") => unsubscribe(&ctx, data),
-        _ => Err(unknown_event(&req.event)),
+    let route = EVENTS
+        .iter()
+        .find(|e| e.name == req.event && e.ns == ns)
+        .ok_or_else(|| unknown_event(&req.event))?;
+    if route.permission == Permission::ReadNamespace {
+        ctx.principal.may_read(ns)?;
     }
+    (route.handler)(&ctx, data)
 }
 
 /// `unknown_event`, saying where a known event belongs when it came on the wrong
 /// namespace.
 fn unknown_event(event: &str) -> Refusal {
-    match EVENTS.iter().find(|(e, _)| *e == event) {
-        Some((_, home)) => Refusal::new(
+    match EVENTS.iter().find(|e| e.name == event) {
+        Some(home) => Refusal::new(
             ErrorCode::UnknownEvent,
-            format!("{event} belongs to namespace {}", home.path()),
+            format!("{event} belongs to namespace {}", home.ns.path()),
         ),
         None => Refusal::new(ErrorCode::UnknownEvent, "unknown event"),
     }
@@ -266,321 +291,6 @@ fn refuse_other_tenant(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refus
             ),
         );
         return Err(Refusal::new(ErrorCode::Forbidden, OTHER_TENANT));
-    }
-    Ok(())
-}
-
-/// `auth:login {token}`. With auth on, the token is verified and the connection
-/// becomes its principal; a connection that changes user, tenant or roles loses the
-/// subscriptions it made as the previous one. A refused token gets `auth:error` (the
-/// ack reply when the request carried `ack`). With auth off the connection becomes an
-/// authenticated anonymous admin of its tenant.
-fn login(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
-    let principal = match &ctx.app.config.verifier {
-        None => {
-            let mut principal = (*ctx.principal).clone();
-            principal.authenticated = true;
-            principal
-        }
-        Some(verifier) => {
-            let token = data.get("token").and_then(Value::as_str).unwrap_or("");
-            match verifier.check(token, &ctx.app.metrics, ctx.session.remote, "auth:login") {
-                Ok(p) => p,
-                Err(refusal) => {
-                    ctx.app.metrics.error(refusal.code);
-                    ctx.reply(
-                        "auth:error",
-                        &match ctx.ack {
-                            Some(_) => json!({ "error": refusal.to_json() }),
-                            None => refusal.to_json(),
-                        },
-                    );
-                    return Ok(());
-                }
-            }
-        }
-    };
-    // A refreshed token for the same identity keeps the subscriptions; anything else
-    // (another user, tenant or set of roles) starts over.
-    let before = &ctx.principal;
-    if before.user_id != principal.user_id
-        || before.tenant != principal.tenant
-        || before.roles != principal.roles
-    {
-        ctx.app
-            .engine
-            .switch_principal(ctx.session, Arc::new(principal.clone()));
-        ctx.app.dashboards.remove_session(ctx.session.id);
-    } else {
-        ctx.session.principal.store(Arc::new(principal.clone()));
-    }
-    ctx.reply(
-        "auth:success",
-        &json!({
-            "userId": &*principal.user_id,
-            "tenantId": &*principal.tenant,
-            "roles": principal.roles.names(),
-            "expiresAt": principal.expires_ms.map(time::iso8601),
-        }),
-    );
-    Ok(())
-}
-
-/// The cap, checked early so that a full connection's subscribe costs nothing; it is
-/// checked again where the subscription is recorded.
-fn check_capacity(ctx: &Ctx) -> Result<(), Refusal> {
-    let max = ctx.config().max_subscriptions;
-    if ctx.session.subscription_count() >= max {
-        return Err(too_many_subscriptions(max));
-    }
-    Ok(())
-}
-
-/// The filter a subscribe on `ns` asks for, narrowed to what the principal may see.
-fn stream_filter(ctx: &Ctx, data: &Map<String, Value>) -> Result<Filter, Refusal> {
-    let max = ctx.config().max_filter_values;
-    let filter = match ctx.ns {
-        Namespace::Inventory => Filter::inventory(data, max)?,
-        Namespace::Orders => Filter::orders(data, max)?,
-        Namespace::Customer => Filter::customer(data, max)?,
-        Namespace::Notifications => Filter::notifications(data, max, None)?,
-        Namespace::Root | Namespace::Dashboard => {
-            return Err(Refusal::new(ErrorCode::UnknownEvent, "unknown event"))
-        }
-    };
-    authorize(&ctx.principal, filter)
-}
-
-/// Narrows `filter` to what `principal` may read, or refuses it: the namespace must be
-/// one its roles read, a customer's order subscriptions are pinned to its own orders
-/// (naming another customer is `forbidden`) and its notifications to its own. One rule
-/// for a fresh subscribe and a recovered one (Socket.IO), whoever made the filter.
-pub fn authorize(principal: &Principal, mut filter: Filter) -> Result<Filter, Refusal> {
-    principal.may_read(filter.namespace())?;
-    let own = principal.own_user_only();
-    match &mut filter {
-        Filter::Orders { customer_ids, .. } => {
-            if let Some(user) = own {
-                if customer_ids
-                    .as_ref()
-                    .is_some_and(|ids| ids.iter().any(|c| &**c != user))
-                {
-                    return Err(Refusal::new(
-                        ErrorCode::Forbidden,
-                        "customers may only follow their own orders",
-                    ));
-                }
-                *customer_ids = Some(vec![Box::from(user)].into_boxed_slice());
-            }
-        }
-        Filter::Notifications { for_user, .. } => *for_user = own.map(Box::from),
-        Filter::Inventory { .. } | Filter::Customer { .. } => {}
-    }
-    Ok(filter)
-}
-
-/// The `*:subscribed` payload.
-pub fn subscribed_json(outcome: Subscribed, filters: &Value) -> Value {
-    json!({
-        "subscriptionId": subscription_name(outcome.id),
-        "filters": filters,
-        "replayed": outcome.replayed,
-        "gap": outcome.gap,
-    })
-}
-
-/// `<ns>:subscribe` for the change-stream namespaces.
-fn subscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
-    ctx.principal.may_read(ctx.ns)?;
-    let filter = stream_filter(ctx, data)?;
-    let since = filter::since_seq(data)?;
-    check_capacity(ctx)?;
-    let filters = filter.to_json();
-    let event = format!("{}:subscribed", ctx.ns.prefix());
-    // A replay from below what the ring holds reads the change log first.
-    if let Some(since) = since {
-        if bus::replays_from_log(&*ctx.app.bus, &ctx.app.engine, since) {
-            ctx.defer(move |later| async move {
-                let reply =
-                    |outcome| Some(later.reply_frame(&event, &subscribed_json(outcome, &filters)));
-                let app = &later.app;
-                bus::subscribe_from_log(
-                    &*app.bus,
-                    &app.engine,
-                    &later.session,
-                    &later.grant,
-                    filter,
-                    since,
-                    reply,
-                )
-                .await
-            });
-            return Ok(());
-        }
-    }
-    ctx.app
-        .engine
-        .subscribe(ctx.session, &ctx.grant, filter, since, None, |outcome| {
-            Some(ctx.reply_frame(&event, &subscribed_json(outcome, &filters)))
-        })?;
-    Ok(())
-}
-
-/// Subscribes `session` again with `filter`, replaying every change after `since`, with
-/// no reply (Socket.IO connection state recovery). The filter is checked as a fresh
-/// subscribe's would be, against the principal the connection is now (its roles may
-/// have changed since the filter was made), and counts toward the subscription cap.
-pub fn resubscribe(
-    app: &Arc<App>,
-    session: &Arc<Session>,
-    grant: &Grant,
-    filter: Filter,
-    since: u64,
-) -> Result<(), Refusal> {
-    let filter = authorize(&grant.principal, filter)?;
-    let max = app.config.max_subscriptions;
-    if session.subscription_count() >= max {
-        return Err(too_many_subscriptions(max));
-    }
-    if bus::replays_from_log(&*app.bus, &app.engine, since) {
-        let (app, session, grant) = (app.clone(), session.clone(), grant.clone());
-        tokio::spawn(async move {
-            let replay = bus::subscribe_from_log(
-                &*app.bus,
-                &app.engine,
-                &session,
-                &grant,
-                filter,
-                since,
-                |_| None,
-            );
-            if let Err(refusal) = replay.await {
-                tracing::warn!(connection = session.id, error = %refusal.message, "could not recover a subscription");
-            }
-        });
-        return Ok(());
-    }
-    app.engine
-        .subscribe(session, grant, filter, Some(since), None, |_| None)
-        .map(|_| ())
-}
-
-/// Reads `subscriptionId`: `"sub-7"` (as the server names it) or `7`.
-fn subscription_id(data: &Map<String, Value>) -> Result<Option<u64>, Refusal> {
-    let not_found = || {
-        Refusal::new(
-            ErrorCode::NotFound,
-            "no such subscription on this namespace",
-        )
-    };
-    match data.get("subscriptionId") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(not_found),
-        Some(Value::String(s)) => s
-            .strip_prefix("sub-")
-            .unwrap_or(s)
-            .parse()
-            .map(Some)
-            .map_err(|_| not_found()),
-        Some(_) => Err(Refusal::new(
-            ErrorCode::InvalidMessage,
-            "subscriptionId must be a string",
-        )),
-    }
-}
-
-/// `<ns>:unsubscribe {subscriptionId?}`.
-fn unsubscribe(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
-    let id = subscription_id(data)?;
-    let removed = ctx.app.engine.unsubscribe(ctx.session, ctx.ns, id)?;
-    if ctx.ns == Namespace::Dashboard {
-        ctx.app.dashboards.remove(ctx.session.id, &removed);
-    }
-    let names: Vec<String> = removed.into_iter().map(subscription_name).collect();
-    ctx.reply(
-        &format!("{}:unsubscribed", ctx.ns.prefix()),
-        &json!({ "unsubscribed": names }),
-    );
-    Ok(())
-}
-
-/// `orders:track {orderId}`: follow one order's tracking changes. With `ack` the reply
-/// is `{orderId, tracking}`; without, the latest tracking change comes as
-/// `order:tracking` (unless the connection already has it).
-fn track(ctx: &Ctx, data: &Map<String, Value>) -> Result<(), Refusal> {
-    ctx.principal.may_read(Namespace::Orders)?;
-    let order_id = data
-        .get("orderId")
-        .and_then(crate::fanout::change::scalar_text)
-        .ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::InvalidFilter,
-                "orderId must be a string or number",
-            )
-        })?;
-    ctx.defer(move |later| async move {
-        let (store, tenant) = (&later.app.read_model, &later.principal.tenant);
-        let latest = store.latest_tracking(tenant, &order_id).await?;
-        let owner = store.order_customer(tenant, &order_id).await?;
-        follow_order(&later, order_id, latest, owner)
-    });
-    Ok(())
-}
-
-/// The rest of `orders:track`, once the latest tracking change and the order's owner
-/// are known.
-fn follow_order(
-    ctx: &Later,
-    order_id: Box<str>,
-    latest: Option<Arc<crate::fanout::change::Record>>,
-    owner: Option<String>,
-) -> Result<(), Refusal> {
-    // A customer tracks an order only when it is known to be its own: an order whose
-    // owner is unknown is refused like another customer's (its tracking carries an
-    // address and a tracking number), and so is a tracking change that names another
-    // customer itself.
-    if let Some(user) = ctx.principal.own_user_only() {
-        let record_customer = latest.as_ref().and_then(|r| r.keys.customer_id.as_deref());
-        if owner.as_deref() != Some(user) || record_customer.is_some_and(|c| c != user) {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "customers may only track their own orders",
-            ));
-        }
-    }
-    let already = ctx.session.subs.lock().iter().any(|s| {
-        matches!(s.filter(), Some(Filter::Orders { track_only: true, order_ids: Some(ids), .. }) if ids.first() == Some(&order_id))
-    });
-    let reply =
-        json!({ "orderId": &*order_id, "tracking": latest.as_ref().map(|r| r.payload_json()) });
-    if already {
-        if ctx.ack.is_some() {
-            ctx.reply("orders:tracking", &reply);
-        }
-        return Ok(());
-    }
-    let max = ctx.app.config.max_subscriptions;
-    if ctx.session.subscription_count() >= max {
-        return Err(Refusal::new(
-            ErrorCode::TooManySubscriptions,
-            format!("at most {max} subscriptions per connection"),
-        ));
-    }
-    let filter = Filter::track(order_id.clone(), ctx.principal.own_user_only());
-    match ctx.ack {
-        Some(_) => {
-            ctx.app
-                .engine
-                .subscribe(&ctx.session, &ctx.grant, filter, None, None, |_| {
-                    Some(ctx.reply_frame("orders:tracking", &reply))
-                })?;
-        }
-        None => {
-            // Without ack the answer is the latest tracking change itself, if any.
-            ctx.app
-                .engine
-                .subscribe(&ctx.session, &ctx.grant, filter, None, latest, |_| None)?;
-        }
     }
     Ok(())
 }

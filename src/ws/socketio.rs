@@ -146,7 +146,7 @@ fn finish_connect(
     let principal = grant.principal.clone();
     // Recovered only when every change after the offset can still be replayed: from
     // the ring, or with a database from the change log. Otherwise a fresh session.
-    let replayable = |since: u64| app.bus.has_log() || since >= app.engine.ring_floor();
+    let replayable = |since: u64| app.bus.log().is_some() || since >= app.engine.ring_floor();
     let recovered = kept.filter(|(_, kept)| {
         kept.ns == ns
             && kept.tenant == principal.tenant
@@ -324,13 +324,15 @@ impl Conn {
             })
         });
         match (local, pid) {
-            (None, Some(pid)) if self.app.bus.shares_sessions() => {
+            (None, Some(pid)) if self.app.bus.sessions().is_some() => {
                 let (app, session) = (self.app.clone(), self.session.clone());
                 let (pid, path) = (pid.to_string(), path.to_string());
                 tokio::spawn(async move {
-                    let kept = match app
-                        .bus
-                        .take_session(&pid, &principal.tenant, &principal.user_id)
+                    let Some(shared) = app.bus.sessions() else {
+                        return;
+                    };
+                    let kept = match shared
+                        .take(&pid, &principal.tenant, &principal.user_id)
                         .await
                     {
                         Ok(kept) => kept.and_then(Kept::from_shared),
@@ -482,7 +484,7 @@ impl Conn {
                     SubKind::Dashboard(_) => None,
                 })
                 .collect();
-            if self.app.bus.shares_sessions() {
+            if self.app.bus.sessions().is_some() {
                 let kept = KeptSession {
                     tenant: principal.tenant.to_string(),
                     user_id: principal.user_id.to_string(),
@@ -494,7 +496,10 @@ impl Conn {
                 let app = self.app.clone();
                 // Tracked by the shutdown, so a graceful stop writes it before exiting.
                 self.app.shutdown.spawn(async move {
-                    if let Err(e) = app.bus.keep_session(&pid, &kept, expires_ms).await {
+                    let Some(shared) = app.bus.sessions() else {
+                        return;
+                    };
+                    if let Err(e) = shared.keep(&pid, &kept, expires_ms).await {
                         tracing::warn!(error = %e, "could not keep a Socket.IO session for recovery");
                     }
                 });

@@ -189,28 +189,37 @@ struct Backing {
 
 impl Drop for Backing {
     fn drop(&mut self) {
-        let Some(prefix) = self.redis_prefix.clone() else {
+        if let Some(prefix) = &self.redis_prefix {
+            delete_redis_keys(prefix);
+        }
+    }
+}
+
+/// The local Redis the tests use: `NILECAST_TEST_REDIS` (default `127.0.0.1:6379`,
+/// which `scripts/test.sh` starts when it is not running).
+pub fn redis_addr() -> String {
+    std::env::var("NILECAST_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
+}
+
+/// Deletes a test's Redis keys (`<prefix>:*`); for clean-up in `Drop`.
+pub fn delete_redis_keys(prefix: &str) {
+    let prefix = prefix.to_string();
+    block_on_detached(async move {
+        let Ok(client) = redis::Client::open(format!("redis://{}", redis_addr())) else {
             return;
         };
-        block_on_detached(async move {
-            let addr =
-                std::env::var("NILECAST_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into());
-            let Ok(client) = redis::Client::open(format!("redis://{addr}")) else {
-                return;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                return;
-            };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}:*"))
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-            }
-        });
-    }
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+        }
+    });
 }
 
 /// Runs `fut` on a runtime of its own, in a thread of its own, and returns its output.
@@ -253,9 +262,7 @@ fn shape_backing(options: &ServerOptions) -> Option<(Vec<(String, String)>, Back
         Shape::Redis | Shape::DatabaseAndRedis => {
             let n = SERVER_COUNTER.fetch_add(1, Ordering::SeqCst);
             let prefix = format!("nilecast-shape-{}-{n}-{}", std::process::id(), now_ms());
-            let addr =
-                std::env::var("NILECAST_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into());
-            env.push(("REDIS_URL".into(), format!("redis://{addr}")));
+            env.push(("REDIS_URL".into(), format!("redis://{}", redis_addr())));
             env.push(("REDIS_PREFIX".into(), prefix.clone()));
             env.push(("LEADER_LEASE_MS".into(), "1500".into()));
             Some(prefix)
