@@ -282,32 +282,25 @@ async fn an_acknowledgement_reaches_every_node(mode: Mode) {
     );
 }
 
+/// The behaviours, as tests of one mode (module `$module`, `Mode::$mode`).
+macro_rules! in_mode {
+    ($module:ident, $mode:ident, $($behaviour:ident),+) => {
+        mod $module {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $behaviour() {
+                super::$behaviour(super::Mode::$mode).await;
+            })+
+        }
+    };
+}
+
+/// The behaviours on every bus.
 macro_rules! in_every_mode {
     ($($behaviour:ident),+ $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() {
-                super::$behaviour(super::Mode::Memory).await;
-            })+
-        }
-        mod database {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() {
-                super::$behaviour(super::Mode::Database).await;
-            })+
-        }
-        mod redis_stream {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() {
-                super::$behaviour(super::Mode::Redis).await;
-            })+
-        }
-        mod database_and_redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() {
-                super::$behaviour(super::Mode::DatabaseAndRedis).await;
-            })+
-        }
+        in_mode!(memory, Memory, $($behaviour),+);
+        in_mode!(database, Database, $($behaviour),+);
+        in_mode!(redis_stream, Redis, $($behaviour),+);
+        in_mode!(database_and_redis, DatabaseAndRedis, $($behaviour),+);
     };
 }
 

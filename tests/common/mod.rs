@@ -802,16 +802,7 @@ fn sub_prefix(ns: &str) -> &'static str {
 // ---------------------------------------------------------------------------
 
 pub fn inv(product: &str, warehouse: &str, quantity: i64) -> Value {
-    json!({
-        "dataType": "inventory",
-        "tenantId": "default",
-        "data": {
-            "productId": product,
-            "warehouseId": warehouse,
-            "category": "it-test-category",
-            "quantity": quantity
-        }
-    })
+    inv_cat(product, warehouse, "it-test-category", quantity)
 }
 
 pub fn inv_cat(product: &str, warehouse: &str, category: &str, quantity: i64) -> Value {
