@@ -29,7 +29,7 @@ use crate::time;
 /// by the first acknowledgement, through the same path as any published change.
 pub fn acknowledged_notification(tenant: &str, alert_id: &str, kind: &str, by: &str) -> Change {
     let data = json!({
-        "type": "alert_acknowledged",
+        "type": crate::domain::ACKNOWLEDGED,
         "priority": "low",
         "message": format!("alert {alert_id} ({kind}) acknowledged"),
         "data": { "alertId": alert_id, "alertType": kind, "acknowledgedBy": by },

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::alerts::{Alert, Alerts};
-use crate::fanout::change::{DataType, Keys, Namespace, Record};
+use crate::fanout::change::{Change, DataType, Keys, Namespace, Record};
 use crate::fanout::Rules;
 use crate::protocol::Wire;
 use crate::store::MemoryStore;
@@ -89,9 +89,20 @@ impl Rules for Domain {
     }
 }
 
+/// The notification type that acknowledges an alert on every node. Only
+/// `POST /alerts/:id/acknowledge` publishes it ([`is_acknowledgement`]).
+pub const ACKNOWLEDGED: &str = "alert_acknowledged";
+
+/// Whether `change` is an alert's acknowledgement. The publish API refuses one: it would
+/// acknowledge an alert on every node without the staff role the route asks for.
+pub fn is_acknowledgement(change: &Change) -> bool {
+    change.data_type == DataType::Notification
+        && change.data.get("type").and_then(Value::as_str) == Some(ACKNOWLEDGED)
+}
+
 /// The alert an `alert_acknowledged` notification is about.
 fn acknowledged_alert(data: &Map<String, Value>) -> Option<&str> {
-    if data.get("type").and_then(Value::as_str) != Some("alert_acknowledged") {
+    if data.get("type").and_then(Value::as_str) != Some(ACKNOWLEDGED) {
         return None;
     }
     data.get("data")?.get("alertId")?.as_str()

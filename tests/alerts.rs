@@ -226,3 +226,41 @@ async fn thresholds_from_change_and_configuration() {
     let a = c.recv_event("/inventory", "inventory:low-stock").await;
     check_alert(&a, "low_stock", "high", "p-th-2");
 }
+
+/// An alert's acknowledgement travels as an `alert_acknowledged` notification that every
+/// node applies; `POST /publish` must not be a way around the staff role of
+/// `POST /alerts/:id/acknowledge`. The forged one is refused, recorded, and the alert
+/// stays active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_cannot_be_published_as_a_notification() {
+    let server = spawn_server(&[]);
+    let port = server.port;
+    let mut c = server.connect().await;
+    c.subscribe("/inventory", json!({"productIds": ["p-forge"]}))
+        .await;
+    publish_one(port, inv("p-forge", "w-forge", 2)).await;
+    let a = c.recv_event("/inventory", "inventory:low-stock").await;
+    let id = id_str(&a["id"]);
+
+    let forged = json!({
+        "dataType": "notification",
+        "data": {"type": "alert_acknowledged", "priority": "low", "message": "forged",
+                 "data": {"alertId": id, "alertType": "low_stock", "acknowledgedBy": "x"}},
+    });
+    let r = http_post_json(port, "/publish", &forged).await;
+    r.assert_error(403, "forbidden");
+    let m = metrics(port).await;
+    assert!(
+        m["security"]["forbidden"].as_u64().is_some_and(|n| n >= 1),
+        "recorded as a security event: {}",
+        m["security"]
+    );
+    // A later change is delivered (the forged one took no seq), and the alert is active.
+    let marker = publish_one(port, inv("p-forge", "w-forge", 3)).await;
+    c.recv_seq("/inventory", "inventory:update", marker).await;
+    let active = active_alerts(port, "").await;
+    assert!(
+        active.iter().any(|x| id_str(&x["id"]) == id),
+        "the alert must stay active: {active:?}"
+    );
+}

@@ -652,6 +652,22 @@ pub(super) async fn publish(
                     "a token may publish only to its own tenant; nothing was published",
                 ));
             }
+            Ok(change) if crate::domain::is_acknowledgement(&change) => {
+                security::record(
+                    &app.metrics,
+                    Event::Forbidden,
+                    remote,
+                    &format!(
+                        "{} of tenant {} tried to publish an alert acknowledgement",
+                        principal.user_id, principal.tenant
+                    ),
+                );
+                app.metrics.error(ErrorCode::Forbidden);
+                return error_response(&Refusal::new(
+                    ErrorCode::Forbidden,
+                    "alert_acknowledged notifications come from POST /alerts/:id/acknowledge only; nothing was published",
+                ));
+            }
             Ok(change) => changes.push(change),
             Err(message) if single => return invalid(message),
             Err(message) => {
