@@ -145,11 +145,6 @@ impl Inlet {
     pub fn set_floor(&self, seq: u64) {
         self.engine.set_floor(seq)
     }
-
-    /// The engine this inlet feeds.
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
 }
 
 /// The id clients see for subscription `id`.
