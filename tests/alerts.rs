@@ -88,6 +88,7 @@ async fn low_stock_alert_event_notification_and_list() {
         "low-stock of p-al-1 reached a p-al-other subscriber: {before:?}"
     );
 
+    wait_alert_listed(port, "", "p-al-1").await;
     let alerts = active_alerts(port, "").await;
     let mine = alerts_for(&alerts, "p-al-1", "w-al-1");
     assert_eq!(mine.len(), 1, "{alerts:?}");
@@ -258,6 +259,7 @@ async fn an_acknowledgement_cannot_be_published_as_a_notification() {
     // A later change is delivered (the forged one took no seq), and the alert is active.
     let marker = publish_one(port, inv("p-forge", "w-forge", 3)).await;
     c.recv_seq("/inventory", "inventory:update", marker).await;
+    wait_alert_listed(port, "", "p-forge").await;
     let active = active_alerts(port, "").await;
     assert!(
         active.iter().any(|x| id_str(&x["id"]) == id),

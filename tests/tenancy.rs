@@ -97,11 +97,7 @@ async fn replay_and_alerts_are_tenant_scoped() {
     }
 
     // The t2 alert (quantity 3) is listed for t2 only.
-    let b = get_json(port, "/alerts?tenant=t2").await;
-    assert!(
-        b["alerts"].to_string().contains("p-tn-r"),
-        "t2 alert listed for t2: {b}"
-    );
+    wait_alert_listed(port, "?tenant=t2", "p-tn-r").await;
     let b = get_json(port, "/alerts").await;
     assert!(
         !b["alerts"].to_string().contains("p-tn-r"),

@@ -165,6 +165,27 @@ pub async fn wait_delivered(port: u16, seq: u64) {
     assert!(ok, "seq {seq} was not delivered: {}", metrics(port).await);
 }
 
+/// Waits until `GET /alerts{query}` lists an alert about `product`. In memory an alert is
+/// listed once its change is delivered; with a database it is listed once the alert
+/// writer has stored it, a moment after its change reached clients.
+pub async fn wait_alert_listed(port: u16, query: &str, product: &str) {
+    let path = format!("/alerts{query}");
+    let listed = wait_until(TIMEOUT, || {
+        let path = path.clone();
+        async move {
+            get_json(port, &path).await["alerts"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|a| a["data"]["productId"] == product))
+        }
+    })
+    .await;
+    assert!(
+        listed,
+        "no alert about {product} in {path}: {}",
+        get_json(port, &path).await
+    );
+}
+
 pub fn shape() -> Shape {
     match std::env::var("NILECAST_TEST_SHAPE").as_deref() {
         Ok("database") => Shape::Database,
