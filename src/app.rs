@@ -365,12 +365,16 @@ async fn housekeeping(app: Arc<App>) {
     // The RSS and retention checks run every second whatever the heartbeat interval.
     let mut tick = tokio::time::interval(Duration::from_millis(1000).min(interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut last_ping = tokio::time::Instant::now();
+    // Pings are due by the ticks' scheduled instants, not by when this task got to run:
+    // measured from a late wake-up, a tick that is exactly one interval after the last
+    // ping looked a little early and was skipped, the next ping came two intervals
+    // later, and a client answering every ping passed the deadline.
+    let mut last_ping = tick.tick().await;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let at = tokio::select! {
+            at = tick.tick() => at,
             _ = app.shutdown.cancelled() => return,
-        }
+        };
         app.metrics
             .rss_bytes
             .store(metrics::read_rss_bytes(), Relaxed);
@@ -379,10 +383,10 @@ async fn housekeeping(app: Arc<App>) {
         app.addresses.sweep(now);
         app.socketio.sweep(now);
         close_expired(&app, now);
-        if last_ping.elapsed() < interval {
+        if at.saturating_duration_since(last_ping) < interval {
             continue;
         }
-        last_ping = tokio::time::Instant::now();
+        last_ping = at;
         for session in app.sessions.iter() {
             if now.saturating_sub(session.last_seen_ms.load(Relaxed)) > deadline_ms {
                 app.metrics.heartbeat_timeouts.fetch_add(1, Relaxed);
