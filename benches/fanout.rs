@@ -38,7 +38,12 @@ fn setup(keys: usize) -> (Inlet, Vec<Arc<Session>>) {
         alerts: Arc::new(Alerts::new(&config)),
         default_threshold: config.low_stock_threshold,
     });
-    let (engine, inlet) = Engine::new(config.engine_settings(), rules, Metrics::new().engine);
+    let (engine, inlet) = Engine::new(
+        config.engine_settings(),
+        rules,
+        Arc::new(nilecast::fanout::WakeTasks),
+        Metrics::new().engine,
+    );
     let remote = "127.0.0.1:9".parse().expect("static address");
     let sessions: Vec<Arc<Session>> = (0..SUBSCRIBERS)
         .map(|i| {

@@ -9,11 +9,15 @@
 #   SERVERS="nilecast bun" loadtest/compare.sh   # a subset
 #   SERVERS=nilecast NILECAST_BIN=/tmp/nilecast-old OUT=/tmp/old.md loadtest/compare.sh
 #                                   # another nilecast build (before/after a change)
+#   SCENARIOS="max-fanout sharded" loadtest/compare.sh   # a subset of the scenarios
+#   BROADCAST_RATES="400 1000" loadtest/compare.sh       # broadcast at these rates
+#                                   # (default: half of nilecast's max-fanout rate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 QUICK=${QUICK:-0}
 SERVERS=${SERVERS:-"nilecast socketio-node socketioxide bun"}
+SCENARIOS=${SCENARIOS:-"max-fanout broadcast sharded idle reconnect-storm connections"}
 OUT=${OUT:-loadtest/RESULTS.md}
 RESULTS=$(mktemp)
 LOGDIR=$(mktemp -d)
@@ -82,6 +86,7 @@ start_server() {
 # scenario NAME SCENARIO ARGS...: one fresh server process, one load-generator run.
 scenario() {
   local name=$1 what=$2; shift 2
+  case " $SCENARIOS " in *" $what "*) ;; *) return 0 ;; esac
   start_server "$name"
   echo "==> $name: $what $*"
   if taskset -c "$LOADGEN_CORE" "$LOADGEN" run "$what" --addr "127.0.0.1:$PORT" --protocol "$PROTOCOL" \
@@ -96,11 +101,13 @@ scenario() {
 BROADCAST_RATE=""
 for name in $SERVERS; do
   scenario "$name" max-fanout --connections "$FANOUT_CONNS" --start-rate 50 --step-factor 1.2 --step-seconds "$STEP" --max-rate "$MAX_RATE"
-  if [ "$name" = nilecast ]; then
+  if [ "$name" = nilecast ] && [ -s "$RESULTS" ]; then
     # Latency is measured at half of nilecast's best max-fanout rate, for every server.
     BROADCAST_RATE=$(tail -1 "$RESULTS" | python3 -c 'import json,sys; print(max(1, round(json.load(sys.stdin)["rate"] / 2)))')
   fi
-  scenario "$name" broadcast --connections "$FANOUT_CONNS" --rate "${BROADCAST_RATE:-100}" --duration "$DURATION"
+  for rate in ${BROADCAST_RATES:-${BROADCAST_RATE:-100}}; do
+    scenario "$name" broadcast --connections "$FANOUT_CONNS" --rate "$rate" --duration "$DURATION"
+  done
   scenario "$name" sharded --connections "$SHARDED_CONNS" --keys "$SHARDED_KEYS" --rate "$SHARDED_RATE" --duration "$DURATION"
   scenario "$name" idle --connections "$IDLE_CONNS" --keys 500
   scenario "$name" reconnect-storm --connections "$STORM_CONNS" --rate 100 --duration "$DURATION"
@@ -131,7 +138,11 @@ CLUSTER_SECTION=$(sed -n '/<!-- cluster:begin -->/,/<!-- cluster:end -->/p' "$OU
   echo "Scenarios:"
   echo
   echo "- max-fanout: $FANOUT_CONNS connections on one product; the change rate rises by 1.2x (from 50/s) every ${STEP} s until p99 passes 250 ms or anything is missing (a step over 250 ms is run once more before it counts). Figures are from the last good step."
-  echo "- broadcast: $FANOUT_CONNS connections on one product at ${BROADCAST_RATE:-100} changes/s (half of nilecast's max-fanout rate), ${DURATION} s."
+  if [ -n "${BROADCAST_RATES:-}" ]; then
+    echo "- broadcast: $FANOUT_CONNS connections on one product at each of $BROADCAST_RATES changes/s, ${DURATION} s."
+  else
+    echo "- broadcast: $FANOUT_CONNS connections on one product at ${BROADCAST_RATE:-100} changes/s (half of nilecast's max-fanout rate), ${DURATION} s."
+  fi
   echo "- sharded: $SHARDED_CONNS connections over $SHARDED_KEYS products, $SHARDED_RATE changes/s on random products, ${DURATION} s."
   echo "- idle: $IDLE_CONNS subscribed connections, no traffic: server RSS growth per connection."
   echo "- reconnect-storm: $STORM_CONNS connections; while 100 changes/s flow, all drop at once and reconnect with sinceSeq. Peers without replay show what a client loses."

@@ -107,7 +107,15 @@ impl App {
             alerts: alerts.clone(),
             default_threshold: config.low_stock_threshold,
         });
-        let (engine, inlet) = Engine::new(config.engine_settings(), rules, metrics.engine.clone());
+        let writer = Arc::new(crate::ws::writer::SocketWriter {
+            metrics: metrics.clone(),
+        });
+        let (engine, inlet) = Engine::new(
+            config.engine_settings(),
+            rules,
+            writer,
+            metrics.engine.clone(),
+        );
         let read_model: Arc<dyn crate::store::Store> = match &backing {
             Backing::Database(db) | Backing::DatabaseAndRedis(db, _) => {
                 Arc::new(crate::db::queries::InPostgres::new(

@@ -45,7 +45,12 @@ fn engine(config: &Config) -> Fed {
         default_threshold: config.low_stock_threshold,
     });
     let metrics = Metrics::new();
-    let (engine, inlet) = Engine::new(config.engine_settings(), rules, metrics.engine.clone());
+    let (engine, inlet) = Engine::new(
+        config.engine_settings(),
+        rules,
+        Arc::new(crate::fanout::WakeTasks),
+        metrics.engine.clone(),
+    );
     Fed { engine, inlet }
 }
 

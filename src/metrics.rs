@@ -104,6 +104,8 @@ pub struct Metrics {
     pub http_errors: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
+    /// Of those, frames the publishing pass wrote itself (the rest: connection tasks).
+    pub messages_sent_by_publisher: AtomicU64,
     pub bytes_sent: AtomicU64,
     /// The engine's counters (deliveries, duplicates, drops, changes, alerts), shared
     /// with it.
@@ -131,6 +133,7 @@ impl Metrics {
             http_errors: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
+            messages_sent_by_publisher: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             engine: Arc::default(),
             slow_consumer_closes: AtomicU64::new(0),
@@ -203,6 +206,7 @@ impl Metrics {
                 "totalConnections": self.connections_total.load(Relaxed),
                 "refusedConnections": self.connections_refused.load(Relaxed),
                 "messagesSent": self.messages_sent.load(Relaxed),
+                "messagesSentByPublisher": self.messages_sent_by_publisher.load(Relaxed),
                 "messagesReceived": self.messages_received.load(Relaxed),
                 "bytesSent": self.bytes_sent.load(Relaxed),
                 "deliveries": self.engine.deliveries.load(Relaxed),
@@ -289,6 +293,12 @@ impl Metrics {
             "counter",
             "WebSocket frames written to clients.",
             self.messages_sent.load(Relaxed),
+        );
+        metric(
+            "nilecast_messages_sent_by_publisher_total",
+            "counter",
+            "Of the frames written to clients, those the publishing pass wrote itself.",
+            self.messages_sent_by_publisher.load(Relaxed),
         );
         metric(
             "nilecast_bytes_sent_total",

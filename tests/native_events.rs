@@ -299,3 +299,40 @@ async fn error_frame_is_on_the_request_namespace() {
     assert_error_obj(&f["data"], "not_found");
     assert_eq!(f["data"]["event"], "orders:unsubscribe");
 }
+
+/// A published batch is written to each subscriber by the publishing pass itself, right
+/// after routing (docs/protocol.md, "GET /metrics and GET /metrics/prometheus"), in
+/// order, and the connection's task only writes what a full socket left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publishing_pass_writes_to_subscribers_in_order() {
+    let server = spawn_server(&[]);
+    let port = server.port;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::connect(port).await;
+        c.subscribe("/inventory", json!({"productIds": ["p-pass"]}))
+            .await;
+        clients.push(c);
+    }
+    let m = metrics(port).await;
+    let before = m["websocket"]["messagesSentByPublisher"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no messagesSentByPublisher: {m}"));
+    let batch: Vec<Value> = (0..20).map(|q| inv("p-pass", "w-pass", 100 + q)).collect();
+    let seqs = publish(port, &json!(batch)).await;
+    for c in &mut clients {
+        for &seq in &seqs {
+            c.recv_seq("/inventory", "inventory:update", seq).await;
+        }
+    }
+    let after = metrics(port).await["websocket"]["messagesSentByPublisher"]
+        .as_u64()
+        .unwrap_or(0);
+    // Idle sockets take a batch at once: the pass wrote (nearly) all 40 frames.
+    assert!(
+        after - before >= seqs.len() as u64,
+        "the publishing pass wrote {} of {} frames",
+        after - before,
+        2 * seqs.len()
+    );
+}

@@ -462,7 +462,12 @@ mod tests {
             alerts: alerts.clone(),
             default_threshold: config.low_stock_threshold,
         });
-        let (engine, inlet) = Engine::new(config.engine_settings(), rules, metrics.engine.clone());
+        let (engine, inlet) = Engine::new(
+            config.engine_settings(),
+            rules,
+            Arc::new(crate::fanout::WakeTasks),
+            metrics.engine.clone(),
+        );
         let store = InMemory::new(&config, state, alerts, engine);
         (inlet, store)
     }

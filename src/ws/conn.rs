@@ -4,7 +4,9 @@
 //! The connection is its own future ([`Conn`] implements `Future`), polled by the task
 //! it is spawned as. An idle connection is that struct and nothing more: waiting on the
 //! socket (readable; writable only while output is pending) and on the outbox's wake
-//! flag stores a waker in each, no waiter nodes, no timers, no buffers. An `async fn`
+//! flag stores a waker in each, no waiter nodes, no timers, no buffers. Broadcasts are
+//! mostly written by the publishing pass that routed them (`writer::SocketWriter`); the
+//! task writes replies, and whatever a full socket left once it is writable. An `async fn`
 //! would do the same work, but its state machine is larger than the struct, and every
 //! byte here is paid by every idle connection: written by hand, the task (tokio's task
 //! header and trailer included) fits 256 bytes. The close handshake, with its timers,
@@ -25,12 +27,12 @@ use tokio::time::{Instant, Sleep};
 use super::frame::{self, OpCode};
 use super::input::Phase;
 use super::socketio;
-use super::writer::{self, Pending};
+use super::writer::{self, Socket};
 use super::Mode;
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::close;
-use crate::fanout::outbox::{state, Outbox};
+use crate::fanout::outbox::{state, Outbox, Written};
 use crate::protocol::{native, Wire};
 use crate::rate_limit::RateLimiter;
 use crate::session::Session;
@@ -40,14 +42,12 @@ use crate::time;
 /// takes several reads.
 const READ_CHUNK: usize = 4096;
 
-/// Batches written per turn of the loop before the task lets others run.
-const BATCHES_PER_TURN: usize = 4;
-
 /// A connection's state, owned by its task.
 pub struct Conn {
     pub(super) app: Arc<App>,
     pub(super) session: Arc<Session>,
-    stream: TcpStream,
+    /// Shared with the outbox, through which the publishing pass writes to it.
+    socket: Arc<Socket>,
     pub(super) mode: Mode,
     /// Bytes read and not yet parsed; no capacity while idle.
     pub(super) buf: BytesMut,
@@ -56,19 +56,17 @@ pub struct Conn {
     pub(super) message: Option<Box<(OpCode, BytesMut)>>,
     pub(super) limiter: RateLimiter,
     pub(super) phase: Phase,
-    /// Frames on their way out, allocated while a batch is being written and kept only
-    /// while the socket is full.
-    out: Option<Box<Pending>>,
+    /// The last write found the socket full: wait until it is writable.
+    wants_write: bool,
     /// The close handshake, once begun.
     closing: Option<Box<Closing>>,
 }
 
 /// The close handshake's state: the frames still to write (queued ones when the close
-/// flushes, then the close frame), then the wait for the client's close.
+/// flushes, then the close frame, both in the outbox), then the wait for the client's
+/// close.
 struct Closing {
     stage: Stage,
-    /// Whether frames still queued are written before the close frame.
-    flush: bool,
     /// The current stage's deadline (`CLOSE_TIMEOUT_MS` each).
     timer: Pin<Box<Sleep>>,
 }
@@ -76,7 +74,7 @@ struct Closing {
 #[derive(PartialEq, Eq)]
 enum Stage {
     /// Writing what is left and the close frame.
-    Sending { close_queued: bool },
+    Sending,
     /// Our close frame is out; reading until the client's close or end of stream.
     AwaitingPeer,
 }
@@ -103,6 +101,8 @@ pub fn start(
         Mode::SocketIo => Wire::SocketIo,
         Mode::Native | Mode::Echo => Wire::Native,
     };
+    let socket = Arc::new(Socket(stream));
+    outbox.attach(socket.clone());
     let session = Arc::new(
         Session::new(app.next_session_id(), outbox, remote, principal, now).speaking(wire),
     );
@@ -138,13 +138,13 @@ pub fn start(
     let conn = Conn {
         app: app.clone(),
         session,
-        stream,
+        socket,
         mode,
         buf,
         message: None,
         limiter: RateLimiter::new(&config.rate_limit(), now),
         phase: Phase::Open,
-        out: None,
+        wants_write: false,
         closing: None,
     };
     app.shutdown.spawn(conn);
@@ -180,8 +180,8 @@ impl Future for Conn {
             // Wait on every source at once; each poll leaves a waker registered, so a
             // busy source cannot starve the others.
             let woken = conn.session.outbox.take_wake(cx);
-            let writable = conn.out.is_some() && conn.stream.poll_write_ready(cx).is_ready();
-            let readable = conn.stream.poll_read_ready(cx).is_ready();
+            let writable = conn.wants_write && conn.stream().poll_write_ready(cx).is_ready();
+            let readable = conn.stream().poll_read_ready(cx).is_ready();
             if readable && !conn.read() {
                 conn.peer_gone();
             }
@@ -195,6 +195,8 @@ impl Future for Conn {
 impl Drop for Conn {
     /// The connection is over, however it ended: it leaves every registry.
     fn drop(&mut self) {
+        // Nothing writes to the socket after this: it closes with the task.
+        self.session.outbox.detach();
         self.keep_for_recovery();
         let app = &self.app;
         app.sessions.remove(&self.session.id);
@@ -210,10 +212,14 @@ impl Conn {
         &self.session.outbox
     }
 
+    fn stream(&self) -> &TcpStream {
+        &self.socket.0
+    }
+
     /// Reads what the socket has into the buffer. False at end of stream or on error.
     fn read(&mut self) -> bool {
         self.buf.reserve(READ_CHUNK);
-        match self.stream.try_read_buf(&mut self.buf) {
+        match self.socket.0.try_read_buf(&mut self.buf) {
             Ok(0) => false,
             Ok(_) => true,
             Err(e) => e.kind() == ErrorKind::WouldBlock,
@@ -228,69 +234,37 @@ impl Conn {
         }
     }
 
-    /// Moves queued frames to the socket until the queue is empty or the socket full,
-    /// at most [`BATCHES_PER_TURN`] batches. What the socket did not take stays in
-    /// `out`. Err on a dead socket.
+    /// Writes queued frames until the queue is empty or the socket full, at most one
+    /// `write_queued` share per turn. Err on a dead socket.
     fn flush(&mut self) -> std::io::Result<()> {
-        match self.out.take() {
-            Some(mut out) => {
-                let result = self.write_batches(&mut out);
-                if !out.is_empty() {
-                    self.out = Some(out);
-                }
-                result
-            }
-            // The usual case: nothing left over, so the batch lives on the stack and is
-            // boxed only if the socket does not take all of it.
-            None => {
-                let mut out = Pending::default();
-                let result = self.write_batches(&mut out);
-                if !out.is_empty() {
-                    self.out = Some(Box::new(out));
-                }
-                result
-            }
+        let written = writer::flush(&self.app.metrics, &self.session)?;
+        self.wants_write = written == Written::Blocked;
+        if written == Written::More {
+            // More is queued: look again on the next turn.
+            self.outbox().wake();
         }
-    }
-
-    fn write_batches(&mut self, out: &mut Pending) -> std::io::Result<()> {
-        for _ in 0..BATCHES_PER_TURN {
-            if out.is_empty()
-                && !writer::take(&self.app, &self.session.outbox, self.session.wire, out)
-            {
-                return Ok(());
-            }
-            if !writer::write(&self.stream, out)? {
-                return Ok(());
-            }
-        }
-        // More may be queued: look again on the next turn.
-        self.outbox().wake();
         Ok(())
     }
 
     /// Starts the close handshake: the queue is flushed (when the close asked for it)
-    /// or discarded, keeping only the rest of a partly written frame.
+    /// or discarded, keeping only the rest of a partly written frame, and the close
+    /// frame is queued behind it.
     fn begin_close(&mut self) {
         if self.phase == Phase::Open {
             self.phase = Phase::Closing;
         }
-        if self.outbox().close_code() == close::TRY_AGAIN_LATER {
+        let code = self.outbox().close_code();
+        if code == close::TRY_AGAIN_LATER {
             // Over its queue's frames or bytes, broadcasts and replies alike.
             self.app.metrics.slow_consumer_closes.fetch_add(1, Relaxed);
         }
-        let flush = self.outbox().close_flushes();
-        if !flush {
+        if !self.outbox().close_flushes() {
             self.outbox().discard();
-            if let Some(out) = self.out.as_mut() {
-                out.keep_partial_front();
-            }
         }
+        self.outbox()
+            .seal(frame::close_frame(code, writer::reason(code)));
         self.closing = Some(Box::new(Closing {
-            stage: Stage::Sending {
-                close_queued: false,
-            },
-            flush,
+            stage: Stage::Sending,
             timer: Box::pin(tokio::time::sleep(self.app.config.close_timeout())),
         }));
     }
@@ -313,38 +287,26 @@ impl Conn {
     fn step_close(&mut self, closing: &mut Closing, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             match closing.stage {
-                Stage::Sending { close_queued } => {
-                    let out = self.out.get_or_insert_with(Box::default);
-                    if out.is_empty() {
-                        if closing.flush
-                            && writer::take(&self.app, &self.session.outbox, self.session.wire, out)
-                        {
-                            // More queued frames to write before the close frame.
-                        } else if !close_queued {
-                            let code = self.session.outbox.close_code();
-                            out.push(frame::close_frame(code, writer::reason(code)));
-                            closing.stage = Stage::Sending { close_queued: true };
-                        } else {
-                            self.out = None;
-                            self.app.metrics.messages_sent.fetch_add(1, Relaxed);
+                Stage::Sending => {
+                    match writer::flush(&self.app.metrics, &self.session) {
+                        // The queue ends with the close frame: it is out.
+                        Ok(Written::All | Written::NoSink) => {
                             // FIN after the close frame: the client reads it even if
                             // unread input on our side would otherwise turn our close
                             // into a reset.
-                            let _ = socket2::SockRef::from(&self.stream)
+                            let _ = socket2::SockRef::from(self.stream())
                                 .shutdown(std::net::Shutdown::Write);
                             self.outbox().mark_close_sent();
                             closing.stage = Stage::AwaitingPeer;
                             let deadline = Instant::now() + self.app.config.close_timeout();
                             closing.timer.as_mut().reset(deadline);
+                            continue;
                         }
-                        continue;
-                    }
-                    match writer::write(&self.stream, out) {
-                        Ok(true) => continue,
-                        Ok(false) => {}
+                        Ok(Written::More | Written::LeftToTask) => continue,
+                        Ok(Written::Blocked) => {}
                         Err(_) => return Poll::Ready(()),
                     }
-                    match self.stream.poll_write_ready(cx) {
+                    match self.stream().poll_write_ready(cx) {
                         Poll::Ready(Ok(())) => continue,
                         Poll::Ready(Err(_)) => return Poll::Ready(()),
                         Poll::Pending => {}
@@ -354,7 +316,7 @@ impl Conn {
                     if self.outbox().peer_closed() {
                         return Poll::Ready(());
                     }
-                    match self.stream.poll_read_ready(cx) {
+                    match self.stream().poll_read_ready(cx) {
                         Poll::Ready(Ok(())) => {
                             if self.read() {
                                 self.handle_input();

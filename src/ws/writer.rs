@@ -1,96 +1,40 @@
-//! Output: frames move from the outbox to the socket in batches, many frames to one
-//! vectored write.
+//! Output: queued frames go to the socket in batches, many frames to one vectored
+//! write, from whichever side has them first.
 //!
 //! A loopback `write` costs about the same CPU whatever its size up to a few KB, so the
-//! number of syscalls, not bytes, decides throughput: a subscriber that fell behind by
-//! fifty frames catches up in one `writev`. Nothing here waits: [`write`] writes what
-//! the socket takes and says whether anything is left, and the connection's task
-//! decides when to wait for writability.
+//! number of syscalls, not bytes, decides throughput. The publishing pass writes what
+//! it routed right away, one `writev` per connection however many changes it queued
+//! there ([`SocketWriter`], the engine's `Writer`), the way uWebSockets corks a publish
+//! instead of scheduling a task per subscriber; the connection's task writes replies,
+//! and what a full socket did not take once it is writable ([`flush`]). Both write
+//! from the outbox's queue under its lock (`Outbox::write_queued`), so the order is the
+//! queue's whoever writes. Nothing here waits.
 
-use std::collections::VecDeque;
-use std::io::{ErrorKind, IoSlice};
+use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use crate::app::App;
-use crate::fanout::outbox::{Outbox, Outgoing};
-use crate::metrics::LocalHistogram;
-use crate::protocol::Wire;
+use crate::fanout::outbox::{Outgoing, Sink, Written};
+use crate::fanout::Writer;
+use crate::metrics::{LocalHistogram, Metrics};
+use crate::session::Session;
 use crate::time;
 
-/// Frames taken from the queue per batch. 256 frames of a typical 200-300 byte change
-/// are 50-75 KB, about what a socket send buffer takes in one go; more would only make
-/// one batch's latency worse.
-pub const MAX_BATCH: usize = 256;
-/// Bytes taken from the queue per batch (one frame at least, whatever its size). It
-/// bounds what a connection whose socket is full holds outside its queue, where the
-/// byte budgets do not see it, when frames are large (replies of hundreds of KB). It
-/// is set not to bind for change frames: 256 frames of up to 512 bytes fit, because
-/// at saturation the number of frames per `writev` decides throughput (with 64 KiB,
-/// which cuts batches of ~300-byte frames short, `max-fanout` in `loadtest/compare.sh`
-/// ended one or two rate steps lower in two runs of three).
-pub const MAX_BATCH_BYTES: usize = 128 * 1024;
-/// Buffers per `writev` call (Linux allows 1024).
-const MAX_IOV: usize = 256;
+/// A connection's socket, shared by its task (which reads, and waits for writability)
+/// and its outbox (through which the publishing pass writes).
+pub struct Socket(pub TcpStream);
 
-/// Frames on their way to the socket; the first may be partly written.
-#[derive(Default)]
-pub struct Pending {
-    frames: VecDeque<Bytes>,
-    front_started: bool,
-}
-
-impl Pending {
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
-    pub fn push(&mut self, frame: Bytes) {
-        self.frames.push_back(frame);
-    }
-
-    /// Drops everything but the rest of a partly written frame, which must still go
-    /// out whole before anything else (a close frame) can follow it.
-    pub fn keep_partial_front(&mut self) {
-        self.frames.truncate(usize::from(self.front_started));
+impl Sink for Socket {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        self.0.try_write_vectored(bufs)
     }
 }
 
-/// Moves up to [`MAX_BATCH`] queued frames into `pending` and counts them as sent.
-/// Returns false when nothing was queued.
-pub fn take(app: &App, outbox: &Outbox, wire: Wire, pending: &mut Pending) -> bool {
-    let dropped = outbox.take_dropped();
-    if dropped > 0 {
-        // Tell the client how much the drop-oldest policy took from it.
-        pending.push(wire.event_frame("/", "messages:dropped", &json!({ "dropped": dropped })));
-    }
-    let mut batch = Batch {
-        frames: &mut pending.frames,
-        count: u64::from(dropped > 0),
-        bytes: 0,
-        now_us: time::now_us(),
-        latency: LocalHistogram::default(),
-        stamped: false,
-    };
-    outbox.drain_into(&mut batch, MAX_BATCH, MAX_BATCH_BYTES);
-    if batch.count == 0 {
-        return false;
-    }
-    let metrics = &app.metrics;
-    metrics.messages_sent.fetch_add(batch.count, Relaxed);
-    metrics.bytes_sent.fetch_add(batch.bytes, Relaxed);
-    if batch.stamped {
-        metrics.publish_to_write.add(&batch.latency);
-    }
-    true
-}
-
-/// Frames taken from the outbox, with what the metrics need to know of them.
-struct Batch<'a> {
-    frames: &'a mut VecDeque<Bytes>,
+/// What writes counted, added to the metrics once per call.
+struct Tally {
     count: u64,
     bytes: u64,
     now_us: u64,
@@ -99,59 +43,87 @@ struct Batch<'a> {
     stamped: bool,
 }
 
-impl Extend<Outgoing> for Batch<'_> {
-    fn extend<I: IntoIterator<Item = Outgoing>>(&mut self, items: I) {
-        for item in items {
-            self.count += 1;
-            self.bytes += item.frame.len() as u64;
-            if item.published_us > 0 {
-                self.latency
-                    .observe_us(self.now_us.saturating_sub(item.published_us));
-                self.stamped = true;
-            }
-            self.frames.push_back(item.frame);
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            count: 0,
+            bytes: 0,
+            now_us: time::now_us(),
+            latency: LocalHistogram::default(),
+            stamped: false,
         }
     }
-}
 
-/// Writes pending frames, as many per call as fit one `writev`, until all are written
-/// (`Ok(true)`) or the socket takes no more (`Ok(false)`).
-pub fn write(stream: &TcpStream, pending: &mut Pending) -> std::io::Result<bool> {
-    while !pending.frames.is_empty() {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let mut count = 0;
-        for (slot, frame) in slices.iter_mut().zip(pending.frames.iter()) {
-            *slot = IoSlice::new(frame);
-            count += 1;
-        }
-        match stream.try_write_vectored(&slices[..count]) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => consume(pending, n),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
+    fn written(&mut self, item: &Outgoing) {
+        self.count += 1;
+        self.bytes += item.frame.len() as u64;
+        if item.published_us > 0 {
+            self.latency
+                .observe_us(self.now_us.saturating_sub(item.published_us));
+            self.stamped = true;
         }
     }
-    // Everything is written: give the buffer back, so an idle connection holds no
-    // memory for frames.
-    pending.frames = VecDeque::new();
-    Ok(true)
-}
 
-/// Takes `n` written bytes off the front of `pending`.
-fn consume(pending: &mut Pending, mut n: usize) {
-    while n > 0 {
-        let Some(front) = pending.frames.front_mut() else {
+    fn add_to(self, metrics: &Metrics) {
+        if self.count == 0 {
             return;
-        };
-        if n >= front.len() {
-            n -= front.len();
-            pending.frames.pop_front();
-            pending.front_started = false;
-        } else {
-            front.advance(n);
-            pending.front_started = true;
-            n = 0;
         }
+        metrics.messages_sent.fetch_add(self.count, Relaxed);
+        metrics.bytes_sent.fetch_add(self.bytes, Relaxed);
+        if self.stamped {
+            metrics.publish_to_write.add(&self.latency);
+        }
+    }
+}
+
+/// Writes one connection's queue (its share of it: see `Outbox::write_queued`), headed
+/// by a `messages:dropped` notice when the drop-oldest policy took frames from it.
+fn write_one(
+    session: &Session,
+    from_publisher: bool,
+    tally: &mut Tally,
+) -> std::io::Result<Written> {
+    let notice = |dropped: u64| {
+        let data = json!({ "dropped": dropped });
+        session.wire.event_frame("/", "messages:dropped", &data)
+    };
+    session
+        .outbox
+        .write_queued(from_publisher, &notice, &mut |item| tally.written(item))
+}
+
+/// The connection's task writes its queue. `Ok(Written::Blocked)`: wait until the
+/// socket is writable; `Ok(Written::More)`: call again after letting others run.
+pub fn flush(metrics: &Metrics, session: &Session) -> std::io::Result<Written> {
+    let mut tally = Tally::new();
+    let result = write_one(session, false, &mut tally);
+    tally.add_to(metrics);
+    result
+}
+
+/// The engine's writer: writes each connection a publishing pass touched, on the
+/// publishing thread.
+pub struct SocketWriter {
+    pub metrics: Arc<Metrics>,
+}
+
+impl Writer for SocketWriter {
+    fn write(&self, touched: &[Arc<Session>]) {
+        let mut tally = Tally::new();
+        for session in touched {
+            match write_one(session, true, &mut tally) {
+                Ok(Written::All | Written::LeftToTask) => {}
+                // The task waits for writability, or writes the rest on its next turn;
+                // without a socket (not attached yet) it writes everything.
+                Ok(Written::Blocked | Written::More | Written::NoSink) => session.outbox.wake(),
+                // A dead socket: the task finds out when it reads or writes, and ends.
+                Err(_) => session.outbox.wake(),
+            }
+        }
+        self.metrics
+            .messages_sent_by_publisher
+            .fetch_add(tally.count, Relaxed);
+        tally.add_to(&self.metrics);
     }
 }
 
@@ -165,26 +137,5 @@ pub fn reason(code: u16) -> &'static str {
         1009 => "message too big",
         1013 => "slow consumer: try again later",
         _ => "",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consume_advances_through_whole_and_partial_frames() {
-        let mut pending = Pending::default();
-        for f in [&b"abc"[..], b"de", b"fgh"] {
-            pending.push(Bytes::from_static(f));
-        }
-        consume(&mut pending, 4);
-        assert!(pending.front_started);
-        assert_eq!(&pending.frames[0][..], b"e");
-        pending.keep_partial_front();
-        assert_eq!(pending.frames.len(), 1);
-        consume(&mut pending, 1);
-        assert!(pending.is_empty());
-        assert!(!pending.front_started);
     }
 }

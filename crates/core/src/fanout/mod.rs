@@ -12,6 +12,14 @@
 //! and nothing under it waits for a client: pushing to an outbox takes its queue lock for
 //! one push and never awaits.
 //!
+//! A publishing pass (one change, or a published batch) then writes: once the publish
+//! lock is released, it hands every connection it queued frames for, each once, to the
+//! server's [`Writer`], which writes each one's queue to its socket with one vectored
+//! write on the publishing thread, the way uWebSockets corks a publish. Only what a
+//! socket does not take is left to the connection's task, woken for it. Ordering and
+//! the limits do not change: the writer writes the queue's frames, in order, under the
+//! queue's lock (`outbox::Outbox::write_queued`).
+//!
 //! Architecture Invariant: no socket, no await and no per-subscriber encoding in here.
 
 pub mod change;
@@ -84,6 +92,28 @@ pub trait Rules: Send + Sync {
     ) -> Option<Alert>;
 }
 
+/// Writes what a publishing pass queued: the server implements it with the
+/// connections' sockets. `touched` holds each connection the pass queued frames for
+/// once; the implementation must end with each one's touched mark cleared
+/// ([`outbox::Outbox::write_queued`] clears it) and with nothing queued unless the
+/// connection's task has been woken for it or is waiting for its socket.
+pub trait Writer: Send + Sync {
+    fn write(&self, touched: &[Arc<Session>]);
+}
+
+/// A [`Writer`] that leaves all the writing to the connections' tasks (benches and
+/// tests without sockets).
+pub struct WakeTasks;
+
+impl Writer for WakeTasks {
+    fn write(&self, touched: &[Arc<Session>]) {
+        for session in touched {
+            session.outbox.clear_touched();
+            session.outbox.wake();
+        }
+    }
+}
+
 /// The settings the engine is built with (the server fills them from its `Config`).
 #[derive(Debug, Clone, Copy)]
 pub struct EngineSettings {
@@ -115,6 +145,7 @@ pub struct Engine {
     state: Mutex<State>,
     index: Index,
     rules: Arc<dyn Rules>,
+    writer: Arc<dyn Writer>,
     metrics: Arc<Counters>,
     next_subscription: AtomicU64,
     /// `MAX_SUBSCRIPTIONS`, checked where a subscription is recorded.
@@ -131,13 +162,19 @@ impl Inlet {
     /// in order. A seq at or below the last delivered one is skipped (it was delivered
     /// already). Returns the alerts the rules raised, for the bus to announce.
     pub fn deliver(&self, batch: &[Logged]) -> Vec<Alert> {
-        self.engine.publish_logged(batch)
+        let mut touched = Vec::new();
+        let raised = self.engine.publish_logged(batch, &mut touched);
+        self.engine.writer.write(&touched);
+        raised
     }
 
     /// Gives changes consecutive seqs and delivers them (a bus that sequences in
     /// process). Returns the seqs and the alerts raised.
     pub fn sequence(&self, changes: &[Change]) -> (Vec<u64>, Vec<Alert>) {
-        self.engine.publish_all(changes)
+        let mut touched = Vec::new();
+        let done = self.engine.publish_all(changes, &mut touched);
+        self.engine.writer.write(&touched);
+        done
     }
 
     /// Makes `seq` the last one delivered: where a log or stream is followed from. The
@@ -154,9 +191,11 @@ pub fn subscription_name(id: u64) -> String {
 
 impl Engine {
     /// The engine, and the inlet through which changes enter it (for the bus alone).
+    /// `writer` writes what each publishing pass queued.
     pub fn new(
         settings: EngineSettings,
         rules: Arc<dyn Rules>,
+        writer: Arc<dyn Writer>,
         metrics: Arc<Counters>,
     ) -> (Arc<Engine>, Inlet) {
         // The first seq of a node is its start time in microseconds. A restart therefore
@@ -175,6 +214,7 @@ impl Engine {
             }),
             index: Index::new(),
             rules,
+            writer,
             metrics,
             next_subscription: AtomicU64::new(1),
             max_subscriptions: settings.max_subscriptions,
@@ -205,7 +245,7 @@ impl Engine {
         Arc::new(Record::build(logged.seq, change, keys, logged.timestamp_ms))
     }
 
-    fn publish_logged(&self, batch: &[Logged]) -> Vec<Alert> {
+    fn publish_logged(&self, batch: &[Logged], touched: &mut Vec<Arc<Session>>) -> Vec<Alert> {
         let mut state = self.state.lock();
         let mut raised = Vec::new();
         for logged in batch {
@@ -219,17 +259,22 @@ impl Engine {
                 &logged.change,
                 Some(logged.timestamp_ms),
                 &mut raised,
+                touched,
             );
         }
         raised
     }
 
-    fn publish_all(&self, changes: &[Change]) -> (Vec<u64>, Vec<Alert>) {
+    fn publish_all(
+        &self,
+        changes: &[Change],
+        touched: &mut Vec<Arc<Session>>,
+    ) -> (Vec<u64>, Vec<Alert>) {
         let mut state = self.state.lock();
         let mut raised = Vec::new();
         let seqs = changes
             .iter()
-            .map(|c| self.publish_locked(&mut state, c, None, &mut raised))
+            .map(|c| self.publish_locked(&mut state, c, None, &mut raised, touched))
             .collect();
         (seqs, raised)
     }
@@ -242,6 +287,7 @@ impl Engine {
         change: &Change,
         timestamp_ms: Option<u64>,
         raised: &mut Vec<Alert>,
+        touched: &mut Vec<Arc<Session>>,
     ) -> u64 {
         let seq = state.next_seq;
         state.next_seq += 1;
@@ -258,13 +304,14 @@ impl Engine {
             raised.push(alert);
         }
         state.ring.push(record.clone(), now);
-        self.route(&record);
+        self.route(&record, touched);
         self.metrics.changes_published.fetch_add(1, Relaxed);
         seq
     }
 
-    /// Queues a record's frame on every matching subscription, once per connection.
-    fn route(&self, record: &Record) {
+    /// Queues a record's frame on every matching subscription, once per connection, and
+    /// adds each connection it queued for to `touched` (once per pass).
+    fn route(&self, record: &Record, touched: &mut Vec<Arc<Session>>) {
         let ns = record.namespace();
         // Overflows are counted where the connection closes, with replies' overflows.
         let (mut queued, mut duplicates, mut dropped) = (0u64, 0u64, 0u64);
@@ -277,13 +324,14 @@ impl Engine {
                     continue;
                 }
                 let (frame, follow_up) = record.frames_for(sub.session.wire);
-                match sub.session.outbox.deliver(
-                    ns,
-                    record.seq,
-                    frame,
-                    follow_up,
-                    record.published_us,
-                ) {
+                let outbox = &sub.session.outbox;
+                let outcome = outbox.route(ns, record.seq, frame, follow_up, record.published_us);
+                if matches!(outcome, Delivery::Queued | Delivery::DroppedOldest(_))
+                    && outbox.mark_touched()
+                {
+                    touched.push(sub.session.clone());
+                }
+                match outcome {
                     Delivery::Queued => queued += 1,
                     Delivery::DroppedOldest(n) => {
                         queued += 1;
