@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 QUICK=${QUICK:-0}
-SERVERS=${SERVERS:-"nilecast socketio-node socketioxide bun"}
+SERVERS=${SERVERS:-"nilecast nilecast-socketio socketio-node socketioxide bun"}
 SCENARIOS=${SCENARIOS:-"max-fanout broadcast sharded idle reconnect-storm connections"}
 OUT=${OUT:-loadtest/RESULTS.md}
 RESULTS=$(mktemp)
@@ -37,7 +37,7 @@ fi
 ulimit -n "$(ulimit -Hn)"
 
 echo "==> installing peers and building (release)"
-if [ "$SERVERS" = nilecast ]; then
+if [ -z "$(echo "$SERVERS" | tr ' ' '\n' | grep -v '^nilecast')" ]; then
   : > "$LOGDIR/versions.txt"   # no peer to install
 else
   bash loadtest/peers/install.sh > "$LOGDIR/versions.txt"
@@ -63,6 +63,10 @@ start_server() {
     nilecast)
       MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 SIMULATE_RATE=0 WEBSOCKET_PORT=4100 RUST_LOG=warn taskset -c "$SERVER_CORE" "$NILECAST_BIN" > "$log" 2>&1 &
       PORT=4100; PROTOCOL=native ;;
+    nilecast-socketio)
+      # The same server, driven over Socket.IO (the websocket transport).
+      MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 SIMULATE_RATE=0 WEBSOCKET_PORT=4104 RUST_LOG=warn taskset -c "$SERVER_CORE" "$NILECAST_BIN" > "$log" 2>&1 &
+      PORT=4104; PROTOCOL=socketio ;;
     socketio-node)
       PORT=4101 taskset -c "$SERVER_CORE" node loadtest/peers/socketio-node/server.js > "$log" 2>&1 &
       PORT=4101; PROTOCOL=socketio ;;

@@ -7,7 +7,7 @@ use std::io::Read;
 use serde_json::Value;
 
 /// The figures shown per scenario: (JSON pointer, column title, higher is better).
-const COLUMNS: [(&str, &str, bool); 9] = [
+const COLUMNS: [(&str, &str, bool); 10] = [
     ("/deliveries_per_s", "deliveries/s", true),
     ("/latency/p50_ms", "p50 ms", false),
     ("/latency/p99_ms", "p99 ms", false),
@@ -25,6 +25,11 @@ const COLUMNS: [(&str, &str, bool); 9] = [
     ("/extra/resume_ms", "resume ms", false),
     ("/extra/broadcast_ms", "broadcast to all ms", false),
     ("/missing", "missing", false),
+    (
+        "/loadgen_core_share",
+        "load generator core (deciding step)",
+        false,
+    ),
 ];
 
 pub fn run(files: &[String]) -> anyhow::Result<()> {
@@ -103,6 +108,14 @@ pub fn run(files: &[String]) -> anyhow::Result<()> {
                     };
                     let shown = if *ptr == "/missing" {
                         format!("{v:.0}")
+                    } else if *ptr == "/loadgen_core_share" {
+                        // Marked where the load generator may have made the decision.
+                        let mark = if r["loadgen_may_have_decided"] == true {
+                            " (load-bound?)"
+                        } else {
+                            ""
+                        };
+                        return format!("{:.0}%{mark}", v * 100.0);
                     } else {
                         human(v)
                     };

@@ -47,9 +47,18 @@ pub struct Run {
     pub server_rss_kib: u64,
     pub rss_per_connection_bytes: Option<f64>,
     pub loadgen_cpu_s: f64,
+    /// The load generator's CPU time over the run's wall time (1.0 = its core was
+    /// busy all the time); for max-fanout, at the step that decided the result.
+    pub loadgen_core_share: Option<f64>,
+    /// The load generator's core was at least [`LOADGEN_BUSY`] busy where the result
+    /// was decided: the figure may be the load generator's limit, not the server's.
+    pub loadgen_may_have_decided: bool,
     /// Scenario-specific figures.
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
+
+/// A load generator core share from which a result may be the load generator's.
+pub const LOADGEN_BUSY: f64 = 0.9;
 
 /// How long to wait for the last deliveries after publishing stops.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -188,6 +197,9 @@ fn finish_run(
     run.latency = latency;
     run.deliveries_per_s = delivery.delivered as f64 / secs.max(1e-9);
     sampler.finish(run);
+    let share = run.loadgen_cpu_s / secs.max(1e-9);
+    run.loadgen_core_share = Some(share);
+    run.loadgen_may_have_decided = share >= LOADGEN_BUSY;
 }
 
 /// `idle`: subscribed connections and no traffic; server RSS per connection.
@@ -234,6 +246,9 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
     let mut total_published = 0usize;
     let mut total_secs = 0.0;
     let mut retried = false;
+    // The load generator's core share at the last good step and at the step that
+    // ended the run: if either was busy, the load generator may have decided.
+    let (mut last_good_share, mut deciding_share) = (0.0f64, 0.0f64);
     while rate <= p.max_rate {
         // CPU shares per step show which side was saturated: the server, or the load
         // generator (which must not be the limit).
@@ -272,6 +287,7 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
         total_published += published.len();
         total_secs += secs;
         total.delivered += delivery.delivered;
+        deciding_share = loadgen_share;
         if fleet.failed() > 0 || (!good && !retry) {
             break;
         }
@@ -280,6 +296,7 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
             continue;
         }
         retried = false;
+        last_good_share = loadgen_share;
         if latency.p99_ms < 50.0 {
             best_under_50 = Some(per_s);
         }
@@ -305,6 +322,9 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
         best_under_50.into(),
     );
     run.extra.insert("steps".into(), steps.into());
+    let share = last_good_share.max(deciding_share);
+    run.loadgen_core_share = Some(share);
+    run.loadgen_may_have_decided = share >= LOADGEN_BUSY;
     fleet.close().await;
     Ok(run)
 }

@@ -107,24 +107,51 @@ pub struct SocketWriter {
     pub metrics: Arc<Metrics>,
 }
 
+/// Connections one publishing pass writes on its own thread. A pass that touched more
+/// hands the rest to the runtime in chunks of this many (when it has more than one
+/// worker thread), so that a broadcast to tens of thousands of connections is written
+/// by every worker thread, and one pass holds its thread for about this many writes.
+const WRITES_PER_CHUNK: usize = 512;
+
 impl Writer for SocketWriter {
     fn write(&self, touched: &[Arc<Session>]) {
-        let mut tally = Tally::new();
-        for session in touched {
-            match write_one(session, true, &mut tally) {
-                Ok(Written::All | Written::LeftToTask) => {}
-                // The task waits for writability, or writes the rest on its next turn;
-                // without a socket (not attached yet) it writes everything.
-                Ok(Written::Blocked | Written::More | Written::NoSink) => session.outbox.wake(),
-                // A dead socket: the task finds out when it reads or writes, and ends.
-                Err(_) => session.outbox.wake(),
+        let (first, rest) = touched.split_at(touched.len().min(WRITES_PER_CHUNK));
+        // With one worker thread the chunks would only run later on the same thread.
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|r| r.metrics().num_workers() > 1);
+        if !rest.is_empty() {
+            if let Some(runtime) = runtime {
+                for chunk in rest.chunks(WRITES_PER_CHUNK) {
+                    let (chunk, metrics) = (chunk.to_vec(), self.metrics.clone());
+                    runtime.spawn(async move { write_all(&metrics, &chunk) });
+                }
+            } else {
+                write_all(&self.metrics, rest);
             }
         }
-        self.metrics
-            .messages_sent_by_publisher
-            .fetch_add(tally.count, Relaxed);
-        tally.add_to(&self.metrics);
+        write_all(&self.metrics, first);
     }
+}
+
+/// Writes each touched connection's queue; what a socket does not take is left to the
+/// connection's task.
+fn write_all(metrics: &Metrics, touched: &[Arc<Session>]) {
+    let mut tally = Tally::new();
+    for session in touched {
+        match write_one(session, true, &mut tally) {
+            Ok(Written::All | Written::LeftToTask) => {}
+            // The task waits for writability, or writes the rest on its next turn;
+            // without a socket (not attached yet) it writes everything.
+            Ok(Written::Blocked | Written::More | Written::NoSink) => session.outbox.wake(),
+            // A dead socket: the task finds out when it reads or writes, and ends.
+            Err(_) => session.outbox.wake(),
+        }
+    }
+    metrics
+        .messages_sent_by_publisher
+        .fetch_add(tally.count, Relaxed);
+    tally.add_to(metrics);
 }
 
 /// The reason text sent with a close code.

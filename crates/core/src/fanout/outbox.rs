@@ -165,13 +165,13 @@ struct Queue {
     bytes: usize,
     /// Bytes of the front frame already written. A frame partly written must go out
     /// whole: it is never dropped or discarded.
-    front_written: usize,
+    front_written: u32,
     /// Set with the close frame: nothing is queued behind it.
     sealed: bool,
     /// The count a `messages:dropped` notice waiting right behind a partly written
     /// front frame (or at the front) carries; 0 when none waits. The notice is never
     /// dropped, or its count would be lost, and a later drop adds to it.
-    notice_count: u64,
+    notice_count: u32,
     /// The last write found the socket full; only the connection's task (woken by
     /// writability) writes until it clears this, so the publishing pass does not make a
     /// syscall per change to a socket that takes nothing.
@@ -392,7 +392,7 @@ impl Outbox {
         let full = |q: &Queue| {
             !q.frames.is_empty()
                 && (q.frames.len() >= self.capacity as usize
-                    || q.bytes - q.front_written + size > self.max_bytes as usize)
+                    || q.bytes - q.front_written as usize + size > self.max_bytes as usize)
         };
         if full(&queue) {
             match self.policy {
@@ -501,7 +501,11 @@ impl Outbox {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let mut count = 0;
             for (slot, item) in slices.iter_mut().zip(queue.frames.iter()) {
-                let skip = if count == 0 { queue.front_written } else { 0 };
+                let skip = if count == 0 {
+                    queue.front_written as usize
+                } else {
+                    0
+                };
                 *slot = IoSlice::new(&item.frame[skip..]);
                 count += 1;
             }
@@ -520,9 +524,11 @@ impl Outbox {
                     // a partly written frame or gone.
                     queue.notice_count = 0;
                 }
-                let rest = front.frame.len() - queue.front_written;
+                let rest = front.frame.len() - queue.front_written as usize;
                 if n < rest {
-                    queue.front_written += n;
+                    // n < rest <= the frame's length, which a u32 holds (frames
+                    // are bounded by the message and reply limits).
+                    queue.front_written += u32::try_from(n).unwrap_or(u32::MAX);
                     // The socket took part of what was offered: it is full.
                     return Ok(Written::Blocked);
                 }
@@ -572,8 +578,10 @@ impl Outbox {
                 self.budget.sub(old.frame.len());
             }
         }
-        queue.notice_count += dropped;
-        let frame = notice(queue.notice_count);
+        queue.notice_count = queue
+            .notice_count
+            .saturating_add(u32::try_from(dropped).unwrap_or(u32::MAX));
+        let frame = notice(u64::from(queue.notice_count));
         queue.bytes += frame.len();
         self.budget.add(frame.len());
         queue.frames.insert(
