@@ -118,6 +118,11 @@ for name in $SERVERS; do
   scenario "$name" connections --connections "$HELD_CONNS"
 done
 
+# describe SCENARIO TEXT: the scenario's line, when it ran.
+describe() {
+  case " $SCENARIOS " in *" $1 "*) echo "$2" ;; esac
+}
+
 # loadtest/cluster.sh's section survives a new comparison.
 CLUSTER_SECTION=$(sed -n '/<!-- cluster:begin -->/,/<!-- cluster:end -->/p' "$OUT" 2>/dev/null || true)
 {
@@ -141,16 +146,18 @@ CLUSTER_SECTION=$(sed -n '/<!-- cluster:begin -->/,/<!-- cluster:end -->/p' "$OU
   echo
   echo "Scenarios:"
   echo
-  echo "- max-fanout: $FANOUT_CONNS connections on one product; the change rate rises by 1.2x (from 50/s) every ${STEP} s until p99 passes 250 ms or anything is missing (a step over 250 ms is run once more before it counts). Figures are from the last good step."
+  describe max-fanout "- max-fanout: $FANOUT_CONNS connections on one product; the change rate rises by 1.2x (from 50/s) every ${STEP} s until p99 passes 250 ms or anything is missing (a step over 250 ms is run once more before it counts). Figures are from the last good step; the load generator's core share is the deciding step's."
   if [ -n "${BROADCAST_RATES:-}" ]; then
-    echo "- broadcast: $FANOUT_CONNS connections on one product at each of $BROADCAST_RATES changes/s, ${DURATION} s."
+    describe broadcast "- broadcast: $FANOUT_CONNS connections on one product at each of $BROADCAST_RATES changes/s, ${DURATION} s."
   else
-    echo "- broadcast: $FANOUT_CONNS connections on one product at ${BROADCAST_RATE:-100} changes/s (half of nilecast's max-fanout rate), ${DURATION} s."
+    describe broadcast "- broadcast: $FANOUT_CONNS connections on one product at ${BROADCAST_RATE:-100} changes/s (half of nilecast's max-fanout rate), ${DURATION} s."
   fi
-  echo "- sharded: $SHARDED_CONNS connections over $SHARDED_KEYS products, $SHARDED_RATE changes/s on random products, ${DURATION} s."
-  echo "- idle: $IDLE_CONNS subscribed connections, no traffic: server RSS growth per connection."
-  echo "- reconnect-storm: $STORM_CONNS connections; while 100 changes/s flow, all drop at once and reconnect with sinceSeq. Peers without replay show what a client loses."
-  echo "- connections: up to $HELD_CONNS subscribed connections (the fd limit is 20,000 per process), then one change to all."
+  describe sharded "- sharded: $SHARDED_CONNS connections over $SHARDED_KEYS products, $SHARDED_RATE changes/s on random products, ${DURATION} s."
+  describe idle "- idle: $IDLE_CONNS subscribed connections, no traffic: server RSS growth per connection."
+  describe reconnect-storm "- reconnect-storm: $STORM_CONNS connections; while 100 changes/s flow, all drop at once and reconnect with sinceSeq. Peers without replay show what a client loses."
+  describe connections "- connections: up to $HELD_CONNS subscribed connections (the fd limit is 20,000 per process), then one change to all."
+  echo
+  echo "A load generator core share of 90% or more where a result was decided is marked \"load-bound?\": the figure may be the load generator's limit, not the server's."
   echo
   "$LOADGEN" report "$RESULTS"
   echo "<details><summary>Raw JSON lines</summary>"

@@ -47,10 +47,13 @@ pub fn run(files: &[String]) -> anyhow::Result<()> {
         .collect();
     let mut by_scenario: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for r in &runs {
-        by_scenario
-            .entry(r["scenario"].as_str().unwrap_or("?").to_string())
-            .or_default()
-            .push(r);
+        let scenario = r["scenario"].as_str().unwrap_or("?");
+        // Broadcast runs at different rates are different comparisons.
+        let key = match (scenario, r["rate"].as_f64()) {
+            ("broadcast", Some(rate)) => format!("broadcast at {rate:.0} changes/s"),
+            _ => scenario.to_string(),
+        };
+        by_scenario.entry(key).or_default().push(r);
     }
     for (scenario, rows) in by_scenario {
         let columns: Vec<_> = COLUMNS
