@@ -269,6 +269,8 @@ async fn changes_newest_first_with_since_and_limit() {
         s.push(publish_one(port, inv("p-h-ch", "w-1", 100 + q)).await);
     }
     let o = publish_one(port, order("o-h-ch", "c-1", "pending")).await;
+    // With a stream, /changes lists what this node has delivered: wait for the last.
+    wait_delivered(port, o).await;
 
     let seqs_of_body = |b: &Value| -> Vec<u64> {
         let changes = b["changes"].as_array().unwrap_or_else(|| panic!("{b}"));
