@@ -326,9 +326,7 @@ impl Engine {
                 let (frame, follow_up) = record.frames_for(sub.session.wire);
                 let outbox = &sub.session.outbox;
                 let outcome = outbox.route(ns, record.seq, frame, follow_up, record.published_us);
-                if matches!(outcome, Delivery::Queued | Delivery::DroppedOldest(_))
-                    && outbox.mark_touched()
-                {
+                if outcome.is_queued() && outbox.mark_touched() {
                     touched.push(sub.session.clone());
                 }
                 match outcome {
