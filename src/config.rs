@@ -167,8 +167,13 @@ pub struct Config {
     )]
     pub max_connections: usize,
 
-    /// Largest client WebSocket message in bytes; a larger one closes the connection
-    /// with 1009.
+    /// Offer permessage-deflate (RFC 7692) on WebSocket upgrades (off by default): each
+    /// broadcast is compressed once and shared by every connection that negotiated it.
+    #[arg(long = "permessage-deflate", env = "PERMESSAGE_DEFLATE", value_name = "PERMESSAGE_DEFLATE", action = ArgAction::Set, default_value_t = false)]
+    pub permessage_deflate: bool,
+
+    /// Largest client WebSocket message in bytes (after decompression, with
+    /// permessage-deflate); a larger one closes the connection with 1009.
     #[arg(long = "max-message-bytes", env = "MAX_MESSAGE_BYTES", value_name = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 

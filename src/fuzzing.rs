@@ -28,19 +28,27 @@ pub fn native_message(data: &[u8]) {
 }
 
 /// A client's byte stream: frames parsed as they arrive in pieces of every size the
-/// input's first byte picks.
+/// input's first byte picks, on a connection that negotiated permessage-deflate when
+/// that byte is odd; compressed payloads are decompressed within the message limit.
 pub fn ws_frames(data: &[u8]) {
     let Some((&step, rest)) = data.split_first() else {
         return;
     };
+    let deflate = step & 1 == 1;
     let step = usize::from(step).max(1);
     let mut buf = BytesMut::new();
     for piece in rest.chunks(step) {
         buf.extend_from_slice(piece);
         loop {
-            match frame::parse(&mut buf, MAX_PAYLOAD) {
+            match frame::parse(&mut buf, MAX_PAYLOAD, deflate) {
                 Ok(Some(f)) => {
                     assert!(f.payload.len() <= MAX_PAYLOAD);
+                    assert!(deflate || !f.compressed);
+                    if f.compressed {
+                        if let Ok(message) = crate::ws::deflate::inflate(&f.payload, MAX_PAYLOAD) {
+                            assert!(message.len() <= MAX_PAYLOAD);
+                        }
+                    }
                     if f.opcode.is_control() {
                         assert!(f.fin && f.payload.len() <= 125);
                     }

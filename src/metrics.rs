@@ -111,6 +111,9 @@ pub struct Metrics {
     /// with it.
     pub engine: Arc<Counters>,
     pub slow_consumer_closes: AtomicU64,
+    /// Compressed client messages refused: over the message limit once decompressed
+    /// (1009), or not valid deflate data (1007).
+    pub inflate_refused: AtomicU64,
     pub request_time_us: AtomicU64,
     pub requests_handled: AtomicU64,
     pub rss_bytes: AtomicU64,
@@ -137,6 +140,7 @@ impl Metrics {
             bytes_sent: AtomicU64::new(0),
             engine: Arc::default(),
             slow_consumer_closes: AtomicU64::new(0),
+            inflate_refused: AtomicU64::new(0),
             request_time_us: AtomicU64::new(0),
             requests_handled: AtomicU64::new(0),
             rss_bytes: AtomicU64::new(0),
@@ -213,6 +217,7 @@ impl Metrics {
                 "duplicatesSuppressed": self.engine.duplicates_suppressed.load(Relaxed),
                 "droppedFrames": self.engine.dropped_frames.load(Relaxed),
                 "slowConsumerCloses": self.slow_consumer_closes.load(Relaxed),
+                "compressedMessagesRefused": self.inflate_refused.load(Relaxed),
                 "heartbeatTimeouts": self.heartbeat_timeouts.load(Relaxed),
                 "socketioRecoveries": self.socketio_recoveries.load(Relaxed),
                 "queueDepth": gauges.queue_depth,
@@ -329,6 +334,12 @@ impl Metrics {
             "counter",
             "Connections closed with 1013 because their queue was full.",
             self.slow_consumer_closes.load(Relaxed),
+        );
+        metric(
+            "nilecast_compressed_messages_refused_total",
+            "counter",
+            "Compressed client messages refused: too large once decompressed (1009) or not valid deflate data (1007).",
+            self.inflate_refused.load(Relaxed),
         );
         metric(
             "nilecast_changes_published_total",

@@ -51,15 +51,22 @@ pub struct Conn {
     pub(super) mode: Mode,
     /// Bytes read and not yet parsed; no capacity while idle.
     pub(super) buf: BytesMut,
-    /// A fragmented message being assembled: its opcode and the bytes so far. Boxed:
-    /// fragmented messages are rare, and the field is in every connection's task.
-    pub(super) message: Option<Box<(OpCode, BytesMut)>>,
+    /// A fragmented message being assembled. Boxed: fragmented messages are rare, and
+    /// the field is in every connection's task.
+    pub(super) message: Option<Box<Partial>>,
     pub(super) limiter: RateLimiter,
     pub(super) phase: Phase,
     /// The last write found the socket full: wait until it is writable.
     wants_write: bool,
     /// The close handshake, once begun.
     closing: Option<Box<Closing>>,
+}
+
+/// A fragmented message so far: its opcode, whether it is compressed, and its bytes.
+pub(super) struct Partial {
+    pub opcode: OpCode,
+    pub compressed: bool,
+    pub bytes: BytesMut,
 }
 
 /// The close handshake's state: the frames still to write (queued ones when the close
@@ -87,6 +94,7 @@ pub fn start(
     remote: SocketAddr,
     principal: Arc<Principal>,
     mode: Mode,
+    deflate: u8,
 ) {
     let _ = stream.set_nodelay(true);
     let config = &app.config;
@@ -104,7 +112,9 @@ pub fn start(
     let socket = Arc::new(Socket(stream));
     outbox.attach(socket.clone());
     let session = Arc::new(
-        Session::new(app.next_session_id(), outbox, remote, principal, now).speaking(wire),
+        Session::new(app.next_session_id(), outbox, remote, principal, now)
+            .speaking(wire)
+            .deflating(deflate),
     );
     app.sessions.insert(session.id, session.clone());
     app.metrics.connections_total.fetch_add(1, Relaxed);

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::conn::Conn;
+use super::conn::{Conn, Partial};
+use super::deflate;
 use super::frame::{self, Frame, OpCode};
 use super::Mode;
 use crate::error::{close, ErrorCode, Refusal};
@@ -41,7 +42,7 @@ impl Conn {
             if self.phase == Phase::Open && !self.outbox().is_open() {
                 self.phase = Phase::Closing;
             }
-            match frame::parse(&mut self.buf, max) {
+            match frame::parse(&mut self.buf, max, self.session.deflate != 0) {
                 Ok(Some(frame)) => {
                     if self.on_frame(frame) {
                         // The client closed: whatever follows its close frame is moot.
@@ -102,30 +103,45 @@ impl Conn {
             }
             _ if self.phase != Phase::Open => {}
             OpCode::Text | OpCode::Binary => {
+                let compressed = frame.compressed;
                 if self.message.is_some() {
                     self.fail(close::PROTOCOL_ERROR, Phase::Closing);
                 } else if frame.fin {
-                    self.on_message(frame.opcode, frame.payload);
-                } else if frame.opcode == OpCode::Text && !utf8_so_far(&frame.payload, false) {
+                    self.on_message(frame.opcode, frame.payload, compressed);
+                } else if frame.opcode == OpCode::Text
+                    && !compressed
+                    && !utf8_so_far(&frame.payload, false)
+                {
                     self.fail(close::INVALID_PAYLOAD, Phase::Closing);
                 } else {
-                    self.message = Some(Box::new((frame.opcode, frame.payload)));
+                    self.message = Some(Box::new(Partial {
+                        opcode: frame.opcode,
+                        compressed,
+                        bytes: frame.payload,
+                    }));
                 }
+            }
+            // Only a message's first frame may carry RSV1 (RFC 7692 section 6.1).
+            OpCode::Continuation if frame.compressed => {
+                self.fail(close::PROTOCOL_ERROR, Phase::Closing)
             }
             OpCode::Continuation => {
                 let max = self.app.config.max_message_bytes;
                 match self.message.as_deref_mut() {
                     None => self.fail(close::PROTOCOL_ERROR, Phase::Closing),
-                    Some((_, so_far)) if so_far.len() + frame.payload.len() > max => {
+                    Some(partial) if partial.bytes.len() + frame.payload.len() > max => {
                         self.fail(close::TOO_BIG, Phase::Closing)
                     }
-                    Some((opcode, so_far)) => {
+                    Some(partial) => {
+                        let so_far = &mut partial.bytes;
                         let checked = so_far.len();
                         so_far.extend_from_slice(&frame.payload);
                         // Fail fast on invalid UTF-8 in a fragment, rather than at the
                         // end of a long message (from the last whole character on).
+                        // Compressed bytes are checked once decompressed.
                         let from = checked.saturating_sub(3);
-                        if *opcode == OpCode::Text
+                        if partial.opcode == OpCode::Text
+                            && !partial.compressed
                             && !frame.fin
                             && !utf8_so_far(&so_far[from..], true)
                         {
@@ -134,8 +150,12 @@ impl Conn {
                         }
                         if frame.fin {
                             if let Some(message) = self.message.take() {
-                                let (opcode, payload) = *message;
-                                self.on_message(opcode, payload);
+                                let Partial {
+                                    opcode,
+                                    compressed,
+                                    bytes,
+                                } = *message;
+                                self.on_message(opcode, bytes, compressed);
                             }
                         }
                     }
@@ -145,16 +165,37 @@ impl Conn {
         false
     }
 
-    /// Handles one complete message.
-    fn on_message(&mut self, opcode: OpCode, payload: BytesMut) {
+    /// Handles one complete message, decompressing it first when it is compressed.
+    fn on_message(&mut self, opcode: OpCode, payload: BytesMut, compressed: bool) {
         let metrics = &self.app.metrics;
         metrics.messages_received.fetch_add(1, Relaxed);
+        let payload = if compressed {
+            match deflate::inflate(&payload, self.app.config.max_message_bytes) {
+                Ok(inflated) => BytesMut::from(bytes::Bytes::from(inflated)),
+                Err(e) => {
+                    metrics.inflate_refused.fetch_add(1, Relaxed);
+                    tracing::debug!(connection = self.session.id, error = %e, "compressed message refused");
+                    self.fail(e.close_code(), Phase::Closing);
+                    return;
+                }
+            }
+        } else {
+            payload
+        };
         if opcode == OpCode::Text && valid_utf8(&payload).is_err() {
             self.fail(close::INVALID_PAYLOAD, Phase::Closing);
             return;
         }
         if self.mode == Mode::Echo {
-            self.outbox().send(frame::server_frame(opcode, &payload));
+            // Echoes are compressed like broadcasts: when it helps and fits the
+            // client's window.
+            let window = self.session.deflate;
+            let echo = (window != 0)
+                .then(|| deflate::deflate_message(opcode, &payload, window))
+                .flatten()
+                .map(|d| d.frame);
+            let echo = echo.unwrap_or_else(|| frame::server_frame(opcode, &payload));
+            self.outbox().send(echo);
             return;
         }
         let started = Instant::now();

@@ -10,7 +10,7 @@
 //! Architecture Invariant: only this module touches WebSocket sockets.
 
 pub mod conn;
-pub use nilecast_core::ws::frame;
+pub use nilecast_core::ws::{deflate, frame};
 mod input;
 pub mod socketio;
 pub mod writer;
@@ -23,8 +23,8 @@ use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
-    HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_VERSION, UPGRADE,
+    HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -144,6 +144,20 @@ pub fn upgrade(
         return refuse(ErrorCode::RateLimited, message);
     }
 
+    // permessage-deflate, when offered and enabled (docs/protocol.md, "2.1 Compression").
+    let deflate = app
+        .config
+        .permessage_deflate
+        .then(|| {
+            deflate::negotiate(
+                req.headers()
+                    .get_all(SEC_WEBSOCKET_EXTENSIONS)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            )
+        })
+        .flatten();
+
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
     app.shutdown.spawn(async move {
@@ -161,7 +175,16 @@ pub fn upgrade(
                 // hyper's upgrade state, ends here instead of living (and holding about
                 // 900 bytes) as long as the connection.
                 let (stream, pre_read) = (parts.io.into_inner(), parts.read_buf);
-                conn::start(&task_app, stream, pre_read, remote, principal, mode);
+                let window_bits = deflate.map_or(0, |d| d.window_bits);
+                conn::start(
+                    &task_app,
+                    stream,
+                    pre_read,
+                    remote,
+                    principal,
+                    mode,
+                    window_bits,
+                );
             }
             Err(_) => {
                 tracing::error!("upgraded connection is not a TCP stream");
@@ -177,6 +200,9 @@ pub fn upgrade(
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(accept) = HeaderValue::from_str(&accept_key(&key)) {
         headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(extension) = deflate.and_then(|d| HeaderValue::from_str(&d.response()).ok()) {
+        headers.insert(SEC_WEBSOCKET_EXTENSIONS, extension);
     }
     response
 }

@@ -56,6 +56,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "SHUTDOWN_TIMEOUT_MS",
     "LOW_STOCK_THRESHOLD",
     "NILECAST_ECHO_ENDPOINT",
+    "PERMESSAGE_DEFLATE",
     "NILECAST_ENV",
     "BIND_ADDRESS",
     "MAX_CONNECTIONS",
@@ -1463,6 +1464,8 @@ pub const OP_PONG: u8 = 0xA;
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate).
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -1490,6 +1493,8 @@ pub struct RawClient {
     /// Pings seen while reading.
     pub pings: usize,
     next_ack: u64,
+    /// The upgrade response's status line and headers.
+    pub upgrade_head: String,
 }
 
 impl RawClient {
@@ -1532,6 +1537,7 @@ impl RawClient {
                 auto_pong: true,
                 pings: 0,
                 next_ack: 1,
+                upgrade_head: String::new(),
             };
             c.handshake(port, path, headers).await;
             c
@@ -1592,6 +1598,16 @@ impl RawClient {
             Some(expected.as_str()),
             "bad Sec-WebSocket-Accept in {head}"
         );
+        self.upgrade_head = head;
+    }
+
+    /// An upgrade response header's value, if it has that header.
+    pub fn upgrade_header(&self, name: &str) -> Option<&str> {
+        self.upgrade_head
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
     }
 
     pub fn next_ack_id(&mut self) -> u64 {
@@ -1666,6 +1682,7 @@ impl RawClient {
         }
         let fin = b[0] & 0x80 != 0;
         let opcode = b[0] & 0x0f;
+        let rsv1 = b[0] & 0x40 != 0;
         let masked = b[1] & 0x80 != 0;
         let len7 = (b[1] & 0x7f) as usize;
         let mut pos = 2;
@@ -1706,6 +1723,7 @@ impl RawClient {
         self.buf.drain(..pos + len);
         Some(Frame {
             fin,
+            rsv1,
             opcode,
             payload,
         })

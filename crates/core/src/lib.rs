@@ -37,6 +37,7 @@ pub mod time;
 
 /// WebSocket framing, a codec: the connection that reads and writes it is the server's.
 pub mod ws {
+    pub mod deflate;
     pub mod frame;
 }
 

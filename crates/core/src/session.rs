@@ -104,6 +104,10 @@ pub struct Session {
     pub last_seen_ms: AtomicU64,
     /// The protocol it speaks: what its replies and pushes are encoded as.
     pub wire: Wire,
+    /// permessage-deflate: the LZ77 window (bits) the client decompresses with, or 0
+    /// when the connection did not negotiate compression (docs/protocol.md, "2.1
+    /// Compression").
+    pub deflate: u8,
     /// Moves on when the connection becomes another principal; changed only under the
     /// `subs` lock, so that adding a subscription can check it atomically.
     generation: AtomicU64,
@@ -128,6 +132,7 @@ impl Session {
             subs: Mutex::new(Vec::new()),
             last_seen_ms: AtomicU64::new(now_ms),
             wire: Wire::Native,
+            deflate: 0,
             generation: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         }
@@ -136,6 +141,13 @@ impl Session {
     /// The same session speaking `wire`.
     pub fn speaking(mut self, wire: Wire) -> Session {
         self.wire = wire;
+        self
+    }
+
+    /// The same session receiving compressed frames that fit a `window_bits` window
+    /// (0: none).
+    pub fn deflating(mut self, window_bits: u8) -> Session {
+        self.deflate = window_bits;
         self
     }
 

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::protocol::{native, socketio, Wire};
 use crate::time;
+use crate::ws::deflate::{self, Deflated};
 
 /// The six namespaces (docs/protocol.md, "7. Namespaces and events").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -263,6 +264,13 @@ impl Keys {
     }
 }
 
+/// A record's frames compressed once (None: compression did not make one smaller).
+#[derive(Debug)]
+struct Compressed {
+    frame: Option<Deflated>,
+    follow_up: Option<Deflated>,
+}
+
 /// A published change: immutable and shared by the replay ring, the store and every
 /// subscriber queue.
 #[derive(Debug)]
@@ -282,6 +290,10 @@ pub struct Record {
     /// The Socket.IO frame, `42<ns>,["<event>",P,"<seq>"]`, encoded the first time a
     /// Socket.IO subscriber needs it and shared by all of them.
     socketio: std::sync::OnceLock<Bytes>,
+    /// The frames compressed for permessage-deflate, per wire (native, Socket.IO):
+    /// compressed the first time a compressing subscriber needs them, and shared by all
+    /// of them.
+    deflated: [std::sync::OnceLock<Box<Compressed>>; 2],
     /// When the engine took the change, in microseconds since the epoch, for the
     /// publish-to-write latency histogram.
     pub published_us: u64,
@@ -320,12 +332,41 @@ impl Record {
             payload,
             follow_up: None,
             socketio: std::sync::OnceLock::new(),
+            deflated: Default::default(),
             published_us: time::now_us(),
         }
     }
 
-    /// The frame and follow-up for a subscriber speaking `wire`.
-    pub fn frames_for(&self, wire: Wire) -> (&Bytes, Option<&Bytes>) {
+    /// The frame and follow-up for a subscriber speaking `wire`, compressed for one
+    /// whose client decompresses with a `deflate`-bit window (0: uncompressed) when
+    /// compressing makes them smaller and they fit that window.
+    pub fn frames_for(&self, wire: Wire, deflate: u8) -> (&Bytes, Option<&Bytes>) {
+        let (frame, follow_up) = self.plain_frames(wire);
+        if deflate == 0 {
+            return (frame, follow_up);
+        }
+        let slot = match wire {
+            Wire::Native => 0,
+            Wire::SocketIo => 1,
+        };
+        let compressed = self.deflated[slot].get_or_init(|| {
+            Box::new(Compressed {
+                frame: deflate::deflate_frame(frame),
+                follow_up: follow_up.and_then(|f| deflate::deflate_frame(f)),
+            })
+        });
+        let frame = match &compressed.frame {
+            Some(d) if d.fits(deflate) => &d.frame,
+            _ => frame,
+        };
+        let follow_up = match (&compressed.follow_up, follow_up) {
+            (Some(d), Some(_)) if d.fits(deflate) => Some(&d.frame),
+            (_, plain) => plain,
+        };
+        (frame, follow_up)
+    }
+
+    fn plain_frames(&self, wire: Wire) -> (&Bytes, Option<&Bytes>) {
         match wire {
             Wire::Native => (&self.frame, self.follow_up.as_ref().map(|f| &f.0)),
             Wire::SocketIo => {

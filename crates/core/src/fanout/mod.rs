@@ -323,7 +323,7 @@ impl Engine {
                 if !sub.matches(record) {
                     continue;
                 }
-                let (frame, follow_up) = record.frames_for(sub.session.wire);
+                let (frame, follow_up) = record.frames_for(sub.session.wire, sub.session.deflate);
                 let outbox = &sub.session.outbox;
                 let outcome = outbox.route(ns, record.seq, frame, follow_up, record.published_us);
                 if outcome.is_queued() && outbox.mark_touched() {
@@ -483,7 +483,7 @@ impl Engine {
             outbox.send(frame);
         }
         for record in replay.iter().chain(initial.iter()) {
-            let (frame, _) = record.frames_for(session.wire);
+            let (frame, _) = record.frames_for(session.wire, session.deflate);
             outbox.deliver(ns, record.seq, frame, None, 0);
         }
         Ok(outcome)

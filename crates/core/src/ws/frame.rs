@@ -52,6 +52,8 @@ impl OpCode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: the first frame of a compressed message (permessage-deflate).
+    pub compressed: bool,
     pub opcode: OpCode,
     pub payload: BytesMut,
 }
@@ -82,18 +84,29 @@ impl FrameError {
 
 /// Takes one complete frame off the front of `buf`, or returns `Ok(None)` when more bytes
 /// are needed. A frame whose declared length exceeds `max_payload` is refused from its
-/// header alone, before its payload is read.
-pub fn parse(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Frame>, FrameError> {
+/// header alone, before its payload is read. RSV1 is allowed only with `deflate` (the
+/// connection negotiated permessage-deflate), and then only on the first frame of a
+/// data message, which the caller checks; RSV2 and RSV3 never are.
+pub fn parse(
+    buf: &mut BytesMut,
+    max_payload: usize,
+    deflate: bool,
+) -> Result<Option<Frame>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    let reserved = if deflate { 0x30 } else { 0x70 };
+    if b0 & reserved != 0 {
         return Err(FrameError::ReservedBits);
     }
+    let compressed = b0 & 0x40 != 0;
     let fin = b0 & 0x80 != 0;
     let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(FrameError::UnknownOpcode)?;
+    if compressed && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(FrameError::ReservedBits);
+    }
     if b1 & 0x80 == 0 {
         return Err(FrameError::Unmasked);
     }
@@ -136,6 +149,7 @@ pub fn parse(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Frame>, Fr
     unmask(&mut payload, mask);
     Ok(Some(Frame {
         fin,
+        compressed,
         opcode,
         payload,
     }))
@@ -165,7 +179,10 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 /// header occupies `out[MAX_HEADER - used..]`, so it sits right before a payload that
 /// follows `out` in memory.
 pub fn header_into(out: &mut [u8; MAX_HEADER], opcode: OpCode, len: usize) -> usize {
-    let b0 = 0x80 | opcode.as_u8();
+    header_with(out, 0x80 | opcode.as_u8(), len)
+}
+
+fn header_with(out: &mut [u8; MAX_HEADER], b0: u8, len: usize) -> usize {
     if len < 126 {
         out[8] = b0;
         out[9] = len as u8;
@@ -186,12 +203,46 @@ pub fn header_into(out: &mut [u8; MAX_HEADER], opcode: OpCode, len: usize) -> us
 /// Builds a complete server frame from a body that was written after `MAX_HEADER`
 /// reserved bytes at the front of `buf`. No copy: the header is written into the reserved
 /// space and the result is a slice of the same allocation.
-pub fn finish_reserved(mut buf: Vec<u8>, opcode: OpCode) -> Bytes {
+pub fn finish_reserved(buf: Vec<u8>, opcode: OpCode) -> Bytes {
+    finish_with(buf, 0x80 | opcode.as_u8())
+}
+
+/// [`finish_reserved`] for a compressed message: the frame has RSV1 set.
+pub fn finish_reserved_compressed(buf: Vec<u8>, opcode: OpCode) -> Bytes {
+    finish_with(buf, 0x80 | 0x40 | opcode.as_u8())
+}
+
+fn finish_with(mut buf: Vec<u8>, b0: u8) -> Bytes {
     let len = buf.len() - MAX_HEADER;
     let mut head = [0u8; MAX_HEADER];
-    let used = header_into(&mut head, opcode, len);
+    let used = header_with(&mut head, b0, len);
     buf[..MAX_HEADER].copy_from_slice(&head);
     Bytes::from(buf).slice(MAX_HEADER - used..)
+}
+
+/// The opcode and payload of a whole, unfragmented server frame built here (None for
+/// anything else: a masked or fragmented frame, or one cut short).
+pub fn split_server_frame(frame: &[u8]) -> Option<(OpCode, &[u8])> {
+    let (&b0, rest) = frame.split_first()?;
+    let (&b1, rest) = rest.split_first()?;
+    if b0 & 0x80 == 0 || b1 & 0x80 != 0 {
+        return None;
+    }
+    let opcode = OpCode::from_u8(b0 & 0x0F)?;
+    let (len, body) = match b1 {
+        126 => {
+            let (len, body) = rest.split_at_checked(2)?;
+            (usize::from(u16::from_be_bytes([len[0], len[1]])), body)
+        }
+        127 => {
+            let (len, body) = rest.split_at_checked(8)?;
+            let mut be = [0u8; 8];
+            be.copy_from_slice(len);
+            (usize::try_from(u64::from_be_bytes(be)).ok()?, body)
+        }
+        n => (usize::from(n), rest),
+    };
+    (body.len() == len).then_some((opcode, body))
 }
 
 /// A server frame carrying `payload`.
@@ -243,30 +294,54 @@ mod tests {
         let mut bytes = client_frame(true, 1, b"hello", [1, 2, 3, 4]);
         bytes.extend_from_slice(&[0x81]);
         let mut buf = BytesMut::from(&bytes[..]);
-        let frame = parse(&mut buf, 1024).unwrap().unwrap();
+        let frame = parse(&mut buf, 1024, false).unwrap().unwrap();
         assert_eq!(frame.opcode, OpCode::Text);
         assert!(frame.fin);
         assert_eq!(&frame.payload[..], b"hello");
         assert_eq!(&buf[..], &[0x81]);
-        assert_eq!(parse(&mut buf, 1024), Ok(None));
+        assert_eq!(parse(&mut buf, 1024, false), Ok(None));
     }
 
     #[test]
     fn refuses_unmasked_oversized_and_bad_control_frames() {
         let mut unmasked = BytesMut::from(&[0x81u8, 0x01, b'a'][..]);
-        assert_eq!(parse(&mut unmasked, 1024), Err(FrameError::Unmasked));
+        assert_eq!(parse(&mut unmasked, 1024, false), Err(FrameError::Unmasked));
         let mut big = BytesMut::from(&client_frame(true, 1, &[b'a'; 300], [0; 4])[..]);
-        assert_eq!(parse(&mut big, 200), Err(FrameError::TooLarge));
+        assert_eq!(parse(&mut big, 200, false), Err(FrameError::TooLarge));
         // The size is refused from the header alone.
         let mut head_only = BytesMut::from(&client_frame(true, 1, &[b'a'; 300], [0; 4])[..4]);
-        assert_eq!(parse(&mut head_only, 200), Err(FrameError::TooLarge));
+        assert_eq!(parse(&mut head_only, 200, false), Err(FrameError::TooLarge));
         let mut frag_ping = BytesMut::from(&client_frame(false, 9, b"x", [0; 4])[..]);
         assert_eq!(
-            parse(&mut frag_ping, 1024),
+            parse(&mut frag_ping, 1024, false),
             Err(FrameError::BadControlFrame)
         );
         let mut rsv = BytesMut::from(&[0xC1u8, 0x80, 0, 0, 0, 0][..]);
-        assert_eq!(parse(&mut rsv, 1024), Err(FrameError::ReservedBits));
+        assert_eq!(parse(&mut rsv, 1024, false), Err(FrameError::ReservedBits));
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_data_frame_only_when_deflate_was_negotiated() {
+        let mut rsv1 = BytesMut::from(&[0xC1u8, 0x80, 0, 0, 0, 0][..]);
+        let frame = parse(&mut rsv1, 1024, true).unwrap().unwrap();
+        assert!(frame.compressed && frame.fin && frame.opcode == OpCode::Text);
+        let mut rsv2 = BytesMut::from(&[0xA1u8, 0x80, 0, 0, 0, 0][..]);
+        assert_eq!(parse(&mut rsv2, 1024, true), Err(FrameError::ReservedBits));
+        let mut ping = BytesMut::from(&[0xC9u8, 0x80, 0, 0, 0, 0][..]);
+        assert_eq!(parse(&mut ping, 1024, true), Err(FrameError::ReservedBits));
+    }
+
+    #[test]
+    fn server_frames_split_back_into_opcode_and_payload() {
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let payload = vec![b'x'; len];
+            let frame = server_frame(OpCode::Binary, &payload);
+            assert_eq!(
+                split_server_frame(&frame),
+                Some((OpCode::Binary, &payload[..]))
+            );
+            assert_eq!(split_server_frame(&frame[..frame.len() - 1]), None);
+        }
     }
 
     #[test]
@@ -295,11 +370,11 @@ mod tests {
             let bytes = client_frame(true, 2, &payload, mask);
             let cut = cut % (bytes.len() + 1);
             let mut buf = BytesMut::from(&bytes[..cut]);
-            let first = parse(&mut buf, 1 << 20).unwrap();
+            let first = parse(&mut buf, 1 << 20, false).unwrap();
             if cut < bytes.len() {
                 prop_assert!(first.is_none());
                 buf.extend_from_slice(&bytes[cut..]);
-                let frame = parse(&mut buf, 1 << 20).unwrap().unwrap();
+                let frame = parse(&mut buf, 1 << 20, false).unwrap().unwrap();
                 prop_assert_eq!(&frame.payload[..], &payload[..]);
             } else {
                 prop_assert_eq!(&first.unwrap().payload[..], &payload[..]);
@@ -311,7 +386,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut buf = BytesMut::from(&bytes[..]);
-            while let Ok(Some(_)) = parse(&mut buf, 1024) {}
+            while let Ok(Some(_)) = parse(&mut buf, 1024, false) {}
         }
     }
 }
