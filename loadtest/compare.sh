@@ -12,6 +12,10 @@
 #   SCENARIOS="max-fanout sharded" loadtest/compare.sh   # a subset of the scenarios
 #   BROADCAST_RATES="400 1000" loadtest/compare.sh       # broadcast at these rates
 #                                   # (default: half of nilecast's max-fanout rate)
+#   SERVERS="nilecast nilecast-deflate ws-node ws-node-deflate" SCENARIOS="broadcast sharded" \
+#     BROADCAST_RATES=200 OUT=loadtest/DEFLATE.md loadtest/compare.sh
+#                                   # permessage-deflate on and off (the -deflate servers
+#                                   # negotiate it with every load-generator connection)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,6 +67,9 @@ start_server() {
     nilecast)
       MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 SIMULATE_RATE=0 WEBSOCKET_PORT=4100 RUST_LOG=warn taskset -c "$SERVER_CORE" "$NILECAST_BIN" > "$log" 2>&1 &
       PORT=4100; PROTOCOL=native ;;
+    nilecast-deflate)
+      PERMESSAGE_DEFLATE=true MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 SIMULATE_RATE=0 WEBSOCKET_PORT=4106 RUST_LOG=warn taskset -c "$SERVER_CORE" "$NILECAST_BIN" > "$log" 2>&1 &
+      PORT=4106; PROTOCOL=native ;;
     nilecast-socketio)
       # The same server, driven over Socket.IO (the websocket transport).
       MAX_CONNECTIONS_PER_IP=0 UPGRADES_PER_IP_PER_S=0 SIMULATE_RATE=0 WEBSOCKET_PORT=4104 RUST_LOG=warn taskset -c "$SERVER_CORE" "$NILECAST_BIN" > "$log" 2>&1 &
@@ -73,6 +80,12 @@ start_server() {
     bun)
       PORT=4102 taskset -c "$SERVER_CORE" loadtest/peers/bun/node_modules/@oven/bun-linux-x64/bin/bun loadtest/peers/bun/server.js > "$log" 2>&1 &
       PORT=4102; PROTOCOL=native ;;
+    ws-node|ws-node-deflate)
+      PERMESSAGE_DEFLATE=$([ "$name" = ws-node-deflate ] && echo true || echo false) PORT=4105 taskset -c "$SERVER_CORE" node loadtest/peers/ws-node/server.js > "$log" 2>&1 &
+      PORT=4105; PROTOCOL=native ;;
+    bun-deflate)
+      PERMESSAGE_DEFLATE=true PORT=4107 taskset -c "$SERVER_CORE" loadtest/peers/bun/node_modules/@oven/bun-linux-x64/bin/bun loadtest/peers/bun/server.js > "$log" 2>&1 &
+      PORT=4107; PROTOCOL=native ;;
     socketioxide)
       PORT=4103 taskset -c "$SERVER_CORE" loadtest/peers/socketioxide/target/release/peer-socketioxide > "$log" 2>&1 &
       PORT=4103; PROTOCOL=socketio ;;
@@ -93,8 +106,10 @@ scenario() {
   case " $SCENARIOS " in *" $what "*) ;; *) return 0 ;; esac
   start_server "$name"
   echo "==> $name: $what $*"
+  local deflate=()
+  case $name in *-deflate) deflate=(--deflate) ;; esac
   if taskset -c "$LOADGEN_CORE" "$LOADGEN" run "$what" --addr "127.0.0.1:$PORT" --protocol "$PROTOCOL" \
-      --server "$name" --server-pid "$PID" --threads 1 "$@" >> "$RESULTS" 2> "$LOGDIR/loadgen-$name-$what.log"; then
+      --server "$name" --server-pid "$PID" --threads 1 "${deflate[@]}" "$@" >> "$RESULTS" 2> "$LOGDIR/loadgen-$name-$what.log"; then
     tail -1 "$RESULTS" | cut -c1-220
   else
     echo "   (run failed; see below)"; tail -5 "$LOGDIR/loadgen-$name-$what.log"

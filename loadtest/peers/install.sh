@@ -4,6 +4,7 @@
 #
 #   socketio-node/  npm ci   (when node_modules is missing or package-lock.json changed)
 #   bun/            npm ci   (brings the pinned Bun binary: node_modules/@oven/bun-linux-x64/bin/bun)
+#   ws-node/        npm ci
 #   socketioxide/   cargo build --release --locked (cargo itself skips an up-to-date build)
 #
 # Progress goes to stderr; stdout carries only the version lines.
@@ -44,6 +45,7 @@ npm_install() {
 
 npm_install "$here/socketio-node"
 npm_install "$here/bun"
+npm_install "$here/ws-node"
 
 echo "install.sh: socketioxide: cargo build --release" >&2
 (cd "$here/socketioxide" && cargo build --release --locked >&2)
@@ -56,3 +58,4 @@ echo "node $(node -v | sed 's/^v//')"
 echo "socket.io $sio_version"
 echo "bun $("$bun_bin" --version)"
 echo "socketioxide $sxd_version"
+echo "ws $(node -p "require('$here/ws-node/node_modules/ws/package.json').version")"

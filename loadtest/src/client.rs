@@ -22,6 +22,9 @@ pub enum Protocol {
     Socketio,
 }
 
+/// RSV1 in a frame's first byte: a compressed message (permessage-deflate).
+const RSV1: u8 = 0x40;
+
 /// How long the handshake and the subscribe reply may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes read per `read` call: enough for hundreds of frames, so a busy client makes
@@ -55,6 +58,45 @@ pub struct Client {
     buf: Vec<u8>,
     start: usize,
     protocol: Protocol,
+    /// permessage-deflate, when the server accepted it.
+    inflater: Option<Box<Inflater>>,
+}
+
+/// A connection's decompressor (permessage-deflate). It keeps its window between
+/// messages unless the server said `server_no_context_takeover`.
+struct Inflater {
+    z: flate2::Decompress,
+    reset_each: bool,
+    out: Vec<u8>,
+}
+
+impl Inflater {
+    fn inflate(&mut self, payload: &[u8]) -> anyhow::Result<&[u8]> {
+        if self.reset_each {
+            self.z.reset(false);
+        }
+        self.out.clear();
+        for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+            let start = self.z.total_in();
+            loop {
+                if self.out.capacity() - self.out.len() < 1024 {
+                    self.out.reserve(self.out.capacity().max(4096));
+                }
+                let done = (self.z.total_in() - start) as usize;
+                self.z.decompress_vec(
+                    &input[done..],
+                    &mut self.out,
+                    flate2::FlushDecompress::Sync,
+                )?;
+                if (self.z.total_in() - start) as usize == input.len()
+                    && self.out.len() < self.out.capacity()
+                {
+                    break;
+                }
+            }
+        }
+        Ok(&self.out)
+    }
 }
 
 /// A masked client text frame. Load-generator traffic needs no unpredictable mask, so
@@ -117,16 +159,25 @@ fn leading_number(bytes: &[u8]) -> Option<u64> {
 impl Client {
     /// Connects and completes the WebSocket (and, for Socket.IO, the Engine.IO and
     /// namespace) handshakes.
-    pub async fn connect(addr: &str, protocol: Protocol, ws_path: &str) -> anyhow::Result<Client> {
-        tokio::time::timeout(SETUP_TIMEOUT, Self::connect_inner(addr, protocol, ws_path))
-            .await
-            .context("handshake timed out")?
+    pub async fn connect(
+        addr: &str,
+        protocol: Protocol,
+        ws_path: &str,
+        deflate: bool,
+    ) -> anyhow::Result<Client> {
+        tokio::time::timeout(
+            SETUP_TIMEOUT,
+            Self::connect_inner(addr, protocol, ws_path, deflate),
+        )
+        .await
+        .context("handshake timed out")?
     }
 
     async fn connect_inner(
         addr: &str,
         protocol: Protocol,
         ws_path: &str,
+        deflate: bool,
     ) -> anyhow::Result<Client> {
         let stream = TcpStream::connect(addr)
             .await
@@ -138,14 +189,20 @@ impl Client {
         };
         let key =
             base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
+        let offer = if deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
         );
         let mut client = Client {
             stream,
             buf: Vec::new(),
             start: 0,
             protocol,
+            inflater: None,
         };
         client.stream.write_all(request.as_bytes()).await?;
         // Read the response head; anything after it is the first frames.
@@ -155,6 +212,14 @@ impl Client {
                 let head = String::from_utf8_lossy(&client.buf[..end]).to_string();
                 if !head.starts_with("HTTP/1.1 101") {
                     bail!("upgrade refused: {}", head.lines().next().unwrap_or(""));
+                }
+                let lower = head.to_ascii_lowercase();
+                if deflate && lower.contains("permessage-deflate") {
+                    client.inflater = Some(Box::new(Inflater {
+                        z: flate2::Decompress::new(false),
+                        reset_each: lower.contains("server_no_context_takeover"),
+                        out: Vec::new(),
+                    }));
                 }
                 client.start = end + 4;
                 break;
@@ -204,7 +269,11 @@ impl Client {
         tokio::time::timeout(SETUP_TIMEOUT, async {
             loop {
                 while let Some((opcode, range)) = self.parse_one()? {
-                    let matched = opcode == 0x1 && pred(&self.buf[range.clone()]);
+                    let matched = match (opcode, self.inflater.as_deref_mut()) {
+                        (0x1, _) => pred(&self.buf[range.clone()]),
+                        (0x41, Some(inflater)) => pred(inflater.inflate(&self.buf[range.clone()])?),
+                        _ => false,
+                    };
                     if opcode == 0x9 {
                         let payload = self.buf[range].to_vec();
                         self.stream.write_all(&client_frame(0xA, &payload)).await?;
@@ -238,7 +307,8 @@ impl Client {
         Ok(n)
     }
 
-    /// Takes one complete server frame off the buffer: (opcode, payload range).
+    /// Takes one complete server frame off the buffer: (opcode, payload range), the
+    /// opcode with 0x40 added for a compressed (RSV1) frame.
     fn parse_one(&mut self) -> anyhow::Result<Option<(u8, std::ops::Range<usize>)>> {
         let b = &self.buf[self.start..];
         if b.len() < 2 {
@@ -256,14 +326,26 @@ impl Client {
         if b.len() < head + len {
             return Ok(None);
         }
-        let opcode = b[0] & 0x0F;
+        let opcode = b[0] & 0x4F;
         let range = self.start + head..self.start + head + len;
         self.start += head + len;
         Ok(Some((opcode, range)))
     }
 
-    fn classify(&self, opcode: u8, payload: &[u8]) -> Event {
-        classify(self.protocol, opcode, payload)
+    /// What a frame means, decompressed first when it is compressed.
+    fn classify_frame(
+        &mut self,
+        opcode: u8,
+        range: std::ops::Range<usize>,
+    ) -> anyhow::Result<Event> {
+        if opcode & RSV1 == 0 {
+            return Ok(classify(self.protocol, opcode, &self.buf[range]));
+        }
+        let Some(inflater) = self.inflater.as_deref_mut() else {
+            bail!("a compressed frame on a connection that did not negotiate compression");
+        };
+        let text = inflater.inflate(&self.buf[range])?;
+        Ok(classify(self.protocol, opcode & !RSV1, text))
     }
     /// Waits for the server's frames and hands them to `on_batch`, one batch per
     /// `read` (everything that read completed), so a busy client pays per syscall, not
@@ -276,7 +358,7 @@ impl Client {
             let mut pongs: Vec<u8> = Vec::new();
             let mut closed = false;
             while let Some((opcode, range)) = self.parse_one()? {
-                let event = self.classify(opcode, &self.buf[range.clone()]);
+                let event = self.classify_frame(opcode, range.clone())?;
                 match event {
                     Event::Ping { engine_io: false } => {
                         pongs.extend(client_frame(0xA, &self.buf[range]))

@@ -18,6 +18,8 @@ pub struct Target {
     pub addrs: Vec<String>,
     pub protocol: Protocol,
     pub ws_path: String,
+    /// Offer permessage-deflate on every connection.
+    pub deflate: bool,
 }
 
 impl Target {
@@ -177,7 +179,8 @@ async fn run(
     loop {
         let permit = gate.acquire().await;
         let setup = async {
-            let mut client = Client::connect(&addr, target.protocol, &target.ws_path).await?;
+            let mut client =
+                Client::connect(&addr, target.protocol, &target.ws_path, target.deflate).await?;
             client.subscribe(&products, since).await?;
             let mut early = Vec::new();
             client
@@ -266,6 +269,7 @@ mod tests {
             addrs: vec!["a:1".into(), "b:2".into()],
             protocol: Protocol::Native,
             ws_path: "/ws".into(),
+            deflate: false,
         };
         let spread: Vec<&str> = (0..4).map(|i| target.addr_for(i)).collect();
         assert_eq!(spread, ["a:1", "b:2", "a:1", "b:2"]);

@@ -66,6 +66,10 @@ struct RunArgs {
     /// WebSocket path of the native protocol.
     #[arg(long, default_value = "/ws")]
     ws_path: String,
+    /// Offer permessage-deflate on every connection (and decompress what comes
+    /// compressed).
+    #[arg(long)]
+    deflate: bool,
     /// Label of the server in the results.
     #[arg(long, default_value = "nilecast")]
     server: String,
@@ -147,6 +151,7 @@ async fn run(a: RunArgs) -> anyhow::Result<scenarios::Run> {
             addrs: a.addr,
             protocol: a.protocol,
             ws_path: a.ws_path,
+            deflate: a.deflate,
         },
         server: a.server,
         server_pids: a.server_pid,

@@ -7,13 +7,18 @@ use std::io::Read;
 use serde_json::Value;
 
 /// The figures shown per scenario: (JSON pointer, column title, higher is better).
-const COLUMNS: [(&str, &str, bool); 10] = [
+const COLUMNS: [(&str, &str, bool); 11] = [
     ("/deliveries_per_s", "deliveries/s", true),
     ("/latency/p50_ms", "p50 ms", false),
     ("/latency/p99_ms", "p99 ms", false),
     (
         "/server_cpu_s_per_million",
         "server CPU s / M deliveries",
+        false,
+    ),
+    (
+        "/server_bytes_per_delivery",
+        "server bytes written / delivery",
         false,
     ),
     ("/rss_per_connection_bytes", "RSS B / conn", false),

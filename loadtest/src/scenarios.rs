@@ -44,6 +44,8 @@ pub struct Run {
     pub latency: Latency,
     pub server_cpu_s: f64,
     pub server_cpu_s_per_million: Option<f64>,
+    /// Bytes the server wrote (all sockets, HTTP answers included) per delivery.
+    pub server_bytes_per_delivery: Option<f64>,
     pub server_rss_kib: u64,
     pub rss_per_connection_bytes: Option<f64>,
     pub loadgen_cpu_s: f64,
@@ -89,6 +91,10 @@ impl Sampler {
             if run.delivery.delivered > 0 {
                 run.server_cpu_s_per_million =
                     Some(run.server_cpu_s / run.delivery.delivered as f64 * 1e6);
+                run.server_bytes_per_delivery = Some(
+                    server.written.saturating_sub(self.server.written) as f64
+                        / run.delivery.delivered as f64,
+                );
             }
         }
         run.loadgen_cpu_s = me.cpu_s - self.me.cpu_s;
@@ -316,6 +322,7 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
     sampler.finish(&mut run);
     if total.delivered > 0 && !p.server_pids.is_empty() {
         run.server_cpu_s_per_million = Some(run.server_cpu_s / total.delivered as f64 * 1e6);
+        run.server_bytes_per_delivery = None;
     }
     run.extra.insert(
         "best_deliveries_per_s_p99_under_50ms".into(),
@@ -428,6 +435,7 @@ mod tests {
                 addrs: vec![server.addr.to_string()],
                 protocol: Protocol::Native,
                 ws_path: "/ws".into(),
+                deflate: false,
             },
             server: "nilecast".into(),
             server_pids: vec![std::process::id()],

@@ -150,7 +150,8 @@ const server = Bun.serve({
   },
 
   websocket: {
-    perMessageDeflate: false,
+    // PERMESSAGE_DEFLATE=true (compare.sh's bun-deflate): uWebSockets' shared compressor.
+    perMessageDeflate: process.env.PERMESSAGE_DEFLATE === "true",
     maxPayloadLength: MAX_MESSAGE_BYTES,
     // Bun pings a quiet client before the idle timeout and keeps it while it answers.
     idleTimeout: 120,
