@@ -140,6 +140,8 @@ describe() {
 
 # loadtest/cluster.sh's section survives a new comparison.
 CLUSTER_SECTION=$(sed -n '/<!-- cluster:begin -->/,/<!-- cluster:end -->/p' "$OUT" 2>/dev/null || true)
+# and loadtest/scale.sh's.
+SCALE_SECTION=$(sed -n '/<!-- scale:begin -->/,/<!-- scale:end -->/p' "$OUT" 2>/dev/null || true)
 {
   echo "# Load comparison"
   echo
@@ -184,4 +186,5 @@ CLUSTER_SECTION=$(sed -n '/<!-- cluster:begin -->/,/<!-- cluster:end -->/p' "$OU
   echo "</details>"
 } > "$OUT"
 if [ -n "$CLUSTER_SECTION" ]; then printf '\n%s\n' "$CLUSTER_SECTION" >> "$OUT"; fi
+if [ -n "$SCALE_SECTION" ]; then printf '\n%s\n' "$SCALE_SECTION" >> "$OUT"; fi
 echo "==> wrote $OUT"

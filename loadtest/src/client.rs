@@ -6,6 +6,7 @@
 //! Two protocols: nilecast's native protocol (`/ws`, one JSON object per frame) and
 //! Socket.IO v4 over the websocket transport (Engine.IO v4 packets).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -21,6 +22,11 @@ pub enum Protocol {
     /// Socket.IO v4 over the websocket transport.
     Socketio,
 }
+
+/// Bytes read from the servers by every client of this process: the wire bytes of
+/// what was delivered (WebSocket framing included), compressed or not, whatever the
+/// server's language.
+pub static BYTES_READ: AtomicU64 = AtomicU64::new(0);
 
 /// RSV1 in a frame's first byte: a compressed message (permessage-deflate).
 const RSV1: u8 = 0x40;
@@ -304,6 +310,7 @@ impl Client {
         if n == 0 {
             bail!("server closed the connection");
         }
+        BYTES_READ.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
 

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one scenario and print its JSON line.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Turn JSON lines (files, or stdin) into markdown tables with ratios to nilecast.
     Report { files: Vec<String> },
 }
@@ -48,6 +48,9 @@ enum Scenario {
     MaxFanout,
     ReconnectStorm,
     Connections,
+    /// Hold subscribed connections and wait for changes someone else publishes (the
+    /// processes of a multi-process run: loadtest/scale.sh).
+    Listen,
     /// Database commit to client (needs --database-url and a server on that database).
     DbLatency,
 }
@@ -100,6 +103,12 @@ struct RunArgs {
     max_rate: f64,
     #[arg(long, default_value_t = 5.0)]
     step_seconds: f64,
+    /// `listen`: a file written once every connection is subscribed.
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
+    /// `listen`: changes each connection waits for (within --duration seconds).
+    #[arg(long, default_value_t = 1)]
+    expect: usize,
     /// Runtime threads; 0 = one per available core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -130,7 +139,7 @@ fn main() -> anyhow::Result<()> {
                 builder.worker_threads(args.threads);
             }
             let runtime = builder.enable_all().build()?;
-            let run = runtime.block_on(run(args))?;
+            let run = runtime.block_on(run(*args))?;
             println!("{}", serde_json::to_string(&run)?);
             Ok(())
         }
@@ -164,6 +173,8 @@ async fn run(a: RunArgs) -> anyhow::Result<scenarios::Run> {
         step_factor: a.step_factor.max(1.05),
         max_rate: a.max_rate,
         step: Duration::from_secs_f64(a.step_seconds),
+        ready_file: a.ready_file,
+        expect: a.expect,
     };
     match a.scenario {
         Scenario::Broadcast => scenarios::broadcast(&p).await,
@@ -172,6 +183,7 @@ async fn run(a: RunArgs) -> anyhow::Result<scenarios::Run> {
         Scenario::MaxFanout => scenarios::max_fanout(&p).await,
         Scenario::ReconnectStorm => scenarios::reconnect_storm(&p).await,
         Scenario::Connections => scenarios::connections(&p).await,
+        Scenario::Listen => scenarios::listen(&p).await,
         Scenario::DbLatency => {
             let d = db::DbParams {
                 url: a.database_url,

@@ -16,11 +16,7 @@ const COLUMNS: [(&str, &str, bool); 11] = [
         "server CPU s / M deliveries",
         false,
     ),
-    (
-        "/server_bytes_per_delivery",
-        "server bytes written / delivery",
-        false,
-    ),
+    ("/wire_bytes_per_delivery", "wire bytes / delivery", false),
     ("/rss_per_connection_bytes", "RSS B / conn", false),
     (
         "/extra/best_deliveries_per_s_p99_under_50ms",

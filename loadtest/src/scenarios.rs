@@ -1,6 +1,7 @@
 //! The scenarios. Each opens its connections, drives its load, checks delivery, samples
 //! the server and the load generator, and returns one [`Run`] (one JSON line).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -24,6 +25,10 @@ pub struct Params {
     pub step_factor: f64,
     pub max_rate: f64,
     pub step: Duration,
+    /// `listen`: written once every connection is subscribed.
+    pub ready_file: Option<std::path::PathBuf>,
+    /// `listen`: changes each connection waits for.
+    pub expect: usize,
 }
 
 /// One run's figures: one JSON line.
@@ -44,8 +49,9 @@ pub struct Run {
     pub latency: Latency,
     pub server_cpu_s: f64,
     pub server_cpu_s_per_million: Option<f64>,
-    /// Bytes the server wrote (all sockets, HTTP answers included) per delivery.
-    pub server_bytes_per_delivery: Option<f64>,
+    /// Bytes the clients read per delivery: what a delivery costs on the wire, its
+    /// WebSocket framing and any compression included.
+    pub wire_bytes_per_delivery: Option<f64>,
     pub server_rss_kib: u64,
     pub rss_per_connection_bytes: Option<f64>,
     pub loadgen_cpu_s: f64,
@@ -71,6 +77,7 @@ pub struct Sampler {
     server: stats::ProcSample,
     me: stats::ProcSample,
     pids: Vec<u32>,
+    bytes_read: u64,
 }
 
 impl Sampler {
@@ -79,6 +86,7 @@ impl Sampler {
             server: stats::sample(pids),
             me: stats::sample(&[]),
             pids: pids.to_vec(),
+            bytes_read: crate::client::BYTES_READ.load(Relaxed),
         }
     }
 
@@ -91,11 +99,11 @@ impl Sampler {
             if run.delivery.delivered > 0 {
                 run.server_cpu_s_per_million =
                     Some(run.server_cpu_s / run.delivery.delivered as f64 * 1e6);
-                run.server_bytes_per_delivery = Some(
-                    server.written.saturating_sub(self.server.written) as f64
-                        / run.delivery.delivered as f64,
-                );
             }
+        }
+        if run.delivery.delivered > 0 {
+            let read = crate::client::BYTES_READ.load(Relaxed) - self.bytes_read;
+            run.wire_bytes_per_delivery = Some(read as f64 / run.delivery.delivered as f64);
         }
         run.loadgen_cpu_s = me.cpu_s - self.me.cpu_s;
     }
@@ -322,7 +330,7 @@ pub async fn max_fanout(p: &Params) -> anyhow::Result<Run> {
     sampler.finish(&mut run);
     if total.delivered > 0 && !p.server_pids.is_empty() {
         run.server_cpu_s_per_million = Some(run.server_cpu_s / total.delivered as f64 * 1e6);
-        run.server_bytes_per_delivery = None;
+        run.wire_bytes_per_delivery = None;
     }
     run.extra.insert(
         "best_deliveries_per_s_p99_under_50ms".into(),
@@ -373,6 +381,65 @@ pub async fn reconnect_storm(p: &Params) -> anyhow::Result<Run> {
     run.extra.insert("all_resumed".into(), resumed.into());
     run.extra
         .insert("resume_ms".into(), (resume_time.as_secs_f64() * 1e3).into());
+    fleet.close().await;
+    Ok(run)
+}
+
+/// `listen`: as many subscribed connections as will open (up to `connections`) on key
+/// 0, then `ready_file` is written and the fleet waits, up to `duration`, for `expect`
+/// changes each that another process publishes. Latency is from each change's
+/// `sentAt`, so the processes of one run, on one machine, can be merged: the largest
+/// `max_ms` is the time to the last delivery. Missing: changes a connection lacks of
+/// the `expect` it waited for.
+pub async fn listen(p: &Params) -> anyhow::Result<Run> {
+    let before = stats::sample(&p.server_pids);
+    let fleet = Fleet::open(&p.target, p.connections, |_| 0, OPEN_TIMEOUT).await;
+    let held = fleet.subscribed();
+    let after = stats::sample(&p.server_pids);
+    if let Some(path) = &p.ready_file {
+        std::fs::write(path, format!("{held}\n"))?;
+    }
+    eprintln!(
+        "listen: {held} connections subscribed; waiting for {} changes each",
+        p.expect
+    );
+    let reached_all = fleet
+        .wait_delivered((held * p.expect) as u64, p.duration)
+        .await;
+    // Stragglers of the last change.
+    fleet
+        .wait_delivered((held * p.expect) as u64, Duration::from_secs(2))
+        .await;
+    let receipts = fleet.take_receipts();
+    let mut delivery = Delivery::default();
+    // Only connections still open are expected to have everything.
+    let open = fleet
+        .conns
+        .iter()
+        .zip(&receipts)
+        .filter(|(c, _)| !c.is_finished());
+    for (_, (_, r)) in open {
+        let mut seqs = r.seqs.clone();
+        let got = seqs.len() as u64;
+        seqs.sort_unstable();
+        seqs.dedup();
+        delivery.expected += p.expect as u64;
+        delivery.delivered += got;
+        delivery.duplicates += got - seqs.len() as u64;
+        delivery.missing += (p.expect as u64).saturating_sub(seqs.len() as u64);
+    }
+    let mut run = base_run(p, "listen", &fleet);
+    run.keys = 1;
+    run.delivery = delivery;
+    run.latency = stats::latency(receipts.iter().map(|(_, r)| r));
+    run.server_rss_kib = after.rss_kib;
+    if held > 0 && !p.server_pids.is_empty() {
+        run.rss_per_connection_bytes =
+            Some((after.rss_kib.saturating_sub(before.rss_kib) * 1024) as f64 / held as f64);
+    }
+    run.extra.insert("held".into(), held.into());
+    run.extra.insert("failed".into(), fleet.failed().into());
+    run.extra.insert("reached_all".into(), reached_all.into());
     fleet.close().await;
     Ok(run)
 }
@@ -448,6 +515,8 @@ mod tests {
             step_factor: 2.0,
             max_rate: 40.0,
             step: Duration::from_millis(300),
+            ready_file: None,
+            expect: 1,
         };
         (server, params)
     }

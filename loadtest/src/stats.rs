@@ -80,9 +80,6 @@ pub fn latency<'a>(receipts: impl Iterator<Item = &'a Receipts>) -> Latency {
 pub struct ProcSample {
     pub cpu_s: f64,
     pub rss_kib: u64,
-    /// Bytes the process handed to write calls (`wchar` of /proc/PID/io): for a
-    /// server, what it put on the wire, whatever its language.
-    pub written: u64,
 }
 
 /// Clock ticks per second of /proc/PID/stat times: 100 on every Linux this runs on
@@ -99,12 +96,10 @@ pub fn sample(pids: &[u32]) -> ProcSample {
         ProcSample {
             cpu_s: 0.0,
             rss_kib: 0,
-            written: 0,
         },
         |a, b| ProcSample {
             cpu_s: a.cpu_s + b.cpu_s,
             rss_kib: a.rss_kib + b.rss_kib,
-            written: a.written + b.written,
         },
     )
 }
@@ -132,21 +127,7 @@ fn sample_one(dir: &str) -> ProcSample {
                 .ok()
         })
         .unwrap_or(0);
-    let written = std::fs::read_to_string(format!("{dir}/io"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("wchar:"))?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
-    ProcSample {
-        cpu_s,
-        rss_kib,
-        written,
-    }
+    ProcSample { cpu_s, rss_kib }
 }
 
 #[cfg(test)]
