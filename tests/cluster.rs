@@ -9,8 +9,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::pg;
 use common::*;
@@ -124,9 +127,11 @@ async fn a_change_on_either_node_reaches_both_with_one_seq() {
 }
 
 /// Forwards connections to Redis while `open`; cutting drops them and refuses new ones.
+/// Redis's answers are held back `delay_ms` before they go on.
 struct Gate {
     port: u16,
     open: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
     cut: Arc<tokio::sync::Notify>,
 }
 
@@ -137,25 +142,52 @@ impl Gate {
             .expect("bind the gate");
         let port = listener.local_addr().expect("addr").port();
         let open = Arc::new(AtomicBool::new(true));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let cut = Arc::new(tokio::sync::Notify::new());
-        let (o, c) = (open.clone(), cut.clone());
+        let (o, d, c) = (open.clone(), delay_ms.clone(), cut.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !o.load(Ordering::SeqCst) {
                     continue;
                 }
-                let c = c.clone();
+                let (d, c) = (d.clone(), c.clone());
                 tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(redis_addr()).await {
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = c.notified() => {}
+                    let Ok(outbound) = tokio::net::TcpStream::connect(redis_addr()).await else {
+                        return;
+                    };
+                    let (mut from_node, mut to_node) = inbound.into_split();
+                    let (mut from_redis, mut to_redis) = outbound.into_split();
+                    let requests = tokio::io::copy(&mut from_node, &mut to_redis);
+                    let answers = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from_redis.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let delay = d.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            if to_node.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
                         }
+                    };
+                    tokio::select! {
+                        _ = requests => {}
+                        _ = answers => {}
+                        _ = c.notified() => {}
                     }
                 });
             }
         });
-        Gate { port, open, cut }
+        Gate {
+            port,
+            open,
+            delay_ms,
+            cut,
+        }
     }
 
     fn close(&self) {
@@ -216,6 +248,50 @@ async fn a_node_that_loses_redis_catches_up_when_it_is_back() {
     })
     .await;
     assert!(back, "node-b reconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_through_a_slow_redis_is_answered_truthfully() {
+    let prefix = prefix();
+    let _keys = Keys(prefix.clone());
+    let gate = Gate::start().await;
+    let a = node("node-a", &redis_addr(), &prefix);
+    let b = node("node-b", &format!("127.0.0.1:{}", gate.port), &prefix);
+    wait_members(&a, 2).await;
+    wait_members(&b, 2).await;
+    let mut on_a = a.connect().await;
+    on_a.subscribe("/inventory", json!({})).await;
+
+    // Redis answers node-b 800 ms late: slower than redis-rs's default response
+    // timeout, which refused such a publish with 503 although the change went out.
+    gate.delay_ms.store(800, Ordering::SeqCst);
+    let answer = http_post_json(b.port, "/publish", &inv("slow-1", "w1", 100)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let seq = answer.json()["seqs"][0].as_u64().expect("a seq");
+    let got = on_a.seqs_until("/inventory", "inventory:update", seq).await;
+    assert_eq!(
+        got,
+        vec![seq],
+        "delivered once, under the seq the publisher was given"
+    );
+
+    // Later than the publish waits (5 s): refused, and not with "nothing was done",
+    // because the change does go out.
+    gate.delay_ms.store(6_000, Ordering::SeqCst);
+    let answer = http_post_json(b.port, "/publish", &inv("slow-2", "w1", 100)).await;
+    gate.delay_ms.store(0, Ordering::SeqCst);
+    answer.assert_error(503, "unavailable");
+    let message = answer.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("may have been done"), "{message}");
+    let (late, _) = on_a
+        .recv_matching("the late change", |f| {
+            f["event"] == "inventory:update" && f["data"]["data"]["productId"] == "slow-2"
+        })
+        .await;
+    assert!(late["data"]["seq"].as_u64() > Some(seq));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,19 +43,27 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[error("{service} is unreachable: {detail}")]
 pub struct BusError {
     pub service: &'static str,
+    /// The request reached the service and its answer did not come in time: it may
+    /// have been carried out (a publish may have gone out).
+    pub unanswered: bool,
     pub detail: String,
 }
 
 impl BusError {
     /// The refusal a client gets for it.
     pub fn refusal(&self) -> Refusal {
-        Refusal::new(
-            ErrorCode::Unavailable,
+        let message = if self.unanswered {
+            format!(
+                "{} did not answer in time; it may have been done (a publish may have gone out: look for it in GET /changes before publishing again)",
+                self.service
+            )
+        } else {
             format!(
                 "{} is unreachable; nothing was done, try again",
                 self.service
-            ),
-        )
+            )
+        };
+        Refusal::new(ErrorCode::Unavailable, message)
     }
 }
 

@@ -39,6 +39,7 @@ impl PgLogBus {
 fn unreachable(e: DbError) -> BusError {
     BusError {
         service: "the database",
+        unanswered: false,
         detail: e.to_string(),
     }
 }

@@ -97,14 +97,36 @@ return 0
 
 /// How long a node counts as a member after its last heartbeat.
 const MEMBER_TTL_MS: u64 = 6_000;
+/// How long a Redis command may take to answer. redis-rs's default is 500 ms: a
+/// loaded Redis (or node) that answered a publish's append in 600 ms had the publish
+/// refused with 503 although the change went out, and a publisher that retried would
+/// have published it twice. `XREAD BLOCK` (500 ms) needs more than the default too.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct ClusterError(String);
+#[error("redis: {message}")]
+pub struct ClusterError {
+    message: String,
+    /// The command was sent and its answer did not come in time: Redis may have
+    /// carried it out.
+    pub unanswered: bool,
+}
+
+impl ClusterError {
+    fn new(message: impl Into<String>) -> ClusterError {
+        ClusterError {
+            message: message.into(),
+            unanswered: false,
+        }
+    }
+}
 
 impl From<redis::RedisError> for ClusterError {
     fn from(e: redis::RedisError) -> ClusterError {
-        ClusterError(e.to_string())
+        ClusterError {
+            message: e.to_string(),
+            unanswered: e.is_timeout(),
+        }
     }
 }
 
@@ -172,7 +194,7 @@ impl Cluster {
             .get_or_try_init(|| async {
                 let mut bytes = [0u8; 32];
                 getrandom::getrandom(&mut bytes)
-                    .map_err(|e| ClusterError(format!("random source: {e}")))?;
+                    .map_err(|e| ClusterError::new(format!("random source: {e}")))?;
                 let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 let key = self.key("secret");
                 let mut conn = self.conn().await?;
@@ -184,7 +206,7 @@ impl Cluster {
                     .await?;
                 let kept: Option<String> =
                     redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-                kept.ok_or_else(|| ClusterError("the cluster secret vanished from Redis".into()))
+                kept.ok_or_else(|| ClusterError::new("the cluster secret vanished from Redis"))
             })
             .await
             .cloned()
@@ -193,7 +215,11 @@ impl Cluster {
     async fn conn(&self) -> Result<ConnectionManager, ClusterError> {
         let conn = self
             .conn
-            .get_or_try_init(|| async { ConnectionManager::new(self.client.clone()).await })
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                ConnectionManager::new_with_config(self.client.clone(), config).await
+            })
             .await?;
         Ok(conn.clone())
     }
@@ -242,7 +268,7 @@ impl Cluster {
                 .arg(entry_json(&logged.change, logged.timestamp_ms));
         }
         let added: i64 = invocation.invoke_async(&mut conn).await?;
-        usize::try_from(added).map_err(|_| ClusterError("the leader's lease was lost".into()))
+        usize::try_from(added).map_err(|_| ClusterError::new("the leader's lease was lost"))
     }
 
     /// The seq of the stream's newest entry (0 when it is empty).
@@ -383,7 +409,7 @@ impl Cluster {
         session: &KeptSession,
         ttl_ms: u64,
     ) -> Result<(), ClusterError> {
-        let text = serde_json::to_string(session).map_err(|e| ClusterError(e.to_string()))?;
+        let text = serde_json::to_string(session).map_err(|e| ClusterError::new(e.to_string()))?;
         let mut conn = self.conn().await?;
         let _: () = redis::cmd("SET")
             .arg(self.key(&format!("sio:{pid}")))
@@ -496,10 +522,8 @@ async fn follow(
             _ => None,
         };
         let round = async {
-            // XREAD blocks up to 500 ms: the reply may take longer than the default
-            // response timeout.
-            let config = redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(Duration::from_secs(5)));
+            let config =
+                redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
             let mut conn = cluster
                 .client
                 .get_multiplexed_async_connection_with_config(&config)
@@ -870,6 +894,7 @@ async fn keep_lease(cluster: &Cluster, token: &str, ttl_ms: u64) {
 fn unreachable(e: ClusterError) -> BusError {
     BusError {
         service: "Redis",
+        unanswered: e.unanswered,
         detail: e.to_string(),
     }
 }
