@@ -109,16 +109,6 @@ SECTION=$(mktemp)
   echo "</details>"
   echo "<!-- cluster:end -->"
 } > "$SECTION"
-python3 - "$OUT" "$SECTION" <<'EOF'
-import re, sys
-out, section = sys.argv[1], open(sys.argv[2]).read()
-try:
-    text = open(out).read()
-except FileNotFoundError:
-    text = "# Load comparison\n"
-block = re.compile(r"<!-- cluster:begin -->.*?<!-- cluster:end -->\n?", re.S)
-text = block.sub("", text).rstrip("\n") + "\n\n" + section
-open(out, "w").write(text)
-EOF
+put_section cluster "$SECTION" "$OUT"
 rm -f "$SECTION"
 echo "==> wrote the Cluster section of $OUT"

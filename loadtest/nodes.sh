@@ -16,3 +16,19 @@ stop_nodes() {
     PREFIX=""
   fi
 }
+
+# put_section NAME FILE OUT: replaces OUT's section between <!-- NAME:begin --> and
+# <!-- NAME:end --> (or appends it) with FILE, which holds those markers.
+put_section() {
+  python3 - "$1" "$2" "$3" <<'EOF'
+import re, sys
+name, section, out = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3]
+try:
+    text = open(out).read()
+except FileNotFoundError:
+    text = "# Load comparison\n"
+block = re.compile(r"<!-- %s:begin -->.*?<!-- %s:end -->\n?" % (name, name), re.S)
+text = block.sub("", text).rstrip("\n") + "\n\n" + section
+open(out, "w").write(text)
+EOF
+}

@@ -183,17 +183,7 @@ print()
 print("</details>")
 print("<!-- scale:end -->")
 EOF
-python3 - "$OUT" "$SECTION" <<'EOF'
-import re, sys
-out, section = sys.argv[1], open(sys.argv[2]).read()
-try:
-    text = open(out).read()
-except FileNotFoundError:
-    text = "# Load comparison\n"
-block = re.compile(r"<!-- scale:begin -->.*?<!-- scale:end -->\n?", re.S)
-text = block.sub("", text).rstrip("\n") + "\n\n" + section
-open(out, "w").write(text)
-EOF
+put_section scale "$SECTION" "$OUT"
 cat "$SECTION"
 rm -f "$SECTION"
 echo "==> wrote the Scale-out section of $OUT"

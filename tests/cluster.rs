@@ -200,15 +200,22 @@ impl Gate {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_loses_redis_catches_up_when_it_is_back() {
+/// Two nodes of one cluster, both members: node-a on Redis directly, node-b through a
+/// gate; the Redis keys go with the returned guard.
+async fn gated_pair() -> (Keys, Gate, TestServer, TestServer) {
     let prefix = prefix();
-    let _keys = Keys(prefix.clone());
+    let keys = Keys(prefix.clone());
     let gate = Gate::start().await;
     let a = node("node-a", &redis_addr(), &prefix);
     let b = node("node-b", &format!("127.0.0.1:{}", gate.port), &prefix);
     wait_members(&a, 2).await;
     wait_members(&b, 2).await;
+    (keys, gate, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_redis_catches_up_when_it_is_back() {
+    let (_keys, gate, a, b) = gated_pair().await;
     let mut on_b = b.connect().await;
     on_b.subscribe("/inventory", json!({})).await;
     let before = publish_one(a.port, inv("c0", "w1", 100)).await;
@@ -252,13 +259,7 @@ async fn a_node_that_loses_redis_catches_up_when_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_through_a_slow_redis_is_answered_truthfully() {
-    let prefix = prefix();
-    let _keys = Keys(prefix.clone());
-    let gate = Gate::start().await;
-    let a = node("node-a", &redis_addr(), &prefix);
-    let b = node("node-b", &format!("127.0.0.1:{}", gate.port), &prefix);
-    wait_members(&a, 2).await;
-    wait_members(&b, 2).await;
+    let (_keys, gate, a, b) = gated_pair().await;
     let mut on_a = a.connect().await;
     on_a.subscribe("/inventory", json!({})).await;
 

@@ -66,16 +66,21 @@ async fn next_data(c: &mut RawClient) -> Frame {
     }
 }
 
-/// The next data frame's JSON, decompressed when it is compressed.
-async fn next_json_any(c: &mut RawClient, bits: u8) -> (bool, Value) {
-    let f = next_data(c).await;
+/// A data frame's message, decompressed (with a `bits` window) when it is compressed.
+fn message(f: &Frame, bits: u8) -> Vec<u8> {
     assert_eq!(f.opcode, OP_TEXT, "closed: {:?}", f.close_code());
-    let text = if f.rsv1 {
+    if f.rsv1 {
         inflate(&f.payload, bits)
     } else {
         f.payload.clone()
-    };
-    (f.rsv1, serde_json::from_slice(&text).expect("JSON"))
+    }
+}
+
+/// The next data frame's JSON, decompressed when it is compressed.
+async fn next_json_any(c: &mut RawClient, bits: u8) -> (bool, Value) {
+    let f = next_data(c).await;
+    let v = serde_json::from_slice(&message(&f, bits)).expect("JSON");
+    (f.rsv1, v)
 }
 
 /// Reads until the frame carrying `event`; returns it raw and as JSON.
@@ -87,13 +92,7 @@ async fn wait_event(c: &mut RawClient, event: &str, bits: u8) -> (Frame, Value) 
 async fn wait_for(c: &mut RawClient, bits: u8, matches: impl Fn(&Value) -> bool) -> (Frame, Value) {
     loop {
         let f = next_data(c).await;
-        assert_eq!(f.opcode, OP_TEXT, "closed: {:?}", f.close_code());
-        let text = if f.rsv1 {
-            inflate(&f.payload, bits)
-        } else {
-            f.payload.clone()
-        };
-        let v: Value = serde_json::from_slice(&text).expect("JSON");
+        let v: Value = serde_json::from_slice(&message(&f, bits)).expect("JSON");
         if matches(&v) {
             return (f, v);
         }
@@ -256,20 +255,9 @@ async fn socketio_connections_negotiate_it_too() {
         .upgrade_header("sec-websocket-extensions")
         .is_some_and(|v| v.starts_with("permessage-deflate")));
     // The Engine.IO open packet arrives, then a compressed CONNECT is answered.
-    let open = next_data(&mut c).await;
-    let open = if open.rsv1 {
-        inflate(&open.payload, 15)
-    } else {
-        open.payload
-    };
+    let open = message(&next_data(&mut c).await, 15);
     assert_eq!(open.first(), Some(&b'0'));
     send_compressed(&mut c, b"40/inventory,").await;
-    let reply = next_data(&mut c).await;
-    let reply = if reply.rsv1 {
-        inflate(&reply.payload, 15)
-    } else {
-        reply.payload
-    };
-    let reply = String::from_utf8(reply).expect("text");
+    let reply = String::from_utf8(message(&next_data(&mut c).await, 15)).expect("text");
     assert!(reply.starts_with("40/inventory,{"), "{reply}");
 }
