@@ -359,9 +359,9 @@ impl Record {
             Some(d) if d.fits(deflate) => &d.frame,
             _ => frame,
         };
-        let follow_up = match (&compressed.follow_up, follow_up) {
-            (Some(d), Some(_)) if d.fits(deflate) => Some(&d.frame),
-            (_, plain) => plain,
+        let follow_up = match &compressed.follow_up {
+            Some(d) if d.fits(deflate) => Some(&d.frame),
+            _ => follow_up,
         };
         (frame, follow_up)
     }
